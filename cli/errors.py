@@ -1,0 +1,40 @@
+"""Turn failures the user can act on into one line on stderr instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+from outbox.errors import OutboxError
+
+
+def _is_connection_refused(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionRefusedError, OSError)) and "refused" in str(current):
+            return True
+        text = str(current)
+        if "Connection refused" in text or "could not connect" in text.lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def report_failure(error: BaseException) -> int | None:
+    """Print a one-line explanation and return the exit code, or None for a real bug."""
+    if isinstance(error, OutboxError):
+        print(f"outbox: {error}", file=sys.stderr)
+        return 2
+    if _is_connection_refused(error):
+        print(
+            f"outbox: cannot reach a service: {error.__class__.__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}\n"
+            "  PostgreSQL: check DATABASE_URL; start it with `make up` or `docker compose up -d "
+            "postgres`.\n"
+            "  Redis: check REDIS_STREAMS_URL; start it with `make up` or `docker compose up -d "
+            "redis`.",
+            file=sys.stderr,
+        )
+        return 2
+    return None

@@ -1,0 +1,74 @@
+"""``outbox`` — the command line of opsconductor-outbox.
+
+Each subcommand imports its package only when run, so ``outbox migrate`` does not load Redis or
+FastAPI. Errors of the project (``OutboxError``) and unreachable services print one clear line and
+exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from migrations import runner
+
+    if args.sql:
+        runner.upgrade(revision=args.revision, sql=True)
+    else:
+        runner.upgrade(revision=args.revision)
+        logging.getLogger("outbox.cli").info("event=migrated revision=%s", args.revision)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outbox",
+        description="Transactional outbox for PostgreSQL, relayed to Redis Streams. "
+        "Configuration comes from the environment (see README, Configuration).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring the database (DATABASE_URL) to the latest outbox schema",
+        description="Apply the outbox migrations (same as `alembic upgrade head`). Safe to run "
+        "concurrently and repeatedly.",
+    )
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate.add_argument(
+        "--sql", action="store_true", help="print the SQL instead of running it (offline mode)"
+    )
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    from cli.errors import report_failure
+
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        code = report_failure(error)
+        if code is None:
+            raise
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

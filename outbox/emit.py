@@ -1,0 +1,359 @@
+"""``emit()``: write events in the caller's own PostgreSQL transaction (DESIGN.md invariant 1).
+
+emit() never opens, commits or rolls back a transaction and never touches Redis: the event exists
+if and only if the caller's transaction commits. Every check runs before anything is sent, so a
+rejected event leaves the transaction usable. One event is one statement (one round trip);
+emit_many() writes a batch in one statement too.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, overload
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+
+from outbox import queries
+from outbox.context import current_correlation_id, current_traceparent, new_correlation_id
+from outbox.envelope import Event, MessagePriority, uuid7
+from outbox.errors import (
+    InvalidEventError,
+    NotInTransactionError,
+    PayloadTooLargeError,
+    UnsupportedTransactionError,
+)
+from outbox.settings import get_settings
+from outbox.validation import (
+    check_event_type,
+    check_headers,
+    check_identifier,
+    check_service,
+    schemas,
+    serialise_data,
+)
+
+
+class AsyncpgConnection(Protocol):
+    """The part of an asyncpg ``Connection`` (or pool proxy) that emit() uses."""
+
+    def is_in_transaction(self) -> bool: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+SyncTransaction = Session | Connection
+AsyncTransaction = AsyncSession | AsyncConnection | AsyncpgConnection
+Row = Mapping[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """The arguments of one emit(), for emit_many()."""
+
+    service: str
+    event_type: str
+    data: Mapping[str, Any]
+    priority: MessagePriority | str | int = MessagePriority.NORMAL
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    user_id: str | int | None = None
+    aggregate_id: str | int | uuid.UUID | None = None
+    dedup_key: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+class _Prepared:
+    """A checked event: the column values to insert and the data to return."""
+
+    __slots__ = ("data", "headers", "params", "priority")
+
+    def __init__(self, spec: EventSpec, max_payload_bytes: int, correlation_id: str) -> None:
+        service = check_service(spec.service)
+        event_type = check_event_type(spec.event_type)
+        self.priority = MessagePriority.parse(spec.priority)
+        self.data, payload = serialise_data(spec.data)
+        size = len(payload.encode("utf-8"))
+        if size > max_payload_bytes:
+            raise PayloadTooLargeError(size, max_payload_bytes)
+        schemas.validate(service, event_type, self.data)
+        self.headers = check_headers(spec.headers)
+        traceparent = self.headers.get("traceparent") or current_traceparent()
+        self.params: dict[str, Any] = {
+            "event_id": uuid7(),
+            "stream": service,
+            "event_type": event_type,
+            "source": service,
+            "aggregate_id": check_identifier("aggregate_id", spec.aggregate_id),
+            "priority": int(self.priority),
+            "payload": payload,
+            "headers": json.dumps(self.headers, ensure_ascii=False) if self.headers else None,
+            "correlation_id": check_identifier("correlation_id", spec.correlation_id)
+            or correlation_id,
+            "causation_id": check_identifier("causation_id", spec.causation_id),
+            "user_id": check_identifier("user_id", spec.user_id),
+            "traceparent": check_identifier("traceparent", traceparent),
+            "dedup_key": check_identifier("dedup_key", spec.dedup_key),
+        }
+
+    def written(self, row: Row) -> Event:
+        """The event as written, with the position and time PostgreSQL gave it."""
+        p = self.params
+        return Event(
+            event_id=p["event_id"],
+            service=p["stream"],
+            event_type=p["event_type"],
+            data=self.data,
+            priority=self.priority,
+            occurred_at=row["occurred_at"],
+            correlation_id=p["correlation_id"],
+            source=p["source"],
+            causation_id=p["causation_id"],
+            user_id=p["user_id"],
+            aggregate_id=p["aggregate_id"],
+            dedup_key=p["dedup_key"],
+            traceparent=p["traceparent"],
+            headers=self.headers,
+            position=row["position"],
+        )
+
+
+def _prepare_all(specs: Iterable[EventSpec]) -> list[_Prepared]:
+    limit = get_settings().max_payload_bytes
+    correlation_id = current_correlation_id() or new_correlation_id()
+    prepared = [_Prepared(spec, limit, correlation_id) for spec in specs]
+    seen: set[tuple[str, str]] = set()
+    for item in prepared:
+        key = (item.params["stream"], item.params["dedup_key"])
+        if key[1] is not None:
+            if key in seen:
+                raise InvalidEventError(
+                    f"dedup key {key[1]!r} appears twice for stream {key[0]!r} in one "
+                    "emit_many() call"
+                )
+            seen.add(key)
+    return prepared
+
+
+def _insert(prepared: Sequence[_Prepared]) -> tuple[queries.Query, dict[str, Any]]:
+    if len(prepared) == 1:
+        return queries.INSERT_EVENT, prepared[0].params
+    columns = prepared[0].params.keys()
+    return queries.INSERT_EVENTS, {
+        f"{name}s": [p.params[name] for p in prepared] for name in columns
+    }
+
+
+def _missing(prepared: Sequence[_Prepared], inserted: Sequence[Row]) -> dict[str, Any] | None:
+    """Parameters to look up the events skipped as duplicates, or None if all were written."""
+    if len(inserted) == len(prepared):
+        return None
+    written = {row["event_id"] for row in inserted}
+    skipped = [p.params for p in prepared if p.params["event_id"] not in written]
+    return {
+        "streams": [p["stream"] for p in skipped],
+        "dedup_keys": [p["dedup_key"] for p in skipped],
+    }
+
+
+def _stored_event(row: Row) -> Event:
+    return Event(
+        event_id=row["event_id"],
+        service=row["stream"],
+        event_type=row["event_type"],
+        data=json.loads(row["payload"]),
+        priority=MessagePriority(row["priority"]),
+        occurred_at=row["occurred_at"],
+        correlation_id=row["correlation_id"],
+        source=row["source"],
+        causation_id=row["causation_id"],
+        user_id=row["user_id"],
+        aggregate_id=row["aggregate_id"],
+        dedup_key=row["dedup_key"],
+        traceparent=row["traceparent"],
+        headers=json.loads(row["headers"]) if row["headers"] else {},
+        position=row["position"],
+    )
+
+
+def _results(
+    prepared: Sequence[_Prepared], inserted: Sequence[Row], existing: Sequence[Row]
+) -> list[Event]:
+    if len(prepared) == 1 and inserted:
+        return [prepared[0].written(inserted[0])]
+    written = {row["event_id"]: row for row in inserted}
+    stored = {(row["stream"], row["dedup_key"]): row for row in existing}
+    events = []
+    for item in prepared:
+        row = written.get(item.params["event_id"])
+        if row is not None:
+            events.append(item.written(row))
+        else:
+            events.append(_stored_event(stored[(item.params["stream"], item.params["dedup_key"])]))
+    return events
+
+
+def _write_sync(tx: SyncTransaction, prepared: list[_Prepared]) -> list[Event]:
+    query, params = _insert(prepared)
+    inserted = [row._mapping for row in tx.execute(query.sqlalchemy, params)]
+    existing: list[Row] = []
+    lookup = _missing(prepared, inserted)
+    if lookup is not None:
+        result = tx.execute(queries.SELECT_BY_DEDUP_KEYS.sqlalchemy, lookup)
+        existing = [row._mapping for row in result]
+    return _results(prepared, inserted, existing)
+
+
+async def _write_async(tx: AsyncTransaction, prepared: list[_Prepared]) -> list[Event]:
+    query, params = _insert(prepared)
+    lookup_query = queries.SELECT_BY_DEDUP_KEYS
+    inserted: Sequence[Row]
+    existing: Sequence[Row] = []
+    if isinstance(tx, (AsyncSession, AsyncConnection)):
+        inserted = [row._mapping for row in await tx.execute(query.sqlalchemy, params)]
+        lookup = _missing(prepared, inserted)
+        if lookup is not None:
+            result = await tx.execute(lookup_query.sqlalchemy, lookup)
+            existing = [row._mapping for row in result]
+    else:
+        inserted = await tx.fetch(query.asyncpg_sql, *query.asyncpg_args(params))
+        lookup = _missing(prepared, inserted)
+        if lookup is not None:
+            existing = await tx.fetch(lookup_query.asyncpg_sql, *lookup_query.asyncpg_args(lookup))
+    return _results(prepared, inserted, existing)
+
+
+def _asyncpg_types() -> tuple[type, ...]:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    return (asyncpg.Connection, PoolConnectionProxy)
+
+
+# Plain isinstance on concrete classes: a runtime-checkable Protocol check costs ~10 µs per emit.
+_ASYNCPG_TYPES = _asyncpg_types()
+
+
+def _is_async(tx: object) -> bool:
+    """True for an async handle, False for a sync one; raise for anything else."""
+    if isinstance(tx, _ASYNCPG_TYPES):
+        if not tx.is_in_transaction():  # type: ignore[attr-defined]
+            raise NotInTransactionError(
+                "emit() was given an asyncpg connection outside a transaction; use "
+                "`async with conn.transaction():` so the event commits with your data"
+            )
+        return True
+    if isinstance(tx, (AsyncSession, AsyncConnection)):
+        return True
+    if isinstance(tx, (Session, Connection)):
+        return False
+    raise UnsupportedTransactionError(
+        "emit() needs a SQLAlchemy Session, Connection, AsyncSession or AsyncConnection, or an "
+        f"asyncpg Connection; got {type(tx).__name__}"
+    )
+
+
+async def _emit_many_async(tx: AsyncTransaction, prepared: list[_Prepared]) -> list[Event]:
+    return await _write_async(tx, prepared) if prepared else []
+
+
+async def _emit_one_async(tx: AsyncTransaction, prepared: list[_Prepared]) -> Event:
+    return (await _write_async(tx, prepared))[0]
+
+
+@overload
+def emit_many(tx: SyncTransaction, events: Iterable[EventSpec]) -> list[Event]: ...
+@overload
+def emit_many(
+    tx: AsyncTransaction, events: Iterable[EventSpec]
+) -> Coroutine[Any, Any, list[Event]]: ...
+def emit_many(
+    tx: SyncTransaction | AsyncTransaction, events: Iterable[EventSpec]
+) -> list[Event] | Coroutine[Any, Any, list[Event]]:
+    """Write several events in one statement, in the caller's transaction.
+
+    Every event is checked first; if one is invalid nothing is sent. Returns the events in the
+    order given; an event whose dedup key is already stored comes back as the stored event.
+    With an async handle, await the result.
+    """
+    is_async = _is_async(tx)
+    prepared = _prepare_all(events)
+    if is_async:
+        return _emit_many_async(tx, prepared)  # type: ignore[arg-type]
+    return _write_sync(tx, prepared) if prepared else []  # type: ignore[arg-type]
+
+
+@overload
+def emit(
+    tx: SyncTransaction,
+    *,
+    service: str,
+    event_type: str,
+    data: Mapping[str, Any],
+    priority: MessagePriority | str | int = ...,
+    correlation_id: str | None = ...,
+    causation_id: str | None = ...,
+    user_id: str | int | None = ...,
+    aggregate_id: str | int | uuid.UUID | None = ...,
+    dedup_key: str | None = ...,
+    headers: Mapping[str, str] | None = ...,
+) -> Event: ...
+@overload
+def emit(
+    tx: AsyncTransaction,
+    *,
+    service: str,
+    event_type: str,
+    data: Mapping[str, Any],
+    priority: MessagePriority | str | int = ...,
+    correlation_id: str | None = ...,
+    causation_id: str | None = ...,
+    user_id: str | int | None = ...,
+    aggregate_id: str | int | uuid.UUID | None = ...,
+    dedup_key: str | None = ...,
+    headers: Mapping[str, str] | None = ...,
+) -> Coroutine[Any, Any, Event]: ...
+def emit(
+    tx: SyncTransaction | AsyncTransaction,
+    *,
+    service: str,
+    event_type: str,
+    data: Mapping[str, Any],
+    priority: MessagePriority | str | int = MessagePriority.NORMAL,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    user_id: str | int | None = None,
+    aggregate_id: str | int | uuid.UUID | None = None,
+    dedup_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Event | Coroutine[Any, Any, Event]:
+    """Write one event in the caller's transaction and return it (with ``event_id``).
+
+    ``tx`` is a SQLAlchemy ``Session`` or ``Connection`` (returns the event), or an
+    ``AsyncSession``, ``AsyncConnection`` or asyncpg ``Connection`` (returns an awaitable).
+    ``correlation_id`` defaults to the current context's (see ``CorrelationIdMiddleware``), else
+    a new id. If ``dedup_key`` is already stored for this service, the stored event is returned
+    and nothing is written. Invalid input raises :class:`~outbox.errors.InvalidEventError`
+    before anything is sent.
+    """
+    is_async = _is_async(tx)
+    spec = EventSpec(
+        service,
+        event_type,
+        data,
+        priority,
+        correlation_id,
+        causation_id,
+        user_id,
+        aggregate_id,
+        dedup_key,
+        headers,
+    )
+    prepared = _prepare_all([spec])
+    if is_async:
+        return _emit_one_async(tx, prepared)  # type: ignore[arg-type]
+    return _write_sync(tx, prepared)[0]  # type: ignore[arg-type]

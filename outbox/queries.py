@@ -1,0 +1,94 @@
+"""Every SQL statement of the ``outbox`` package, in one place.
+
+Each statement is written once with ``:name`` parameters; :class:`Query` also renders it with
+``$n`` placeholders for asyncpg, so SQLAlchemy connections and raw asyncpg connections run the
+same text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import TextClause, text
+
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    sql: str
+    sqlalchemy: TextClause = field(init=False, repr=False)
+    asyncpg_sql: str = field(init=False, repr=False)
+    param_names: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        object.__setattr__(self, "sqlalchemy", text(self.sql))
+        object.__setattr__(self, "asyncpg_sql", _PARAM.sub(number, self.sql))
+        object.__setattr__(self, "param_names", tuple(names))
+
+    def asyncpg_args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[name] for name in self.param_names]
+
+
+_COLUMNS = """event_id, stream, event_type, source, aggregate_id, priority, payload, headers,
+               correlation_id, causation_id, user_id, traceparent, dedup_key"""
+
+# One event: scalar parameters (cheaper to encode than one-element arrays).
+INSERT_EVENT = Query(
+    "insert_event",
+    f"""
+    INSERT INTO outbox_events ({_COLUMNS})
+    VALUES (:event_id, :stream, :event_type, :source, :aggregate_id, :priority,
+            CAST(:payload AS jsonb), CAST(:headers AS jsonb), :correlation_id, :causation_id,
+            :user_id, :traceparent, :dedup_key)
+    ON CONFLICT (stream, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+    RETURNING event_id, position, occurred_at
+    """,
+)
+
+# Many events: arrays are unnested server-side, so a batch is one round
+# trip. A repeated dedup key (per stream) conflicts with the partial unique index and is skipped;
+# RETURNING then tells which events were written.
+INSERT_EVENTS = Query(
+    "insert_events",
+    f"""
+    INSERT INTO outbox_events ({_COLUMNS})
+    SELECT e.event_id, e.stream, e.event_type, e.source, e.aggregate_id, e.priority,
+           e.payload::jsonb, e.headers::jsonb, e.correlation_id, e.causation_id, e.user_id,
+           e.traceparent, e.dedup_key
+      FROM unnest(CAST(:event_ids AS uuid[]), CAST(:streams AS text[]),
+                  CAST(:event_types AS text[]), CAST(:sources AS text[]),
+                  CAST(:aggregate_ids AS text[]), CAST(:priorities AS smallint[]),
+                  CAST(:payloads AS text[]), CAST(:headers AS text[]),
+                  CAST(:correlation_ids AS text[]), CAST(:causation_ids AS text[]),
+                  CAST(:user_ids AS text[]), CAST(:traceparents AS text[]),
+                  CAST(:dedup_keys AS text[]))
+           AS e(event_id, stream, event_type, source, aggregate_id, priority, payload, headers,
+                correlation_id, causation_id, user_id, traceparent, dedup_key)
+    ON CONFLICT (stream, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+    RETURNING event_id, position, occurred_at
+    """,
+)
+
+# The events already stored under the given (stream, dedup_key) pairs.
+SELECT_BY_DEDUP_KEYS = Query(
+    "select_by_dedup_keys",
+    """
+    SELECT o.position, o.event_id, o.stream, o.event_type, o.source, o.aggregate_id, o.priority,
+           o.payload::text AS payload, o.headers::text AS headers, o.correlation_id,
+           o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at
+      FROM unnest(CAST(:streams AS text[]), CAST(:dedup_keys AS text[])) AS k(stream, dedup_key)
+      JOIN outbox_events o ON o.stream = k.stream AND o.dedup_key = k.dedup_key
+    """,
+)

@@ -1,0 +1,261 @@
+"""The stream entry format: encode an outbox event into entry fields, decode an entry back.
+
+An entry is a flat map of strings (Redis stream fields). Field names are the contract between the
+relay (which writes them), consumers (which read them) and the CloudEvents conversion:
+
+==================  ==========================================================================
+field               meaning
+==================  ==========================================================================
+``event_id``        outbox event UUID (dedup key of consumers' inboxes)
+``event_type``      e.g. ``user_created``
+``service``         publishing service (the outbox stream)
+``source``          CloudEvents source (defaults to the service)
+``data``            JSON object, exactly as stored in the outbox
+``priority``        ``low`` / ``normal`` / ``high`` / ``critical``
+``timestamp``       occurred_at as Unix seconds (float), the original document's field
+``occurred_at``     ISO 8601 with time zone
+``position``        outbox position (append order)
+``correlation_id``  always present
+``retry_count``     ``0`` when published; consumers count deliveries instead
+``max_retries``     the retry budget the publisher configured
+optional            ``causation_id``, ``user_id``, ``aggregate_id``, ``dedup_key``,
+                    ``traceparent``, ``headers`` (JSON object): absent when empty
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from outbox.envelope import Event, MessagePriority
+from outbox.errors import OutboxError
+
+_OPTIONAL = ("causation_id", "user_id", "aggregate_id", "dedup_key", "traceparent")
+_REQUIRED = ("event_id", "event_type", "service", "data", "priority", "correlation_id")
+
+
+class MalformedEntryError(OutboxError):
+    """A stream entry lacks a required field or cannot be decoded; it goes to dead letters."""
+
+
+@dataclass(slots=True)
+class StreamMessage:
+    """One stream entry, decoded: the original document's fields plus the full envelope."""
+
+    id: str
+    stream: str
+    event_type: str
+    service: str
+    data: dict[str, Any]
+    priority: MessagePriority
+    timestamp: float
+    retry_count: int
+    max_retries: int
+    correlation_id: str
+    user_id: str | None = None
+    event_id: str = ""
+    source: str = ""
+    causation_id: str | None = None
+    aggregate_id: str | None = None
+    dedup_key: str | None = None
+    traceparent: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    position: int | None = None
+    occurred_at: datetime | None = None
+
+
+def encode_fields(
+    *,
+    event_id: str,
+    event_type: str,
+    service: str,
+    source: str,
+    data_json: str,
+    priority: MessagePriority,
+    occurred_at: datetime,
+    correlation_id: str,
+    position: int | None,
+    max_retries: int,
+    causation_id: str | None = None,
+    user_id: str | None = None,
+    aggregate_id: str | None = None,
+    dedup_key: str | None = None,
+    traceparent: str | None = None,
+    headers_json: str | None = None,
+) -> dict[str, str]:
+    """Entry fields from already-serialised parts (the relay passes the stored JSON through)."""
+    fields = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "service": service,
+        "source": source,
+        "data": data_json,
+        "priority": priority.label,
+        "timestamp": repr(occurred_at.timestamp()),
+        "occurred_at": occurred_at.isoformat(),
+        "correlation_id": correlation_id,
+        "retry_count": "0",
+        "max_retries": str(max_retries),
+    }
+    if position is not None:
+        fields["position"] = str(position)
+    for name, value in (
+        ("causation_id", causation_id),
+        ("user_id", user_id),
+        ("aggregate_id", aggregate_id),
+        ("dedup_key", dedup_key),
+        ("traceparent", traceparent),
+        ("headers", headers_json),
+    ):
+        if value:
+            fields[name] = value
+    return fields
+
+
+def encode_event(event: Event, *, max_retries: int) -> dict[str, str]:
+    return encode_fields(
+        event_id=str(event.event_id),
+        event_type=event.event_type,
+        service=event.service,
+        source=event.source,
+        data_json=json.dumps(event.data, ensure_ascii=False, separators=(",", ":")),
+        priority=event.priority,
+        occurred_at=event.occurred_at,
+        correlation_id=event.correlation_id,
+        position=event.position,
+        max_retries=max_retries,
+        causation_id=event.causation_id,
+        user_id=event.user_id,
+        aggregate_id=event.aggregate_id,
+        dedup_key=event.dedup_key,
+        traceparent=event.traceparent,
+        headers_json=json.dumps(event.headers, ensure_ascii=False) if event.headers else None,
+    )
+
+
+def _text(fields: Mapping[Any, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        value = fields.get(name.encode())
+    if value is None:
+        return None
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> StreamMessage:
+    """Decode entry fields (str or bytes keys) or raise :class:`MalformedEntryError`."""
+    try:
+        values = {name: _text(fields, name) for name in (*_REQUIRED, *_OPTIONAL)}
+        missing = [name for name in _REQUIRED if not values[name]]
+        if missing:
+            raise MalformedEntryError(f"entry {entry_id} of {stream} lacks {', '.join(missing)}")
+        data = json.loads(values["data"] or "")
+        if not isinstance(data, dict):
+            raise MalformedEntryError(f"entry {entry_id} of {stream}: data is not a JSON object")
+        uuid.UUID(values["event_id"] or "")
+        occurred_text = _text(fields, "occurred_at")
+        occurred_at = datetime.fromisoformat(occurred_text) if occurred_text else None
+        timestamp_text = _text(fields, "timestamp")
+        if timestamp_text is not None:
+            timestamp = float(timestamp_text)
+        elif occurred_at is not None:
+            timestamp = occurred_at.timestamp()
+        else:
+            timestamp = datetime.now(UTC).timestamp()
+        headers_text = _text(fields, "headers")
+        position_text = _text(fields, "position")
+        service = values["service"] or ""
+        return StreamMessage(
+            id=entry_id,
+            stream=stream,
+            event_type=values["event_type"] or "",
+            service=service,
+            data=data,
+            priority=MessagePriority.parse(values["priority"]),
+            timestamp=timestamp,
+            retry_count=int(_text(fields, "retry_count") or 0),
+            max_retries=int(_text(fields, "max_retries") or 0),
+            correlation_id=values["correlation_id"] or "",
+            user_id=values["user_id"],
+            event_id=values["event_id"] or "",
+            source=_text(fields, "source") or service,
+            causation_id=values["causation_id"],
+            aggregate_id=values["aggregate_id"],
+            dedup_key=values["dedup_key"],
+            traceparent=values["traceparent"],
+            headers=json.loads(headers_text) if headers_text else {},
+            position=int(position_text) if position_text else None,
+            occurred_at=occurred_at,
+        )
+    except MalformedEntryError:
+        raise
+    except (ValueError, TypeError, OutboxError) as error:
+        raise MalformedEntryError(
+            f"entry {entry_id} of {stream} cannot be decoded: {error}"
+        ) from None
+
+
+# CloudEvents 1.0 (https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md).
+# Extension attribute names must be lower-case alphanumerics, hence the squeezed names.
+_EXTENSIONS = {
+    "correlation_id": "correlationid",
+    "causation_id": "causationid",
+    "user_id": "userid",
+    "dedup_key": "dedupkey",
+    "traceparent": "traceparent",
+    "service": "service",
+    "position": "position",
+    "headers": "outboxheaders",
+    "timestamp": "timestamp",
+    "retry_count": "retrycount",
+    "max_retries": "maxretries",
+}
+
+
+def to_cloudevent(fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """A CloudEvents 1.0 JSON-format event carrying every field of the entry."""
+    text = {name: _text(fields, name) for name in (*_REQUIRED, *_OPTIONAL, *_EXTENSIONS)}
+    cloudevent: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": text["event_id"],
+        "source": _text(fields, "source") or text["service"],
+        "type": text["event_type"],
+        "datacontenttype": "application/json",
+        "data": json.loads(text["data"] or "{}"),
+        "priority": text["priority"],
+    }
+    occurred_at = _text(fields, "occurred_at")
+    if occurred_at:
+        cloudevent["time"] = occurred_at
+    aggregate_id = text["aggregate_id"]
+    if aggregate_id:
+        cloudevent["subject"] = aggregate_id
+    for name, attribute in _EXTENSIONS.items():
+        value = text.get(name)
+        if value:
+            cloudevent[attribute] = value
+    return cloudevent
+
+
+def from_cloudevent(cloudevent: Mapping[str, Any]) -> dict[str, str]:
+    """Entry fields back from :func:`to_cloudevent`'s output (lossless round trip)."""
+    fields: dict[str, str] = {
+        "event_id": str(cloudevent["id"]),
+        "event_type": str(cloudevent["type"]),
+        "source": str(cloudevent["source"]),
+        "data": json.dumps(cloudevent.get("data", {}), ensure_ascii=False, separators=(",", ":")),
+        "priority": str(cloudevent.get("priority", "normal")),
+    }
+    if "time" in cloudevent:
+        fields["occurred_at"] = str(cloudevent["time"])
+    if "subject" in cloudevent:
+        fields["aggregate_id"] = str(cloudevent["subject"])
+    for name, attribute in _EXTENSIONS.items():
+        if attribute in cloudevent:
+            fields[name] = str(cloudevent[attribute])
+    return fields
