@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sql", action="store_true", help="print the SQL instead of running it (offline mode)"
     )
     migrate.set_defaults(handler=_migrate)
+
+    # Each area registers its own subcommands (handlers import their package lazily).
+    from cli import projections as projections_commands
+    from cli import relay as relay_commands
+
+    relay_commands.register(sub)
+    projections_commands.register(sub)
     return parser
 
 

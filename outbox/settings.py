@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=3600, validation_alias=_env("REFRESH_INTERVAL")
     )
 
+    # --- relay settings (relay/) ---
+
+    # --- projection settings (projections/) ---
+
+    # --- monitor settings (monitor/) ---
+
     @field_validator("stream_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:

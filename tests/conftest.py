@@ -25,6 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from migrations import runner
 from outbox.settings import Settings, get_settings
 
+# Fixtures of each area live in their own plugin module, so areas do not edit one file.
+pytest_plugins = ["tests.fixtures_relay", "tests.fixtures_projections"]
+
 _BASE = Settings()
 
 
