@@ -17,7 +17,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _migrate(args: argparse.Namespace) -> int:
     from migrations import runner
+    from outbox.settings import get_settings
 
+    if args.create_database and not args.sql:
+        runner.ensure_database(get_settings().libpq_url())
     if args.sql:
         runner.upgrade(revision=args.revision, sql=True)
     else:
@@ -45,12 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--sql", action="store_true", help="print the SQL instead of running it (offline mode)"
     )
+    migrate.add_argument(
+        "--no-create-database",
+        dest="create_database",
+        action="store_false",
+        help="fail instead of creating the database when it does not exist",
+    )
     migrate.set_defaults(handler=_migrate)
 
     # Each area registers its own subcommands (handlers import their package lazily).
+    from cli import check as check_commands
     from cli import projections as projections_commands
     from cli import relay as relay_commands
 
+    check_commands.register(sub)
     relay_commands.register(sub)
     projections_commands.register(sub)
     return parser

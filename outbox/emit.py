@@ -143,9 +143,7 @@ def _insert(prepared: Sequence[_Prepared]) -> tuple[queries.Query, dict[str, Any
     if len(prepared) == 1:
         return queries.INSERT_EVENT, prepared[0].params
     columns = prepared[0].params.keys()
-    return queries.INSERT_EVENTS, {
-        f"{name}s": [p.params[name] for p in prepared] for name in columns
-    }
+    return queries.INSERT_EVENTS, {name: [p.params[name] for p in prepared] for name in columns}
 
 
 def _missing(prepared: Sequence[_Prepared], inserted: Sequence[Row]) -> dict[str, Any] | None:

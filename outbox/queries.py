@@ -57,7 +57,7 @@ INSERT_EVENT = Query(
     """,
 )
 
-# Many events: arrays are unnested server-side, so a batch is one round
+# Many events: the same parameters as arrays, unnested server-side, so a batch is one round
 # trip. A repeated dedup key (per stream) conflicts with the partial unique index and is skipped;
 # RETURNING then tells which events were written.
 INSERT_EVENTS = Query(
@@ -67,13 +67,13 @@ INSERT_EVENTS = Query(
     SELECT e.event_id, e.stream, e.event_type, e.source, e.aggregate_id, e.priority,
            e.payload::jsonb, e.headers::jsonb, e.correlation_id, e.causation_id, e.user_id,
            e.traceparent, e.dedup_key
-      FROM unnest(CAST(:event_ids AS uuid[]), CAST(:streams AS text[]),
-                  CAST(:event_types AS text[]), CAST(:sources AS text[]),
-                  CAST(:aggregate_ids AS text[]), CAST(:priorities AS smallint[]),
-                  CAST(:payloads AS text[]), CAST(:headers AS text[]),
-                  CAST(:correlation_ids AS text[]), CAST(:causation_ids AS text[]),
-                  CAST(:user_ids AS text[]), CAST(:traceparents AS text[]),
-                  CAST(:dedup_keys AS text[]))
+      FROM unnest(CAST(:event_id AS uuid[]), CAST(:stream AS text[]),
+                  CAST(:event_type AS text[]), CAST(:source AS text[]),
+                  CAST(:aggregate_id AS text[]), CAST(:priority AS smallint[]),
+                  CAST(:payload AS text[]), CAST(:headers AS text[]),
+                  CAST(:correlation_id AS text[]), CAST(:causation_id AS text[]),
+                  CAST(:user_id AS text[]), CAST(:traceparent AS text[]),
+                  CAST(:dedup_key AS text[]))
            AS e(event_id, stream, event_type, source, aggregate_id, priority, payload, headers,
                 correlation_id, causation_id, user_id, traceparent, dedup_key)
     ON CONFLICT (stream, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
