@@ -26,7 +26,11 @@ from migrations import runner
 from outbox.settings import Settings, get_settings
 
 # Fixtures of each area live in their own plugin module, so areas do not edit one file.
-pytest_plugins = ["tests.fixtures_relay", "tests.fixtures_projections"]
+pytest_plugins = [
+    "tests.fixtures_relay",
+    "tests.fixtures_projections",
+    "tests.fixtures_monitor",
+]
 
 _BASE = Settings()
 

@@ -1,0 +1,41 @@
+"""``outbox monitor``: serve the monitor (REST, WebSocket, dashboard, Prometheus)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from monitor.app import create_app
+    from outbox.settings import get_settings
+
+    settings = get_settings()
+    host = args.host or settings.monitor_host
+    port = args.port or settings.monitor_port
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        ws_ping_interval=20,
+    )
+    server = uvicorn.Server(config)
+    print(f"monitor: http://{host}:{port}/", flush=True)
+    server.run()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    monitor = sub.add_parser(
+        "monitor",
+        help="serve the monitor dashboard, REST API and Prometheus /metrics",
+        description="Serve the monitor. Binds MONITOR_HOST (default 127.0.0.1) and MONITOR_PORT "
+        "(default 8090); write actions need MONITOR_ADMIN_TOKEN.",
+    )
+    monitor.add_argument("--host", help="address to bind (default: MONITOR_HOST)")
+    monitor.add_argument("--port", type=int, help="port (default: MONITOR_PORT)")
+    monitor.set_defaults(handler=run)

@@ -1,0 +1,565 @@
+"""The monitor's FastAPI application: REST, WebSocket, dashboard and Prometheus ``/metrics``.
+
+Endpoints of the original OpsConductor document keep their meaning (``/health``,
+``/api/streams``, ``/api/stream/{stream}``, ``/api/pending/{stream}/{group}``, ``/api/metrics``,
+``/ws``); the rest add the outbox, relay and projection side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from fastapi import (
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from redis import exceptions as redis_errors
+
+from monitor import prometheus, queries, redis_stats
+from monitor.collector import Collector
+from monitor.dead_letters import present, select
+from monitor.security import (
+    NAME_PATTERN,
+    mask_fields,
+    origin_allowed,
+    parse_names,
+    token_matches,
+)
+from outbox.envelope import MessagePriority, uuid7
+from outbox.settings import Settings, get_settings
+from streams.codec import encode_fields
+from streams.dead_letter import DeadLetterFilter, DeadLetters
+from streams.errors import RedisOutOfMemoryError, RedisUnavailableError
+from streams.keys import Keys
+
+log = logging.getLogger("outbox.monitor")
+STATIC = Path(__file__).resolve().parent / "static"
+NameParam = Annotated[str, PathParam(pattern=NAME_PATTERN.pattern, max_length=200)]
+_U64 = 2**64 - 1
+
+
+def entry_id(
+    entry_id: Annotated[str, PathParam(pattern=r"^\d{1,20}-\d{1,20}$")],
+) -> str:
+    """A Redis stream entry id: two unsigned 64-bit integers (else 422, never a Redis error)."""
+    ms, seq = (int(part) for part in entry_id.split("-"))
+    if ms > _U64 or seq > _U64:
+        raise HTTPException(422, f"{entry_id!r} is not a stream entry id")
+    return entry_id
+
+
+EntryId = Annotated[str, Depends(entry_id)]
+
+
+class Monitor:
+    """What the app holds while it runs: connections, the collector, WebSocket subscribers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.stream_prefix)
+        self.masked = parse_names(settings.monitor_mask_fields)
+        self.started = time.monotonic()
+        self.pool: asyncpg.Pool | None = None
+        self.redis: aioredis.Redis | None = None
+        self.collector: Collector | None = None
+        self.subscribers: set[asyncio.Queue[str]] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_streams_url.get_secret_value(),
+            password=settings.redis_password.get_secret_value()
+            if settings.redis_password
+            else None,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        self.pool = await asyncpg.create_pool(
+            settings.libpq_url(),
+            min_size=1,
+            max_size=4,
+            command_timeout=10,
+            # Small, frequent queries: JIT compilation would cost more than it saves (500 ms
+            # on a backlog count, measured).
+            server_settings={"jit": "off", "application_name": "outbox-monitor"},
+        )
+        self.collector = Collector(settings, self.pool, self.redis)
+        self.task = asyncio.create_task(self._tick(), name="monitor-collector")
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.pool:
+            await self.pool.close()
+        if self.redis:
+            await self.redis.aclose()
+
+    async def _tick(self) -> None:
+        """Every REFRESH_INTERVAL: collect, push to /ws clients, append to the metrics stream."""
+        assert self.collector is not None
+        while True:
+            try:
+                snapshot = await self.collector.latest(max_age_s=0)
+                message = json.dumps(
+                    {"type": "snapshot", "snapshot": self.masked_copy(snapshot)}, default=str
+                )
+                for queue in list(self.subscribers):
+                    if queue.full():
+                        queue.get_nowait()  # a slow client gets the newest, not a backlog
+                    queue.put_nowait(message)
+                await self._append_metrics(snapshot)
+            except Exception as error:  # the loop must survive outages of PG or Redis
+                log.warning("event=monitor_collect_failed error=%r", error)
+            await asyncio.sleep(self.settings.refresh_interval_s)
+
+    async def _append_metrics(self, snapshot: dict[str, Any]) -> None:
+        assert self.redis is not None
+        summary = {
+            "status": snapshot["status"]["overall"],
+            "outbox": [
+                {
+                    k: row[k]
+                    for k in (
+                        "stream",
+                        "unpublished",
+                        "oldest_unpublished_age_s",
+                        "publish_rate_per_s",
+                    )
+                }
+                for row in snapshot["outbox"]["streams"]
+            ],
+            "groups": [
+                {
+                    "stream": s["key"],
+                    "group": g["name"],
+                    "lag": g["lag_entries"],
+                    "pending": g["pending"],
+                    "lag_seconds": g["lag_seconds"],
+                }
+                for s in snapshot["streams"]
+                for g in s["groups"]
+            ],
+            "dead_letters": snapshot["dead_letters"]["count"],
+            "redis_memory_bytes": snapshot["redis"].get("used_memory_bytes"),
+        }
+        fields = encode_fields(
+            event_id=str(uuid7()),
+            event_type="monitor_snapshot",
+            service="metrics",
+            source="monitor",
+            data_json=json.dumps(summary, separators=(",", ":"), default=str),
+            priority=MessagePriority.LOW,
+            occurred_at=datetime.now(UTC),
+            correlation_id=str(uuid7()),
+            position=None,
+            max_retries=0,
+        )
+        min_id = int((time.time() - self.settings.metrics_stream_retention_s) * 1000)
+        entry: dict[Any, Any] = dict(fields)
+        await self.redis.xadd(self.keys.metrics, entry, minid=str(min_id), approximate=True)
+
+    def masked_copy(self, value: Any) -> Any:
+        return mask_fields(value, self.masked)
+
+    def dead_letters(self) -> DeadLetters:
+        assert self.redis is not None
+        return DeadLetters(self.redis, self.keys, self.settings.dead_letter_ttl_s)
+
+    def stream_key(self, name: str) -> str:
+        """A full key of ours from a full key or a service name; 404 for anything else."""
+        if self.keys.parse_stream(name) is not None or name in (
+            self.keys.dead_letter,
+            self.keys.metrics,
+        ):
+            return name
+        candidate = self.keys.stream(name) if ":" not in name else name
+        if self.keys.parse_stream(candidate) is None:
+            raise HTTPException(404, f"{name!r} is not a stream of prefix {self.keys.prefix!r}")
+        return candidate
+
+
+def get_monitor(request: Request) -> Monitor:
+    monitor: Monitor = request.app.state.monitor
+    return monitor
+
+
+def get_collector(request: Request) -> Collector:
+    collector = get_monitor(request).collector
+    if collector is None:
+        raise HTTPException(503, "the monitor is starting")
+    return collector
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Write actions: refused without a configured token, 401 without the right one."""
+    token = get_monitor(request).settings.monitor_admin_token
+    if token is None:
+        raise HTTPException(403, "write actions are disabled: set MONITOR_ADMIN_TOKEN")
+    if not token_matches(authorization, token.get_secret_value()):
+        raise HTTPException(
+            401, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def dead_letter_filter(
+    stream: Annotated[str | None, Query(max_length=200)] = None,
+    group: Annotated[str | None, Query(max_length=200)] = None,
+    event_type: Annotated[str | None, Query(max_length=200)] = None,
+    older_than_s: Annotated[float | None, Query(ge=0)] = None,
+    newer_than_s: Annotated[float | None, Query(ge=0)] = None,
+) -> DeadLetterFilter:
+    return DeadLetterFilter(stream, group, event_type, older_than_s, newer_than_s)
+
+
+Filter = Annotated[DeadLetterFilter, Depends(dead_letter_filter)]
+
+
+CollectorDep = Annotated[Collector, Depends(get_collector)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    monitor = Monitor(settings or get_settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await monitor.start()
+        try:
+            yield
+        finally:
+            await monitor.stop()
+
+    app = FastAPI(
+        title="OpsConductor outbox monitor",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Outbox lag, relays, Redis streams, consumer groups and dead letters.",
+    )
+    app.state.monitor = monitor
+
+    @app.exception_handler(redis_errors.ConnectionError)
+    @app.exception_handler(redis_errors.TimeoutError)
+    async def redis_unavailable(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "Redis is not reachable"}, status_code=503)
+
+    @app.exception_handler(RedisUnavailableError)
+    async def streams_unavailable(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "Redis is not reachable"}, status_code=503)
+
+    @app.exception_handler(RedisOutOfMemoryError)
+    async def redis_oom(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=507)
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def postgres_unavailable(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "PostgreSQL is not reachable"}, status_code=503)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        """The monitor process itself is up."""
+        return {"status": "ok", "uptime_s": round(time.monotonic() - monitor.started, 3)}
+
+    @app.get("/ready", tags=["health"])
+    async def ready() -> JSONResponse:
+        """PostgreSQL and Redis are reachable."""
+        checks: dict[str, str] = {}
+        try:
+            assert monitor.pool is not None
+            async with monitor.pool.acquire(timeout=3) as conn:
+                await conn.fetchval("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as error:
+            checks["postgres"] = f"unreachable: {type(error).__name__}"
+        try:
+            assert monitor.redis is not None
+            await monitor.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as error:
+            checks["redis"] = f"unreachable: {type(error).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    @app.get("/api/snapshot", tags=["overview"])
+    async def snapshot(c: CollectorDep) -> Any:
+        """Everything at once: outbox, relays, streams, groups, projections, statuses."""
+        return monitor.masked_copy(await c.latest())
+
+    @app.get("/api/status", tags=["overview"])
+    async def status(c: CollectorDep) -> Any:
+        """OK / WARN / ERR per component, with the reason."""
+        return (await c.latest())["status"]
+
+    @app.get("/api/outbox", tags=["outbox"])
+    async def outbox_view(c: CollectorDep) -> Any:
+        """Backlog per stream, oldest age, relay cursors, the transaction holding them back."""
+        snap = await c.latest()
+        return {"outbox": snap["outbox"], "relays": snap["relays"]}
+
+    @app.get("/api/projections", tags=["projections"])
+    async def projections_view(c: CollectorDep) -> Any:
+        """Per projection: consumers with heartbeat age, processed, failures, dead letters, rate."""
+        return (await c.latest())["projections"]
+
+    @app.get("/api/streams", tags=["streams"])
+    async def streams(c: CollectorDep) -> Any:
+        """All streams: length, last id, consumer groups with lag, pending and consumers."""
+        return (await c.latest())["streams"]
+
+    @app.get("/api/stream/{stream}", tags=["streams"])
+    async def stream(stream: NameParam, c: CollectorDep) -> Any:
+        """One stream (a full key, or a service name for its NORMAL stream)."""
+        key = monitor.stream_key(stream)
+        assert monitor.redis is not None
+        _, stats = await redis_stats.collect(monitor.redis, [key])
+        if stats[0].error:
+            raise HTTPException(409, f"{key} is not a stream: {stats[0].error}")
+        if not stats[0].exists:
+            raise HTTPException(404, f"stream {key} does not exist")
+        return asdict(stats[0])
+
+    @app.get("/api/pending/{stream}/{group}", tags=["streams"])
+    async def pending(
+        stream: NameParam,
+        group: NameParam,
+        count: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Any:
+        """A group's pending entries: summary, and the oldest ``count`` with consumer and idle."""
+        key = monitor.stream_key(stream)
+        assert monitor.redis is not None
+        try:
+            summary = await monitor.redis.xpending(key, group)
+            entries = await monitor.redis.xpending_range(key, group, "-", "+", count)
+        except redis_errors.ResponseError as error:
+            text = str(error)
+            if "NOGROUP" in text or "no such key" in text.lower():
+                raise HTTPException(404, f"no group {group!r} on stream {key}") from None
+            if "WRONGTYPE" in text:
+                raise HTTPException(409, f"{key} is not a stream") from None
+            raise
+        return {
+            "stream": key,
+            "group": group,
+            "pending": summary["pending"],
+            "min_id": summary["min"],
+            "max_id": summary["max"],
+            "consumers": summary["consumers"],
+            "entries": [
+                {
+                    "id": e["message_id"],
+                    "consumer": e["consumer"],
+                    "idle_ms": e["time_since_delivered"],
+                    "deliveries": e["times_delivered"],
+                }
+                for e in entries
+            ],
+        }
+
+    @app.get("/api/metrics", tags=["redis"])
+    async def redis_metrics(c: CollectorDep) -> Any:
+        """Redis memory, clients, ops/s, hit ratio, uptime."""
+        return (await c.latest())["redis"]
+
+    @app.get("/api/events", tags=["events"])
+    async def events(
+        correlation_id: Annotated[str, Query(min_length=1, max_length=256)],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> Any:
+        """Every event of a correlation and where each one is now."""
+        assert monitor.pool is not None
+        assert monitor.redis is not None
+        async with monitor.pool.acquire() as conn:
+            rows = await conn.fetch(queries.EVENTS_BY_CORRELATION, correlation_id, limit)
+        dead = (
+            {
+                letter.event_id: letter
+                async for letter in monitor.dead_letters().iterate()
+                if letter.event_id
+            }
+            if rows
+            else {}
+        )
+        result = []
+        for row in rows:
+            event_id = str(row["event_id"])
+            entry = await _find_entry(monitor, row) if row["published"] else None
+            letter = dead.get(event_id)
+            if letter is not None:
+                where = "dead_lettered"
+            elif row["applied_by"]:
+                where = "applied"
+            elif row["published"]:
+                where = "published"
+            else:
+                where = "in_outbox"
+            result.append(
+                {
+                    "event_id": event_id,
+                    "position": row["position"],
+                    "service": row["stream"],
+                    "event_type": row["event_type"],
+                    "priority": row["priority"],
+                    "aggregate_id": row["aggregate_id"],
+                    "causation_id": row["causation_id"],
+                    "user_id": row["user_id"],
+                    "occurred_at": row["occurred_at"].isoformat(),
+                    "data": monitor.masked_copy(json.loads(row["payload"])),
+                    "where": where,
+                    "published": row["published"],
+                    "entry": entry,
+                    "applied_by": list(row["applied_by"]),
+                    "dead_letter": (
+                        {"id": letter.id, "group": letter.group, "error": letter.error}
+                        if letter
+                        else None
+                    ),
+                }
+            )
+        return {"correlation_id": correlation_id, "events": result}
+
+    @app.get("/api/dead-letters", tags=["dead letters"])
+    async def dead_letters_list(
+        where: Filter, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> Any:
+        """Dead letters matching the filters, newest first."""
+        letters, total = await select(monitor.dead_letters(), where, limit)
+        return {"total": total, "dead_letters": [present(x, monitor.masked) for x in letters]}
+
+    @app.get("/api/dead-letters/{entry_id}", tags=["dead letters"])
+    async def dead_letter_show(entry_id: EntryId) -> Any:
+        """One dead letter."""
+        letter = await monitor.dead_letters().get(entry_id)
+        if letter is None:
+            raise HTTPException(404, f"no dead letter {entry_id}")
+        return present(letter, monitor.masked)
+
+    @app.post(
+        "/api/dead-letters/{entry_id}/replay",
+        tags=["dead letters"],
+        dependencies=[Depends(require_admin)],
+    )
+    async def dead_letter_replay_one(entry_id: EntryId) -> Any:
+        """Re-add one dead letter to its source stream (idempotent: projections keep an inbox)."""
+        dead = monitor.dead_letters()
+        letter = await dead.get(entry_id)
+        if letter is None:
+            raise HTTPException(404, f"no dead letter {entry_id}")
+        new_ids = await dead.replay([letter])
+        log.info("event=dead_letter_replayed id=%s stream=%s", entry_id, letter.source_stream)
+        return {"replayed": len(new_ids), "new_entry_ids": new_ids}
+
+    @app.post(
+        "/api/dead-letters/replay", tags=["dead letters"], dependencies=[Depends(require_admin)]
+    )
+    async def dead_letter_replay(
+        where: Filter, expected: Annotated[int | None, Query(ge=0)] = None
+    ) -> Any:
+        """Replay every dead letter matching the filters. Pass ``expected`` (the count shown to
+        the operator) to refuse when the set changed in between."""
+        dead = monitor.dead_letters()
+        letters = await dead.select(where)
+        if expected is not None and expected != len(letters):
+            raise HTTPException(409, f"{len(letters)} dead letters match now, not {expected}")
+        new_ids = await dead.replay(letters)
+        log.info("event=dead_letters_replayed count=%d", len(new_ids))
+        return {"replayed": len(new_ids)}
+
+    @app.post(
+        "/api/dead-letters/purge", tags=["dead letters"], dependencies=[Depends(require_admin)]
+    )
+    async def dead_letter_purge(
+        where: Filter, expected: Annotated[int | None, Query(ge=0)] = None
+    ) -> Any:
+        """Delete every dead letter matching the filters."""
+        dead = monitor.dead_letters()
+        letters = await dead.select(where)
+        if expected is not None and expected != len(letters):
+            raise HTTPException(409, f"{len(letters)} dead letters match now, not {expected}")
+        deleted = await dead.delete([x.id for x in letters])
+        log.info("event=dead_letters_purged count=%d", deleted)
+        return {"purged": deleted}
+
+    @app.get("/metrics", tags=["prometheus"], response_class=Response)
+    async def metrics(c: CollectorDep) -> Response:
+        """Prometheus text format."""
+        return Response(prometheus.render(await c.latest()), media_type=prometheus.CONTENT_TYPE)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        """A snapshot at once, then one every REFRESH_INTERVAL."""
+        extra = monitor.settings.monitor_allowed_origins.split(",")
+        if not origin_allowed(
+            websocket.headers.get("origin"), websocket.headers.get("host"), extra
+        ):
+            await websocket.close(code=1008, reason="origin not allowed")
+            return
+        await websocket.accept()
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+        monitor.subscribers.add(queue)
+        try:
+            assert monitor.collector is not None
+            first = monitor.masked_copy(await monitor.collector.latest())
+            await websocket.send_text(
+                json.dumps({"type": "snapshot", "snapshot": first}, default=str)
+            )
+            receiver = asyncio.create_task(websocket.receive_text())
+            while True:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, receiver}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiver in done:
+                    getter.cancel()
+                    receiver.result()  # raises WebSocketDisconnect when the client left
+                    receiver = asyncio.create_task(websocket.receive_text())
+                    continue
+                await websocket.send_text(getter.result())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            monitor.subscribers.discard(queue)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+async def _find_entry(monitor: Monitor, row: Any) -> dict[str, Any] | None:
+    """The stream entry of a published event: a bounded scan from its commit time onwards."""
+    assert monitor.redis is not None
+    key = monitor.keys.stream(row["stream"], MessagePriority(row["priority"]))
+    start_ms = int(row["occurred_at"].timestamp() * 1000) - 5000
+    event_id = str(row["event_id"])
+    entries: Any = await monitor.redis.xrange(key, min=str(max(0, start_ms)), count=2000)
+    for entry_id, fields in entries:
+        if fields and fields.get("event_id") == event_id:
+            return {"stream": key, "id": entry_id}
+    return None

@@ -1,0 +1,200 @@
+"""``GET /metrics``: the snapshot in Prometheus text format.
+
+Stream metrics use redis_exporter's names (``redis_stream_length``,
+``redis_stream_group_messages_pending``, …, labels ``db``, ``stream``, ``group``, ``consumer``);
+the rest are ``outbox_*`` and ``projection_*`` with base units in the name (``_seconds``,
+``_total``). No event or correlation id is ever a label (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LEVELS = {"OK": 0, "WARN": 1, "ERR": 2}
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class SnapshotCollector(Collector):
+    """Turns the latest snapshot (a dict) into metric families on each scrape."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.snapshot
+        db = f"db{snap.get('redis_db', 0)}"  # redis_exporter's form
+
+        length = _gauge("redis_stream_length", "Number of entries in the stream", ["db", "stream"])
+        groups = _gauge("redis_stream_groups", "Consumer groups of the stream", ["db", "stream"])
+        last_ms = _gauge(
+            "redis_stream_last_generated_id",
+            "Millisecond part of the stream's last generated id",
+            ["db", "stream"],
+        )
+        pending = _gauge(
+            "redis_stream_group_messages_pending",
+            "Entries delivered to the group and not acknowledged",
+            ["db", "stream", "group"],
+        )
+        consumers = _gauge(
+            "redis_stream_group_consumers", "Consumers of the group", ["db", "stream", "group"]
+        )
+        lag = _gauge(
+            "redis_stream_group_lag",
+            "Entries of the stream not yet delivered to the group",
+            ["db", "stream", "group"],
+        )
+        lag_s = _gauge(
+            "projection_lag_seconds",
+            "Age of the oldest entry not yet delivered to the group",
+            ["stream", "group"],
+        )
+        oldest_pending = _gauge(
+            "projection_oldest_pending_seconds",
+            "Age of the oldest delivered but unacknowledged entry",
+            ["stream", "group"],
+        )
+        consumer_pending = _gauge(
+            "redis_stream_consumer_messages_pending",
+            "Entries pending for the consumer",
+            ["db", "stream", "group", "consumer"],
+        )
+        consumer_idle = _gauge(
+            "redis_stream_consumer_idle_seconds",
+            "Seconds since the consumer last interacted",
+            ["db", "stream", "group", "consumer"],
+        )
+        for stream in snap.get("streams", []):
+            if not stream.get("exists"):
+                continue
+            key = stream["key"]
+            length.add_metric([db, key], stream["length"])
+            groups.add_metric([db, key], len(stream["groups"]))
+            last_ms.add_metric([db, key], int(stream["last_generated_id"].split("-")[0]))
+            for group in stream["groups"]:
+                labels = [db, key, group["name"]]
+                pending.add_metric(labels, group["pending"])
+                consumers.add_metric(labels, len(group["consumers"]))
+                lag.add_metric(labels, group["lag_entries"])
+                lag_s.add_metric([key, group["name"]], group["lag_seconds"])
+                oldest_pending.add_metric([key, group["name"]], group["oldest_pending_age_s"])
+                for consumer in group["consumers"]:
+                    consumer_pending.add_metric([*labels, consumer["name"]], consumer["pending"])
+                    consumer_idle.add_metric(
+                        [*labels, consumer["name"]], consumer["idle_ms"] / 1000
+                    )
+        yield from (
+            length,
+            groups,
+            last_ms,
+            pending,
+            consumers,
+            lag,
+            lag_s,
+            oldest_pending,
+            consumer_pending,
+            consumer_idle,
+        )
+
+        unpublished = _gauge(
+            "outbox_unpublished_events", "Committed events not yet published", ["stream"]
+        )
+        oldest = _gauge(
+            "outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished event (database clock)",
+            ["stream"],
+        )
+        rate = _gauge(
+            "outbox_publish_rate_events_per_second",
+            "Events published per second over the window",
+            ["stream"],
+        )
+        for row in snap.get("outbox", {}).get("streams", []):
+            unpublished.add_metric([row["stream"]], row["unpublished"])
+            oldest.add_metric([row["stream"]], row["oldest_unpublished_age_s"] or 0.0)
+            rate.add_metric([row["stream"]], row.get("publish_rate_per_s") or 0.0)
+        yield from (unpublished, oldest, rate)
+
+        holdback = _gauge(
+            "outbox_oldest_write_transaction_age_seconds",
+            "Age of the oldest running write transaction (holds the relay's horizon back)",
+            [],
+        )
+        blocker = snap.get("outbox", {}).get("oldest_write_transaction")
+        holdback.add_metric([], blocker["age_s"] if blocker else 0.0)
+        yield holdback
+
+        heartbeat = _gauge(
+            "outbox_relay_heartbeat_age_seconds", "Seconds since the relay's heartbeat", ["relay"]
+        )
+        published = CounterMetricFamily(
+            "outbox_relay_published_events", "Events published by the relay", labels=["relay"]
+        )
+        for relay in snap.get("relays", []):
+            heartbeat.add_metric([relay["instance"]], relay["heartbeat_age_s"])
+            published.add_metric([relay["instance"]], relay["published"])
+        yield from (heartbeat, published)
+
+        processed = CounterMetricFamily(
+            "projection_events_processed",
+            "Events applied by the projection's consumers",
+            labels=["projection"],
+        )
+        failures = CounterMetricFamily(
+            "projection_handler_failures",
+            "Handler failures (each retried or dead-lettered)",
+            labels=["projection"],
+        )
+        consumer_heartbeat = _gauge(
+            "projection_consumer_heartbeat_age_seconds",
+            "Seconds since the consumer's heartbeat",
+            ["projection", "consumer"],
+        )
+        for projection in snap.get("projections", []):
+            processed.add_metric([projection["name"]], projection["processed"])
+            failures.add_metric([projection["name"]], projection["failures"])
+            for consumer in projection["consumers"]:
+                consumer_heartbeat.add_metric(
+                    [projection["name"], consumer["consumer"]], consumer["heartbeat_age_s"]
+                )
+        yield from (processed, failures, consumer_heartbeat)
+
+        dead = _gauge("projection_dead_letters", "Entries in the dead-letter stream", [])
+        dead.add_metric([], snap.get("dead_letters", {}).get("count", 0))
+        yield dead
+
+        status = _gauge(
+            "outbox_component_status",
+            "0 OK, 1 WARN, 2 ERR per monitored component",
+            ["component"],
+        )
+        for component in snap.get("status", {}).get("components", []):
+            status.add_metric([component["component"]], _LEVELS[component["level"]])
+        yield status
+
+        redis = snap.get("redis", {})
+        if redis:
+            for name, doc, key in (
+                ("redis_memory_used_bytes", "Memory used by Redis", "used_memory_bytes"),
+                ("redis_connected_clients", "Connected clients", "connected_clients"),
+                ("redis_uptime_in_seconds", "Redis uptime", "uptime_seconds"),
+                ("redis_instantaneous_ops_per_sec", "Redis ops/s", "instantaneous_ops_per_sec"),
+            ):
+                metric = _gauge(name, doc, [])
+                metric.add_metric([], redis.get(key) or 0)
+                yield metric
+
+
+def render(snapshot: dict[str, Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry)

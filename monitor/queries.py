@@ -1,0 +1,106 @@
+"""Every SQL statement the monitor runs, in one place. All times are on the database clock."""
+
+from __future__ import annotations
+
+# The distinct services in the outbox without reading the table: a loose index scan over
+# (stream, txid, position) — one index probe per service.
+SERVICES = """
+WITH RECURSIVE s(stream) AS (
+    SELECT min(stream) FROM outbox_events
+    UNION ALL
+    SELECT (SELECT min(stream) FROM outbox_events WHERE stream > s.stream)
+      FROM s WHERE s.stream IS NOT NULL
+)
+SELECT stream FROM s WHERE stream IS NOT NULL
+"""
+
+# The oldest running transaction that has written something (has an xid), in any database of
+# the cluster: transaction ids are cluster-wide, so it holds back every snapshot's xmin and with
+# it the relay's horizon (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
+OLDEST_WRITE_TRANSACTION = """
+SELECT pid,
+       extract(epoch FROM now() - xact_start) AS age_s,
+       query_start,
+       state,
+       left(query, 200) AS query,
+       datname
+  FROM pg_stat_activity
+ WHERE backend_xid IS NOT NULL
+   AND pid <> pg_backend_pid()
+ ORDER BY age(backend_xid) DESC
+ LIMIT 1
+"""
+
+DATABASE_NOW = "SELECT extract(epoch FROM clock_timestamp()) AS now_s"
+
+# Per outbox stream: the relay's cursor, how many committed events lie beyond it (counted up to a
+# cap so a huge backlog stays cheap) and the age of the oldest of them. Row comparisons on
+# (txid, position) use the (stream, txid, position) index.
+OUTBOX_STREAMS = """
+WITH RECURSIVE s(stream) AS (
+    SELECT min(stream) FROM outbox_events
+    UNION ALL
+    SELECT (SELECT min(stream) FROM outbox_events WHERE stream > s.stream)
+      FROM s WHERE s.stream IS NOT NULL
+), streams AS (
+    SELECT stream FROM s WHERE stream IS NOT NULL
+    UNION
+    SELECT stream FROM relay_cursors
+)
+SELECT st.stream,
+       c.txid::text AS cursor_txid,
+       c.position AS cursor_position,
+       extract(epoch FROM clock_timestamp() - c.updated_at) AS cursor_age_s,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM outbox_events e
+             WHERE e.stream = st.stream
+               AND (e.txid, e.position) > (coalesce(c.txid, '0'::xid8), coalesce(c.position, 0))
+             LIMIT $1) AS beyond) AS unpublished,
+       (SELECT extract(epoch FROM clock_timestamp() - e.occurred_at)
+          FROM outbox_events e
+         WHERE e.stream = st.stream
+           AND (e.txid, e.position) > (coalesce(c.txid, '0'::xid8), coalesce(c.position, 0))
+         ORDER BY e.txid, e.position
+         LIMIT 1) AS oldest_unpublished_age_s
+  FROM streams st
+  LEFT JOIN relay_cursors c ON c.stream = st.stream
+ ORDER BY st.stream
+"""
+
+# Relay instances that are running, or stopped within the last hour.
+RELAYS = """
+SELECT instance_id, host, pid, started_at, streams, cursors, stream_errors, published_count,
+       last_error, last_error_at, stopped_at,
+       extract(epoch FROM clock_timestamp() - heartbeat_at) AS heartbeat_age_s
+  FROM relay_instances
+ WHERE stopped_at IS NULL OR stopped_at > clock_timestamp() - interval '1 hour'
+ ORDER BY instance_id
+"""
+
+# Projection consumers that are running, or stopped within the last hour.
+PROJECTION_CONSUMERS = """
+SELECT projection, consumer, host, pid, started_at, processed, skipped, failures, dead_lettered,
+       last_error, stopped_at,
+       extract(epoch FROM clock_timestamp() - heartbeat_at) AS heartbeat_age_s
+  FROM projection_consumers
+ WHERE stopped_at IS NULL OR stopped_at > clock_timestamp() - interval '1 hour'
+ ORDER BY projection, consumer
+"""
+
+PROJECTION_CHECKPOINTS = """
+SELECT projection, status, rebuilt_at, events_replayed FROM projection_checkpoints
+"""
+
+# The events of one correlation, with where each one is now.
+EVENTS_BY_CORRELATION = """
+SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.aggregate_id,
+       e.causation_id, e.user_id, e.occurred_at, e.payload::text AS payload,
+       c.stream IS NOT NULL AND (e.txid, e.position) <= (c.txid, c.position) AS published,
+       coalesce((SELECT array_agg(i.projection ORDER BY i.projection)
+                   FROM projection_inbox i WHERE i.event_id = e.event_id), '{}') AS applied_by
+  FROM outbox_events e
+  LEFT JOIN relay_cursors c ON c.stream = e.stream
+ WHERE e.correlation_id = $1
+ ORDER BY e.txid, e.position
+ LIMIT $2
+"""

@@ -1,0 +1,118 @@
+"""The PostgreSQL side of a snapshot: outbox backlog, relay instances, projection consumers."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+from monitor import queries
+
+#: Backlogs are counted up to this many events per stream (then shown as "at least").
+UNPUBLISHED_COUNT_CAP = 100_000
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def outbox_side(conn: asyncpg.Connection) -> dict[str, Any]:
+    db_now = await conn.fetchval(queries.DATABASE_NOW)
+    rows = await conn.fetch(queries.OUTBOX_STREAMS, UNPUBLISHED_COUNT_CAP)
+    blocker = await conn.fetchrow(queries.OLDEST_WRITE_TRANSACTION)
+    return {
+        "db_now": float(db_now),
+        "streams": [
+            {
+                "stream": row["stream"],
+                "cursor": (
+                    {"txid": row["cursor_txid"], "position": row["cursor_position"]}
+                    if row["cursor_txid"] is not None
+                    else None
+                ),
+                "cursor_age_s": _float(row["cursor_age_s"]),
+                "unpublished": int(row["unpublished"]),
+                "unpublished_capped": int(row["unpublished"]) >= UNPUBLISHED_COUNT_CAP,
+                "oldest_unpublished_age_s": _float(row["oldest_unpublished_age_s"]),
+            }
+            for row in rows
+        ],
+        "oldest_write_transaction": (
+            {
+                "pid": blocker["pid"],
+                "age_s": round(float(blocker["age_s"] or 0.0), 3),
+                "query_start": blocker["query_start"].isoformat()
+                if blocker["query_start"]
+                else None,
+                "state": blocker["state"],
+                "database": blocker["datname"],
+            }
+            if blocker
+            else None
+        ),
+    }
+
+
+def _float(value: Any) -> float | None:
+    return round(float(value), 3) if value is not None else None
+
+
+async def relay_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    return [
+        {
+            "instance": row["instance_id"],
+            "host": row["host"],
+            "pid": row["pid"],
+            "started_at": row["started_at"].isoformat(),
+            "streams": list(row["streams"]),
+            "cursors": _json(row["cursors"]),
+            "stream_errors": _json(row["stream_errors"]),
+            "published": int(row["published_count"]),
+            "last_error": row["last_error"],
+            "last_error_at": row["last_error_at"].isoformat() if row["last_error_at"] else None,
+            "stopped": row["stopped_at"] is not None,
+            "heartbeat_age_s": round(float(row["heartbeat_age_s"]), 3),
+        }
+        for row in await conn.fetch(queries.RELAYS)
+    ]
+
+
+async def projection_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    consumers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in await conn.fetch(queries.PROJECTION_CONSUMERS):
+        consumers[row["projection"]].append(
+            {
+                "consumer": row["consumer"],
+                "host": row["host"],
+                "pid": row["pid"],
+                "processed": int(row["processed"]),
+                "skipped": int(row["skipped"]),
+                "failures": int(row["failures"]),
+                "dead_lettered": int(row["dead_lettered"]),
+                "last_error": row["last_error"],
+                "stopped": row["stopped_at"] is not None,
+                "heartbeat_age_s": round(float(row["heartbeat_age_s"]), 3),
+            }
+        )
+    checkpoints = {
+        row["projection"]: row for row in await conn.fetch(queries.PROJECTION_CHECKPOINTS)
+    }
+    names = sorted(set(consumers) | set(checkpoints))
+    projections = []
+    for name in names:
+        members = consumers.get(name, [])
+        checkpoint = checkpoints.get(name)
+        projections.append(
+            {
+                "name": name,
+                "state": checkpoint["status"] if checkpoint else "live",
+                "consumers": members,
+                "processed": sum(c["processed"] for c in members),
+                "skipped": sum(c["skipped"] for c in members),
+                "failures": sum(c["failures"] for c in members),
+                "dead_lettered": sum(c["dead_lettered"] for c in members),
+            }
+        )
+    return projections
