@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -336,12 +335,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """One stream (a full key, or a service name for its NORMAL stream)."""
         key = monitor.stream_key(stream)
         assert monitor.redis is not None
-        _, stats = await redis_stats.collect(monitor.redis, [key])
+        _, stats, _ = await redis_stats.collect(monitor.redis, [key])
         if stats[0].error:
             raise HTTPException(409, f"{key} is not a stream: {stats[0].error}")
         if not stats[0].exists:
             raise HTTPException(404, f"stream {key} does not exist")
-        return asdict(stats[0])
+        return stats[0].as_dict()
 
     @app.get("/api/pending/{stream}/{group}", tags=["streams"])
     async def pending(

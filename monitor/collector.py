@@ -1,8 +1,8 @@
-"""Collects one snapshot of everything the monitor shows, and keeps a short history of them.
+"""Collects one snapshot of everything the monitor shows, with rates and statuses.
 
-A snapshot costs one PostgreSQL round trip per source (outbox, relays, projections) and two
-pipelined Redis round trips (``monitor/redis_stats.py``), whatever the number of streams. The
-history (``MONITOR_WINDOW``) gives rates and the trend-based statuses.
+A snapshot costs a fixed handful of PostgreSQL queries and two pipelined Redis round trips
+(``monitor/redis_stats.py``), whatever the number of streams. Each component keeps a short
+series of observations (``MONITOR_WINDOW``) that gives its rate and its trend-based status.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,6 +20,11 @@ from monitor import redis_stats, sources
 from monitor.status import Sample, Status, heartbeat, trend, worst
 from outbox.settings import Settings
 from streams.keys import Keys
+
+#: Rates (published/s, applied/s) are taken over this much recent history.
+RATE_WINDOW_S = 30.0
+#: A write transaction open longer than this is reported as holding the relay back.
+HOLDBACK_WARN_S = 60.0
 
 
 class Clock(Protocol):
@@ -44,7 +48,7 @@ class Collector:
         self.keys = Keys(settings.stream_prefix)
         self.clock = clock
         self.window_s = settings.monitor_window_s
-        self.history: deque[tuple[float, dict[str, Any]]] = deque()
+        self.samples: dict[str, deque[Sample]] = {}
         self._latest: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
         self.configured_services = [
@@ -71,8 +75,7 @@ class Collector:
         )
         keys = [key for service in services for key in self.keys.streams_of(service)]
         keys += [self.keys.dead_letter, self.keys.metrics]
-        redis_now, streams = await redis_stats.collect(self.redis, keys)
-        server = await redis_stats.server_info(self.redis)
+        redis_now, streams, server = await redis_stats.collect(self.redis, keys)
         dead_letter = next((s for s in streams if s.key == self.keys.dead_letter), None)
         # Published per service: entries ever added to its streams (XINFO STREAM entries-added),
         # exact and cheap; the relay's watermark keeps re-publishes out of it.
@@ -87,164 +90,118 @@ class Collector:
             "redis_db": _db_number(self.settings.redis_streams_url.get_secret_value()),
             "outbox": outbox,
             "relays": relays,
-            "streams": [asdict(s) for s in streams if s.exists or s.error],
+            "streams": [s.as_dict() for s in streams if s.exists or s.error],
             "projections": projections,
             "dead_letters": {"count": dead_letter.length if dead_letter else 0},
             "redis": server,
         }
         now = self.clock()
-        self._add_rates(snapshot, now)
-        snapshot["status"] = self._statuses(snapshot, now)
+        snapshot["status"] = self._observe(snapshot, now)
         snapshot["collect_ms"] = round((self.clock() - started) * 1000, 2)
-        self.history.append((now, snapshot))
-        while self.history and self.history[0][0] < now - self.window_s:
-            self.history.popleft()
         self._latest = (now, snapshot)
         return snapshot
 
-    def _oldest(self, now: float) -> tuple[float, dict[str, Any]] | None:
-        return self.history[0] if self.history and self.history[0][0] < now else None
+    def _record(self, name: str, now: float, behind: float, progress: float) -> deque[Sample]:
+        """Append one observation of a component and forget those older than the window."""
+        samples = self.samples.setdefault(name, deque())
+        samples.append(Sample(now, behind, progress))
+        while samples and samples[0].at < now - self.window_s:
+            samples.popleft()
+        return samples
 
-    def _add_rates(self, snapshot: dict[str, Any], now: float) -> None:
-        """Per-second rates from the oldest snapshot still in the window."""
-        oldest = self._oldest(now)
-        span = now - oldest[0] if oldest else 0.0
-        before = oldest[1] if oldest else {}
-        published_before = {r["stream"]: r["published"] for r in _get(before, "outbox", "streams")}
-        for row in snapshot["outbox"]["streams"]:
-            earlier = published_before.get(row["stream"])
-            row["publish_rate_per_s"] = (
-                round((row["published"] - earlier) / span, 2)
-                if span > 0 and earlier is not None
-                else None
-            )
-        processed_before = {p["name"]: p for p in before.get("projections", [])}
-        for projection in snapshot["projections"]:
-            earlier_p = processed_before.get(projection["name"])
-            projection["processing_rate_per_s"] = (
-                round(max(0, projection["processed"] - earlier_p["processed"]) / span, 2)
-                if span > 0 and earlier_p
-                else None
-            )
+    def _rate(self, samples: deque[Sample]) -> float | None:
+        """Progress per second over the last RATE_WINDOW_S (counter resets count as 0)."""
+        if len(samples) < 2:
+            return None
+        newest = samples[-1]
+        oldest = next((s for s in samples if s.at >= newest.at - RATE_WINDOW_S), samples[0])
+        if oldest is newest:
+            oldest = samples[-2]
+        span = newest.at - oldest.at
+        return round(max(0.0, newest.progress - oldest.progress) / span, 2) if span > 0 else None
 
-    def _statuses(self, snapshot: dict[str, Any], now: float) -> dict[str, Any]:
+    def _observe(self, snapshot: dict[str, Any], now: float) -> dict[str, Any]:
+        """Record this snapshot's figures per component; derive rates and statuses from them.
+
+        Each component keeps its own short series, so the cost is linear in the number of
+        components, not in components times history.
+        """
         components: list[dict[str, str]] = []
-        history = [*self.history, (now, snapshot)]
-
-        def series(extract: Any) -> list[Sample]:
-            out = []
-            for at, snap in history:
-                value = extract(snap)
-                if value is not None:
-                    out.append(Sample(at, *value))
-            return out
+        seen: set[str] = set()
+        interval = max(self.settings.refresh_interval_s, 5.0)
 
         for row in snapshot["outbox"]["streams"]:
-            stream = row["stream"]
+            name = f"outbox:{row['stream']}"
+            seen.add(name)
+            samples = self._record(name, now, row["unpublished"], row["published"])
+            row["publish_rate_per_s"] = self._rate(samples)
+            backlog = trend(samples, unit="events", window_s=self.window_s, now=now)
+            components.append(_component(name, "outbox", backlog))
 
-            def outbox_value(
-                snap: dict[str, Any], stream: str = stream
-            ) -> tuple[float, float] | None:
-                for r in _get(snap, "outbox", "streams"):
-                    if r["stream"] == stream:
-                        return float(r["unpublished"]), float(r["published"])
-                return None
-
-            backlog = trend(series(outbox_value), unit="events", window_s=self.window_s, now=now)
-            components.append(_component(f"outbox:{stream}", "outbox", backlog))
-
-        interval = self.settings.refresh_interval_s
         for relay in snapshot["relays"]:
+            name = f"relay:{relay['instance']}"
             if relay["stopped"]:
-                components.append(
-                    _component(
-                        f"relay:{relay['instance']}", "relay", Status("OK", "stopped cleanly")
-                    )
-                )
+                components.append(_component(name, "relay", Status("OK", "stopped cleanly")))
                 continue
-            status: Status | None = heartbeat(
-                relay["heartbeat_age_s"], max(interval, 5.0), name="relay"
-            )
+            status: Status | None = heartbeat(relay["heartbeat_age_s"], interval, name="relay")
             if status is None and relay["stream_errors"]:
                 stopped = ", ".join(f"{k}: {v}" for k, v in relay["stream_errors"].items())
                 status = Status("ERR", f"streams stopped: {stopped}")
             if status is None and relay.get("last_error"):
                 status = Status("WARN", f"last error: {relay['last_error']}")
-            components.append(
-                _component(
-                    f"relay:{relay['instance']}", "relay", status or Status("OK", "heartbeat fresh")
-                )
-            )
+            components.append(_component(name, "relay", status or Status("OK", "heartbeat fresh")))
 
         for stream in snapshot["streams"]:
             if stream.get("error"):
-                components.append(
-                    _component(f"stream:{stream['key']}", "stream", Status("ERR", stream["error"]))
-                )
+                name = f"stream:{stream['key']}"
+                components.append(_component(name, "stream", Status("ERR", stream["error"])))
             for group in stream["groups"]:
-                key, name = stream["key"], group["name"]
-
-                def group_value(
-                    snap: dict[str, Any], key: str = key, name: str = name
-                ) -> tuple[float, float] | None:
-                    for s in snap.get("streams", []):
-                        if s["key"] == key:
-                            for g in s["groups"]:
-                                if g["name"] == name:
-                                    behind = g["lag_entries"] + g["pending"]
-                                    progress = redis_stats.id_ms(g["last_delivered_id"]) or 0
-                                    return float(behind), float(progress) + float(
-                                        g["entries_read"] or 0
-                                    )
-                    return None
-
-                lag = trend(series(group_value), unit="entries", window_s=self.window_s, now=now)
-                components.append(_component(f"group:{key}/{name}", "group", lag))
+                name = f"group:{stream['key']}/{group['name']}"
+                seen.add(name)
+                # Progress: entries delivered to the group (its read counter, else the id time).
+                progress = group["entries_read"]
+                if progress is None:
+                    progress = redis_stats.id_ms(group["last_delivered_id"]) or 0
+                behind = group["lag_entries"] + group["pending"]
+                samples = self._record(name, now, behind, progress)
+                lag = trend(samples, unit="entries", window_s=self.window_s, now=now)
+                components.append(_component(name, "group", lag))
 
         for projection in snapshot["projections"]:
+            name = f"projection:{projection['name']}"
+            seen.add(name)
+            samples = self._record(name, now, 0, projection["processed"])
+            projection["processing_rate_per_s"] = self._rate(samples)
             for consumer in projection["consumers"]:
                 lost = heartbeat(
-                    consumer["heartbeat_age_s"],
-                    max(interval, 5.0),
-                    name=f"consumer {consumer['consumer']}",
+                    consumer["heartbeat_age_s"], interval, name=f"consumer {consumer['consumer']}"
                 )
                 if lost is not None and not consumer["stopped"]:
                     components.append(
-                        _component(
-                            f"projection:{projection['name']}/{consumer['consumer']}",
-                            "consumer",
-                            lost,
-                        )
+                        _component(f"{name}/{consumer['consumer']}", "consumer", lost)
                     )
 
         blocker = snapshot["outbox"].get("oldest_write_transaction")
-        if blocker and blocker["age_s"] > 60:
+        if blocker and blocker["age_s"] > HOLDBACK_WARN_S:
             components.append(
                 _component(
                     "postgres:horizon",
                     "outbox",
                     Status(
                         "WARN",
-                        f"write transaction pid {blocker['pid']} open for {blocker['age_s']:.0f} s "
-                        "holds the relay back",
+                        f"write transaction pid {blocker['pid']} ({blocker['database']}) open for "
+                        f"{blocker['age_s']:.0f} s holds the relay back",
                     ),
                 )
             )
+        for gone in set(self.samples) - seen:
+            del self.samples[gone]
         overall = worst([Status(c["level"], c["reason"]) for c in components])  # type: ignore[arg-type]
         return {"overall": overall.as_dict(), "components": components}
 
 
 def _component(name: str, kind: str, status: Status) -> dict[str, str]:
     return {"component": name, "kind": kind, **status.as_dict()}
-
-
-def _get(snapshot: dict[str, Any], *path: str) -> list[dict[str, Any]]:
-    value: Any = snapshot
-    for key in path:
-        if not isinstance(value, dict):
-            return []
-        value = value.get(key, {})
-    return value if isinstance(value, list) else []
 
 
 def _db_number(url: str) -> int:

@@ -1,10 +1,10 @@
 """Stream and consumer-group figures from Redis in a fixed number of pipelined round trips.
 
-Round 1: ``TIME`` plus ``XINFO STREAM`` and ``XINFO GROUPS`` of every known stream. Round 2, per
-group: ``XINFO CONSUMERS``, the ``XPENDING`` summary (oldest pending id) and the first entry after
-the group's last-delivered id (``XRANGE key (id + COUNT 1``, whose id time is the exact lag in
-seconds). No keyspace ``SCAN``: the streams are named by the caller. Entry ids are
-``<ms>-<seq>``, so every age is computed from ids against Redis's own clock (``TIME``).
+Round 1: ``TIME``, ``INFO`` and one ``XINFO STREAM key FULL COUNT 1`` per known stream (groups,
+their oldest pending entry, consumers and when each was last seen). Round 2, only for groups that
+are behind: the first entry after the group's last-delivered id (``XRANGE key (id + COUNT 1``),
+whose id time is the exact lag in seconds. No keyspace ``SCAN``: the caller names the streams.
+Entry ids are ``<ms>-<seq>``, so every age is computed from ids against Redis's clock (``TIME``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-
 
 #: Undelivered entries counted one by one when Redis reports the lag as nil.
 NULL_LAG_COUNT_CAP = 10_000
@@ -56,6 +55,8 @@ class GroupStats:
 
 @dataclass
 class StreamStats:
+    """One stream; ``as_dict()`` is the JSON form (faster than dataclasses.asdict)."""
+
     key: str
     exists: bool
     length: int = 0
@@ -64,6 +65,24 @@ class StreamStats:
     entries_added: int | None = None
     groups: list[GroupStats] = field(default_factory=list)
     error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "exists": self.exists,
+            "length": self.length,
+            "last_generated_id": self.last_generated_id,
+            "first_entry_id": self.first_entry_id,
+            "entries_added": self.entries_added,
+            "error": self.error,
+            "groups": [
+                {
+                    **{k: v for k, v in vars(g).items() if k != "consumers"},
+                    "consumers": [vars(c).copy() for c in g.consumers],
+                }
+                for g in self.groups
+            ],
+        }
 
 
 def _text(value: Any) -> Any:
@@ -81,20 +100,26 @@ def _missing(error: Exception) -> bool:
     return isinstance(error, ResponseError) and "no such key" in str(error).lower()
 
 
-async def collect(client: aioredis.Redis, keys: list[str]) -> tuple[float, list[StreamStats]]:
-    """Redis's clock (Unix seconds) and the figures of each stream in ``keys``."""
+async def collect(
+    client: aioredis.Redis, keys: list[str]
+) -> tuple[float, list[StreamStats], dict[str, Any]]:
+    """Redis's clock (Unix seconds), the figures of each stream in ``keys``, server figures."""
     pipe = client.pipeline(transaction=False)
     pipe.time()
+    pipe.info()
     for key in keys:
-        pipe.xinfo_stream(key)
-        pipe.xinfo_groups(key)
+        # One command per stream: its groups, each group's oldest pending entry (the PEL is
+        # ordered by id, COUNT 1 keeps the first) and its consumers with their last-seen time.
+        pipe.execute_command("XINFO", "STREAM", key, "FULL", "COUNT", 1)
     replies = await pipe.execute(raise_on_error=False)
     seconds, micros = replies[0]
+    if isinstance(replies[1], Exception):
+        raise replies[1]
+    server = server_figures(replies[1])
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     streams: list[StreamStats] = []
-    raw_groups: list[tuple[StreamStats, dict[str, Any]]] = []
-    for index, key in enumerate(keys):
-        info, groups = replies[1 + 2 * index], replies[2 + 2 * index]
+    behind: list[tuple[StreamStats, dict[str, Any]]] = []
+    for key, info in zip(keys, replies[2:], strict=True):
         if isinstance(info, Exception):
             stats = StreamStats(key=key, exists=False)
             if not _missing(info):
@@ -102,94 +127,81 @@ async def collect(client: aioredis.Redis, keys: list[str]) -> tuple[float, list[
             streams.append(stats)
             continue
         fields = _as_dict(info)
-        first = fields.get("first-entry")
         stats = StreamStats(
             key=key,
             exists=True,
             length=int(fields.get("length", 0)),
             last_generated_id=_text(fields.get("last-generated-id", "0-0")),
-            first_entry_id=_text(first[0]) if first else None,
+            first_entry_id=_text(fields.get("recorded-first-entry-id")) or None,
             entries_added=int(fields["entries-added"]) if "entries-added" in fields else None,
         )
         streams.append(stats)
-        if not isinstance(groups, Exception):
-            raw_groups.extend((stats, _as_dict(group)) for group in groups)
+        for raw in fields.get("groups") or []:
+            group = _as_dict(raw)
+            delivered = _text(group["last-delivered-id"])
+            if _id_tuple(delivered) >= _id_tuple(stats.last_generated_id):
+                stats.groups.append(_group(stats, group, None, now_ms))
+            else:
+                behind.append((stats, group))
 
-    pipe = client.pipeline(transaction=False)
-    for stats, group in raw_groups:
-        name = _text(group["name"])
-        pipe.xinfo_consumers(stats.key, name)
-        pipe.xpending(stats.key, name)
-        # Where Redis cannot tell the lag (nil after deletions in the unread range), count the
-        # undelivered entries themselves, up to a cap.
-        count = 1 if group.get("lag") is not None else NULL_LAG_COUNT_CAP + 1
-        pipe.xrange(stats.key, f"({_text(group['last-delivered-id'])}", "+", count=count)
-    replies = await pipe.execute(raise_on_error=False) if raw_groups else []
-    for index, (stats, group) in enumerate(raw_groups):
-        consumers_reply, pending_reply, next_reply = replies[3 * index : 3 * index + 3]
-        stats.groups.append(
-            _group(stats, group, consumers_reply, pending_reply, next_reply, now_ms)
-        )
-    return now_ms / 1000, streams
-
-
-def _group(
-    stats: StreamStats,
-    group: dict[str, Any],
-    consumers_reply: Any,
-    pending_reply: Any,
-    next_reply: Any,
-    now_ms: int,
-) -> GroupStats:
-    last_delivered = _text(group["last-delivered-id"])
-    consumers = []
-    if not isinstance(consumers_reply, Exception):
-        for consumer in consumers_reply:
-            c = _as_dict(consumer)
-            consumers.append(
-                ConsumerStats(_text(c["name"]), int(c.get("pending", 0)), int(c.get("idle", 0)))
+    if behind:
+        # Only groups that are behind need the first undelivered entry (its id time is the lag
+        # in seconds). Where Redis cannot tell the lag (nil after deletions in the unread
+        # range), the undelivered entries are counted themselves, up to a cap.
+        pipe = client.pipeline(transaction=False)
+        for stats, group in behind:
+            count = 1 if group.get("lag") is not None else NULL_LAG_COUNT_CAP + 1
+            after = f"({_text(group['last-delivered-id'])}"
+            pipe.xrange(stats.key, after, "+", count=count)
+        for (stats, group), reply in zip(
+            behind, await pipe.execute(raise_on_error=False), strict=True
+        ):
+            stats.groups.append(
+                _group(stats, group, None if isinstance(reply, Exception) else reply, now_ms)
             )
-    oldest_pending = None
-    if not isinstance(pending_reply, Exception) and int(pending_reply.get("pending", 0)):
-        oldest_pending = _text(pending_reply["min"])
-    next_entry = None
-    undelivered = 0
-    if not isinstance(next_reply, Exception) and next_reply:
-        next_entry = _text(next_reply[0][0])
-        undelivered = len(next_reply)
-    # Redis reports lag as nil when it cannot derive it (after deletions or trims of entries
-    # the group had not read); the next undelivered entry then decides whether it is 0.
+    return now_ms / 1000, streams, server
+
+
+def _group(stats: StreamStats, group: dict[str, Any], undelivered: Any, now_ms: int) -> GroupStats:
+    """A group's figures; ``undelivered`` is the XRANGE after its last-delivered id (or None)."""
+    consumers = [
+        ConsumerStats(
+            _text(c["name"]),
+            int(c.get("pel-count", 0)),
+            max(0, now_ms - int(c.get("seen-time", now_ms))),
+        )
+        for c in map(_as_dict, group.get("consumers") or [])
+    ]
+    pel = group.get("pending") or []
+    oldest_pending = _text(pel[0][0]) if pel else None
+    next_entry = _text(undelivered[0][0]) if undelivered else None
     lag = group.get("lag")
     entries_read = group.get("entries-read")
-    caught_up = next_entry is None or _id_tuple(last_delivered) >= _id_tuple(
-        stats.last_generated_id
-    )
-    if caught_up:
+    if next_entry is None:
         lag_entries, exact = 0, True
     elif lag is not None:
         lag_entries, exact = int(lag), True
     else:
-        lag_entries = min(undelivered, NULL_LAG_COUNT_CAP)
-        exact = undelivered <= NULL_LAG_COUNT_CAP
+        lag_entries = min(len(undelivered), NULL_LAG_COUNT_CAP)
+        exact = len(undelivered) <= NULL_LAG_COUNT_CAP
     next_ms = id_ms(next_entry)
     pending_ms = id_ms(oldest_pending)
     return GroupStats(
         name=_text(group["name"]),
         consumers=consumers,
-        pending=int(group.get("pending", 0)),
-        last_delivered_id=last_delivered,
+        pending=int(group.get("pel-count", 0)),
+        last_delivered_id=_text(group["last-delivered-id"]),
         entries_read=int(entries_read) if entries_read is not None else None,
         lag_entries=lag_entries,
         lag_exact=exact,
-        lag_seconds=max(0.0, (now_ms - next_ms) / 1000) if next_ms and not caught_up else 0.0,
+        lag_seconds=max(0.0, (now_ms - next_ms) / 1000) if next_ms else 0.0,
         oldest_pending_id=oldest_pending,
         oldest_pending_age_s=max(0.0, (now_ms - pending_ms) / 1000) if pending_ms else 0.0,
     )
 
 
-async def server_info(client: aioredis.Redis) -> dict[str, Any]:
+def server_figures(info: dict[str, Any]) -> dict[str, Any]:
     """The original document's Redis metrics: memory, clients, ops/s, hit ratio, uptime."""
-    info = await client.info()
     hits = int(info.get("keyspace_hits", 0))
     misses = int(info.get("keyspace_misses", 0))
     return {

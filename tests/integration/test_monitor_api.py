@@ -265,7 +265,8 @@ async def test_dead_letters_list_show_and_admin_actions(
         listing = (await live.http.get("/api/dead-letters", params={"group": "directory"})).json()
         assert listing["total"] == 2
         text = json.dumps(listing)
-        assert "hunter2" not in text and "a@b.c" not in text
+        assert "hunter2" not in text
+        assert "a@b.c" not in text
         assert listing["dead_letters"][0]["data"]["password"] == "***"
         shown = await live.http.get(f"/api/dead-letters/{ids[0]}")
         assert shown.json()["data"]["profile"]["email"] == "***"

@@ -28,26 +28,28 @@ def unpublished(snapshot: dict[str, Any], stream: str) -> int:
 async def test_snapshot_then_live_updates(
     monitor_server: MonitorFactory, asyncpg_conn: asyncpg.Connection
 ) -> None:
-    async with monitor_server() as live:
-        async with websockets.connect(
+    async with (
+        monitor_server() as live,
+        websockets.connect(
             f"ws://127.0.0.1:{live.port}/ws", origin=f"http://127.0.0.1:{live.port}"
-        ) as socket:
-            first = await next_snapshot(socket)
-            assert unpublished(first, "communication") == 0
-            async with asyncpg_conn.transaction():
-                for i in range(3):
-                    await outbox.emit(
-                        asyncpg_conn,
-                        service="communication",
-                        event_type="email_sent",
-                        data={"n": i, "token": "abc"},
-                    )
-            for _ in range(100):  # updates arrive every REFRESH_INTERVAL (0.2 s here)
-                snapshot = await next_snapshot(socket)
-                if unpublished(snapshot, "communication") == 3:
-                    break
-            else:
-                pytest.fail("the emitted events never showed up over /ws")
+        ) as socket,
+    ):
+        first = await next_snapshot(socket)
+        assert unpublished(first, "communication") == 0
+        async with asyncpg_conn.transaction():
+            for i in range(3):
+                await outbox.emit(
+                    asyncpg_conn,
+                    service="communication",
+                    event_type="email_sent",
+                    data={"n": i, "token": "abc"},
+                )
+        for _ in range(100):  # updates arrive every REFRESH_INTERVAL (0.2 s here)
+            snapshot = await next_snapshot(socket)
+            if unpublished(snapshot, "communication") == 3:
+                break
+        else:
+            pytest.fail("the emitted events never showed up over /ws")
 
 
 async def test_no_origin_header_is_allowed(monitor_server: MonitorFactory) -> None:
