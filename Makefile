@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down migrate run test test-fast lint format bench clean
+.PHONY: help setup up down migrate run test test-fast lint format compose-check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint ## the whole test suite against the real PostgreSQL and Redis (runs lint first)
+compose-check: ## validate docker-compose.yml (docker compose config) without a Docker engine
+	@scripts/compose-check.sh
+
+test: setup lint compose-check ## lint, compose check, then every test against the real PostgreSQL and Redis
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup ## the tests without the slow crash/browser tests and without lint

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each area registers its own subcommands (handlers import their package lazily).
     from cli import check as check_commands
+    from cli import demo as demo_commands
     from cli import monitor as monitor_commands
     from cli import projections as projections_commands
     from cli import relay as relay_commands
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay_commands.register(sub)
     projections_commands.register(sub)
     monitor_commands.register(sub)
+    demo_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""A small identity service: creates users and emits ``user_created`` in the same transaction."""
