@@ -5,13 +5,18 @@ with one ``outbox.emit()`` beside the INSERT is measured at 1 and 16 connections
 asyncpg connection and through a SQLAlchemy AsyncSession. Reports transactions/s of each and the
 ratio. Goal (issue 2): at 16 connections emit() costs at most 15% of the business throughput.
 
-    python -m bench.emit [--seconds 10] [--connections 1 16]
+The 16 connections run in one Python process (``--processes 1``, as one service instance would)
+and, to separate the client's CPU from the database's, spread over several processes
+(``--processes 4``). Each variant runs ``--repeats`` times, interleaved, and the best is kept.
+
+    python -m bench.emit [--seconds 8] [--connections 1 16] [--processes 1 4] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,106 +42,160 @@ INSERT_USER_SA = text("INSERT INTO bench_users (name, email) VALUES (:name, :ema
 Transaction = Callable[[int], Awaitable[None]]
 
 
-async def _run(workers: list[Transaction], seconds: float) -> float:
-    """Run every worker in a loop for ``seconds``; return committed transactions per second."""
-    deadline = time.perf_counter() + seconds
-    counts = [0] * len(workers)
-
-    async def loop(index: int, work: Transaction) -> None:
-        n = 0
-        while time.perf_counter() < deadline:
-            await work(n)
-            n += 1
-        counts[index] = n
-
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(i, w) for i, w in enumerate(workers)))
-    return sum(counts) / (time.perf_counter() - start)
-
-
 def _data(n: int) -> dict[str, Any]:
     return {"user_id": n, "name": f"user-{n}", "email": f"user-{n}@example.com", "roles": ["ops"]}
 
 
-async def _asyncpg_case(url: str, connections: int, with_emit: bool, seconds: float) -> float:
-    conns = [await asyncpg.connect(url) for _ in range(connections)]
+async def _loop_for(workers: list[Transaction], until: float) -> int:
+    counts = [0] * len(workers)
 
-    def worker(conn: asyncpg.Connection) -> Transaction:
-        async def business(n: int) -> None:
-            async with conn.transaction():
-                await conn.execute(INSERT_USER, f"user-{n}", f"user-{n}@example.com")
-                if with_emit:
-                    await outbox.emit(
-                        conn,
-                        service="identity",
-                        event_type="user_created",
-                        data=_data(n),
-                        aggregate_id=n,
+    async def loop(index: int, work: Transaction) -> None:
+        n = 0
+        while time.time() < until:
+            await work(n)
+            n += 1
+        counts[index] = n
+
+    await asyncio.gather(*(loop(i, w) for i, w in enumerate(workers)))
+    return sum(counts)
+
+
+async def _client(
+    driver: str, url: str, connections: int, with_emit: bool, start_at: float, seconds: float
+) -> int:
+    """One process's share: ``connections`` loops from ``start_at`` for ``seconds``."""
+    if driver == "asyncpg":
+        conns = [await asyncpg.connect(url) for _ in range(connections)]
+
+        def worker(conn: asyncpg.Connection) -> Transaction:
+            async def business(n: int) -> None:
+                async with conn.transaction():
+                    await conn.execute(INSERT_USER, f"user-{n}", f"user-{n}@example.com")
+                    if with_emit:
+                        await outbox.emit(
+                            conn,
+                            service="identity",
+                            event_type="user_created",
+                            data=_data(n),
+                            aggregate_id=n,
+                        )
+
+            return business
+
+        workers = [worker(c) for c in conns]
+        close: Callable[[], Awaitable[Any]] = lambda: asyncio.gather(*(c.close() for c in conns))  # noqa: E731
+    else:
+        engine = create_async_engine(
+            "postgresql+asyncpg://" + url.split("://", 1)[1], pool_size=connections, max_overflow=0
+        )
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+        def session_worker() -> Transaction:
+            async def business(n: int) -> None:
+                session: AsyncSession
+                async with sessions() as session, session.begin():
+                    await session.execute(
+                        INSERT_USER_SA, {"name": f"user-{n}", "email": f"user-{n}@example.com"}
                     )
+                    if with_emit:
+                        await outbox.emit(
+                            session,
+                            service="identity",
+                            event_type="user_created",
+                            data=_data(n),
+                            aggregate_id=n,
+                        )
 
-        return business
+            return business
 
+        workers = [session_worker() for _ in range(connections)]
+        close = engine.dispose
     try:
-        await _run([worker(c) for c in conns[:1]], 1.0)  # warm-up: prepared statements, caches
-        return await _run([worker(c) for c in conns], seconds)
+        await _loop_for(workers[:1], time.time() + 0.5)  # warm-up: statements, caches, pool
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        return await _loop_for(workers, start_at + seconds)
     finally:
-        for conn in conns:
-            await conn.close()
+        await close()
 
 
-async def _session_case(url: str, connections: int, with_emit: bool, seconds: float) -> float:
-    engine = create_async_engine(
-        "postgresql+asyncpg://" + url.split("://", 1)[1], pool_size=connections, max_overflow=0
-    )
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+def _process_main(args: tuple[str, str, int, bool, float, float]) -> int:
+    return asyncio.run(_client(*args))
 
-    def worker() -> Transaction:
-        async def business(n: int) -> None:
-            session: AsyncSession
-            async with sessions() as session, session.begin():
-                await session.execute(
-                    INSERT_USER_SA, {"name": f"user-{n}", "email": f"user-{n}@example.com"}
+
+def run_case(
+    driver: str, url: str, connections: int, processes: int, with_emit: bool, seconds: float
+) -> float:
+    """Committed transactions per second over all processes, started together."""
+    processes = min(processes, connections)
+    shares = [
+        connections // processes + (1 if i < connections % processes else 0)
+        for i in range(processes)
+    ]
+    start_at = time.time() + 2.0 + 0.3 * processes  # after every process has connected
+    if processes == 1:
+        total = _process_main((driver, url, connections, with_emit, start_at, seconds))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes) as pool:
+            total = sum(
+                pool.map(
+                    _process_main,
+                    [(driver, url, share, with_emit, start_at, seconds) for share in shares],
                 )
-                if with_emit:
-                    await outbox.emit(
-                        session,
-                        service="identity",
-                        event_type="user_created",
-                        data=_data(n),
-                        aggregate_id=n,
-                    )
+            )
+    return total / seconds
 
-        return business
 
+async def _reset(url: str) -> None:
+    conn = await asyncpg.connect(url)
     try:
-        await _run([worker()], 1.0)
-        return await _run([worker() for _ in range(connections)], seconds)
+        await conn.execute("TRUNCATE bench_users; TRUNCATE outbox_events")
+        await conn.execute("CHECKPOINT")
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
-async def main(seconds: float, connection_counts: list[int], repeats: int) -> None:
+async def _prepare(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(BUSINESS_DDL)
+    finally:
+        await conn.close()
+
+
+async def main(
+    seconds: float,
+    connection_counts: list[int],
+    process_counts: list[int],
+    drivers: list[str],
+    repeats: int,
+) -> None:
     cases: list[dict[str, Any]] = []
     async with scratch_database("emit") as url:
-        setup = await asyncpg.connect(url)
-        await setup.execute(BUSINESS_DDL)
-        for driver, case in (
-            ("asyncpg", _asyncpg_case),
-            ("sqlalchemy_asyncsession", _session_case),
-        ):
+        await _prepare(url)
+        for driver in drivers:
             for connections in connection_counts:
-                without, with_ = [], []
-                # Interleave the two variants so drift (autovacuum, checkpoints) hits both alike.
-                for _ in range(repeats):
-                    without.append(await case(url, connections, False, seconds))
-                    with_.append(await case(url, connections, True, seconds))
-                    await setup.execute("TRUNCATE bench_users; TRUNCATE outbox_events")
-                    await setup.execute("CHECKPOINT")
-                best_without, best_with = max(without), max(with_)
-                cases.append(
-                    {
+                for processes in sorted({min(p, connections) for p in process_counts}):
+                    without, with_ = [], []
+                    # Interleave the variants so drift (autovacuum, checkpoints) hits both alike.
+                    for _ in range(repeats):
+                        await _reset(url)
+                        without.append(
+                            await asyncio.to_thread(
+                                run_case, driver, url, connections, processes, False, seconds
+                            )
+                        )
+                        await _reset(url)
+                        with_.append(
+                            await asyncio.to_thread(
+                                run_case, driver, url, connections, processes, True, seconds
+                            )
+                        )
+                    best_without, best_with = max(without), max(with_)
+                    case = {
                         "driver": driver,
                         "connections": connections,
+                        "client_processes": processes,
                         "business_only_tx_per_s": round(best_without),
                         "business_plus_emit_tx_per_s": round(best_with),
                         "ratio": round(best_with / best_without, 3),
@@ -144,8 +203,9 @@ async def main(seconds: float, connection_counts: list[int], repeats: int) -> No
                         "runs_without": [round(x) for x in without],
                         "runs_with": [round(x) for x in with_],
                     }
-                )
-        await setup.close()
+                    print(case, flush=True)
+                    cases.append(case)
+    at_16 = [c for c in cases if c["connections"] == 16]
     write_result(
         "emit",
         {
@@ -153,6 +213,12 @@ async def main(seconds: float, connection_counts: list[int], repeats: int) -> No
             "repeats": repeats,
             "goal": "emit_cost_pct <= 15 at 16 connections",
             "cases": cases,
+            "summary": {
+                f"{c['driver']}_16conn_{c['client_processes']}proc_emit_cost_pct": c[
+                    "emit_cost_pct"
+                ]
+                for c in at_16
+            },
         },
     )
 
@@ -161,6 +227,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each run")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="client processes the connections are spread over",
+    )
+    parser.add_argument(
+        "--drivers", nargs="+", default=["asyncpg", "sqlalchemy"], choices=["asyncpg", "sqlalchemy"]
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (best is kept)")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.connections, args.repeats))
+    asyncio.run(main(args.seconds, args.connections, args.processes, args.drivers, args.repeats))
