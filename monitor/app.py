@@ -217,7 +217,7 @@ def get_collector(request: Request) -> Collector:
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     """Write actions: refused without a configured token, 401 without the right one."""
     token = get_monitor(request).settings.monitor_admin_token
-    if token is None:
+    if token is None or not token.get_secret_value():
         raise HTTPException(403, "write actions are disabled: set MONITOR_ADMIN_TOKEN")
     if not token_matches(authorization, token.get_secret_value()):
         raise HTTPException(

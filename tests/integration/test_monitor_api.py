@@ -275,6 +275,11 @@ async def test_dead_letters_list_show_and_admin_actions(
         assert refused.status_code == 403
         assert (await live.http.post("/api/dead-letters/purge")).status_code == 403
         assert await redis_client.xlen(keys.dead_letter) == 3
+    async with monitor_server(monitor_admin_token=SecretStr("")) as live:
+        empty = await live.http.post(
+            "/api/dead-letters/purge", headers={"Authorization": "Bearer "}
+        )
+        assert empty.status_code == 403  # an empty token (compose's default) disables writes
 
     async with monitor_server(monitor_admin_token=SecretStr("s3cret-token")) as live:
         wrong = await live.http.post(
