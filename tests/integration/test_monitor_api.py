@@ -277,7 +277,7 @@ async def test_dead_letters_list_show_and_admin_actions(
         assert await redis_client.xlen(keys.dead_letter) == 3
     async with monitor_server(monitor_admin_token=SecretStr("")) as live:
         empty = await live.http.post(
-            "/api/dead-letters/purge", headers={"Authorization": "Bearer "}
+            "/api/dead-letters/purge", headers={"Authorization": "Bearer x"}
         )
         assert empty.status_code == 403  # an empty token (compose's default) disables writes
 
