@@ -26,6 +26,8 @@ async def _check_postgres(url: str, timeout_s: float) -> str | None:
 
     try:
         conn = await asyncpg.connect(url, timeout=timeout_s)
+    except asyncpg.InvalidCatalogNameError:
+        return None  # the server answers; `outbox migrate` creates the database
     except Exception as error:  # every connect failure is reported the same way
         return f"{type(error).__name__}: {error}"
     await conn.close()

@@ -23,10 +23,17 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         ws_ping_interval=20,
     )
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # A SIGTERM/SIGINT is the normal way to stop the monitor: shut down gracefully and
+            # exit 0, instead of re-raising the signal afterwards as uvicorn does.
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    server = Server(config)
     print(f"monitor: http://{host}:{port}/", flush=True)
     server.run()
-    return 0
+    return 0 if server.started else 2
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
