@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         ws_ping_interval=20,
     )
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # A SIGTERM/SIGINT is the normal way to stop the monitor: shut down gracefully and

@@ -3,8 +3,327 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` → seconds."""
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    return asyncio.run(coro())
+
+
+# --- outbox project ---
+
+
+def _project(args: argparse.Namespace) -> int:
+    from outbox.settings import get_settings
+    from projections.projection import load, select
+    from projections.runner import run_projections
+
+    settings = get_settings()
+    load(settings.projection_modules)
+    projections = select(args.names)
+    return _run(
+        lambda: run_projections(
+            projections,
+            settings,
+            workers=args.workers,
+            consumer_stem=args.consumer_name,
+            handle_signals=True,
+        )
+    )
+
+
+# --- outbox projections ---
+
+
+def _progress_bar(done: int, total: int, started: float) -> None:
+    width = 30
+    share = done / total if total else 1.0
+    filled = int(width * share)
+    rate = done / max(time.monotonic() - started, 1e-6)
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events {rate:,.0f}/s"
+    )
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        import asyncpg
+
+        from outbox.settings import get_settings
+        from projections.projection import load, select
+        from projections.rebuild import rebuild
+        from streams.connection import connect
+        from streams.dead_letter import DeadLetters
+        from streams.keys import Keys
+
+        settings = get_settings()
+        load(settings.projection_modules)
+        (projection,) = select([args.name])
+        keys = Keys(settings.stream_prefix)
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        redis = await connect(settings.redis_streams_url.get_secret_value(), password)
+        db = await asyncpg.connect(settings.libpq_url())
+        started = time.monotonic()
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done >= total or now - last[0] > 0.2:
+                last[0] = now
+                _progress_bar(done, total, started)
+
+        try:
+            result = await rebuild(
+                db,
+                projection,
+                keys,
+                progress=None if args.quiet else progress,
+                letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
+            )
+        finally:
+            await db.close()
+            await redis.aclose()
+        print(
+            f"rebuilt {projection.name}: {result.events} events replayed, {result.applied} "
+            f"applied, {result.skipped} skipped, {result.failed} failed (dead-lettered), "
+            f"through outbox position {result.through_position}"
+        )
+        return 1 if result.failed else 0
+
+    return _run(main)
+
+
+def _list_projections(args: argparse.Namespace) -> int:
+    from outbox.settings import get_settings
+    from projections.projection import load
+
+    for name, projection in sorted(load(get_settings().projection_modules).items()):
+        types = ", ".join(sorted(projection.event_types))
+        print(f"{name}\tstreams={','.join(projection.streams)}\thandles={types}")
+    return 0
+
+
+def _prune_inbox(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        import asyncpg
+
+        from outbox.settings import get_settings
+        from projections.store import prune_inbox
+
+        settings = get_settings()
+        db = await asyncpg.connect(settings.libpq_url())
+        try:
+            deleted = await prune_inbox(db, settings.inbox_retention_s)
+        finally:
+            await db.close()
+        print(f"pruned {deleted} inbox rows older than {settings.inbox_retention_s} s")
+        return 0
+
+    return _run(main)
+
+
+# --- outbox dlq ---
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from streams.dead_letter import DeadLetterFilter
+
+    return DeadLetterFilter(
+        stream=args.stream,
+        group=args.group,
+        event_type=args.event_type,
+        older_than_s=args.older_than,
+        newer_than_s=args.newer_than,
+    )
+
+
+def _has_filter(args: argparse.Namespace) -> bool:
+    return any(
+        value is not None
+        for value in (args.stream, args.group, args.event_type, args.older_than, args.newer_than)
+    )
+
+
+def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
+    async def main() -> int:
+        from outbox.settings import get_settings
+        from streams.connection import connect
+        from streams.dead_letter import DeadLetters
+        from streams.keys import Keys
+
+        settings = get_settings()
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        redis = await connect(settings.redis_streams_url.get_secret_value(), password)
+        try:
+            return await action(
+                DeadLetters(redis, Keys(settings.stream_prefix), settings.dead_letter_ttl_s)
+            )
+        finally:
+            await redis.aclose()
+
+    return _run(main)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    async def action(letters: Any) -> int:
+        found = await letters.select(_filter(args))
+        for letter in found[-args.limit :] if args.limit else found:
+            if args.json:
+                print(json.dumps(letter.as_dict(), ensure_ascii=False))
+            else:
+                print(
+                    f"{letter.id}\t{letter.source_stream}\t{letter.group}\t{letter.event_type}\t"
+                    f"attempts={letter.attempts}\tage={letter.age_s:.0f}s\t{letter.error[:120]}"
+                )
+        print(f"{len(found)} dead letter(s)", file=sys.stderr)
+        return 0
+
+    return _with_dead_letters(action)
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    async def action(letters: Any) -> int:
+        letter = await letters.get(args.id)
+        if letter is None:
+            print(f"outbox: no dead letter {args.id}", file=sys.stderr)
+            return 1
+        print(json.dumps(letter.as_dict(), indent=2, ensure_ascii=False))
+        return 0
+
+    return _with_dead_letters(action)
+
+
+async def _chosen(letters: Any, args: argparse.Namespace) -> list[Any] | None:
+    if args.id:
+        found = [letter for letter in [await letters.get(i) for i in args.id] if letter]
+        missing = len(args.id) - len(found)
+        if missing:
+            print(f"outbox: {missing} of the given ids are not dead letters", file=sys.stderr)
+        return found
+    if not _has_filter(args) and not args.all:
+        print(
+            "outbox: give dead-letter ids, a filter (--stream/--group/--event-type/--older-than/"
+            "--newer-than) or --all",
+            file=sys.stderr,
+        )
+        return None
+    return list(await letters.select(_filter(args)))
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    async def action(letters: Any) -> int:
+        chosen = await _chosen(letters, args)
+        if chosen is None:
+            return 2
+        print(f"{len(chosen)} dead letter(s) to replay", file=sys.stderr)
+        if len(chosen) > 1 and not args.yes:
+            print("outbox: add --yes to replay them", file=sys.stderr)
+            return 1
+        new_ids = await letters.replay(chosen, keep=args.keep)
+        print(f"replayed {len(new_ids)} dead letter(s) to their source streams")
+        return 0
+
+    return _with_dead_letters(action)
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
+    async def action(letters: Any) -> int:
+        chosen = await _chosen(letters, args)
+        if chosen is None:
+            return 2
+        print(f"{len(chosen)} dead letter(s) to purge", file=sys.stderr)
+        if not args.yes:
+            print("outbox: add --yes to purge them", file=sys.stderr)
+            return 1
+        deleted = await letters.delete([letter.id for letter in chosen])
+        print(f"purged {deleted} dead letter(s)")
+        return 0
+
+    return _with_dead_letters(action)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", help="source service (identity) or stream key")
+    parser.add_argument("--group", help="consumer group (projection name)")
+    parser.add_argument("--event-type", help="event type, e.g. user_created")
+    parser.add_argument("--older-than", type=duration_s, help="dead for at least (90s, 2h, 7d)")
+    parser.add_argument("--newer-than", type=duration_s, help="dead for at most (90s, 2h, 7d)")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this area's subcommands to the ``outbox`` parser."""
+    project = sub.add_parser(
+        "project",
+        help="run projections (consumer groups applying events to read models)",
+        description="Run the named projections (all registered ones when none is named) with "
+        "PROCESSOR_WORKERS consumers each, until SIGTERM/SIGINT.",
+    )
+    project.add_argument("names", nargs="*", metavar="NAME", help="projection names")
+    project.add_argument("--workers", type=int, help="consumers per projection (PROCESSOR_WORKERS)")
+    project.add_argument(
+        "--consumer-name", help="consumer name stem (PROJECTION_CONSUMER_NAME, default host name)"
+    )
+    project.set_defaults(handler=_project)
+
+    projections = sub.add_parser("projections", help="list, rebuild and maintain projections")
+    commands = projections.add_subparsers(dest="projections_command", required=True)
+    listing = commands.add_parser("list", help="the registered projections")
+    listing.set_defaults(handler=_list_projections)
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="reset a projection's read model and inbox and replay it from the outbox",
+        description="Live consumers of the projection pause while it runs and resume after it.",
+    )
+    rebuild.add_argument("name", metavar="NAME")
+    rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+    rebuild.set_defaults(handler=_rebuild)
+    prune = commands.add_parser("prune-inbox", help="delete inbox rows older than INBOX_RETENTION")
+    prune.set_defaults(handler=_prune_inbox)
+
+    dlq = sub.add_parser("dlq", help="list, show, replay and purge dead letters")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = actions.add_parser("list", help="list dead letters (oldest first)")
+    _add_filters(dlq_list)
+    dlq_list.add_argument("--limit", type=int, default=0, help="only the newest N")
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dlq_list.set_defaults(handler=_dlq_list)
+    show = actions.add_parser("show", help="one dead letter in full (JSON)")
+    show.add_argument("id")
+    show.set_defaults(handler=_dlq_show)
+    replay = actions.add_parser(
+        "replay",
+        help="re-add dead letters to their source streams (idempotent: projections skip events "
+        "they already applied)",
+    )
+    replay.add_argument("id", nargs="*", help="dead-letter ids (else use filters or --all)")
+    _add_filters(replay)
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    replay.add_argument("--yes", action="store_true", help="confirm replaying more than one")
+    replay.add_argument("--keep", action="store_true", help="keep the dead letters after replay")
+    replay.set_defaults(handler=_dlq_replay)
+    purge = actions.add_parser("purge", help="delete dead letters")
+    purge.add_argument("id", nargs="*", help="dead-letter ids (else use filters or --all)")
+    _add_filters(purge)
+    purge.add_argument("--all", action="store_true", help="every dead letter")
+    purge.add_argument("--yes", action="store_true", help="confirm")
+    purge.set_defaults(handler=_dlq_purge)

@@ -65,10 +65,141 @@ class Settings(BaseSettings):
     )
 
     # --- relay settings (relay/) ---
+    relay_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("RELAY_BATCH_SIZE"),
+        description="Most events the relay reads and publishes per service in one batch.",
+    )
+    relay_poll_min_ms: float = Field(
+        default=1.0,
+        gt=0,
+        validation_alias=_env("RELAY_POLL_MIN_MS"),
+        description="First idle wait after an empty poll; doubles while idle.",
+    )
+    relay_poll_max_ms: float = Field(
+        default=50.0,
+        gt=0,
+        validation_alias=_env("RELAY_POLL_MAX_MS"),
+        description="Longest idle wait between polls (the worst-case wake-up delay).",
+    )
+    relay_notify_channel: str = Field(
+        default="outbox_relay",
+        validation_alias=_env("RELAY_NOTIFY_CHANNEL"),
+        description="LISTEN channel; pg_notify on it wakes the relay at once. Empty: no LISTEN.",
+    )
+    relay_heartbeat_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        validation_alias=_env("RELAY_HEARTBEAT_INTERVAL_S"),
+        description="How often the relay writes its status row and rebalances leases.",
+    )
+    relay_shutdown_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("RELAY_SHUTDOWN_GRACE_S"),
+        description="On SIGTERM/SIGINT: time to finish the batch and commit before giving up.",
+    )
+    relay_retry_min_s: float = Field(
+        default=0.1,
+        gt=0,
+        validation_alias=_env("RELAY_RETRY_MIN_S"),
+        description="First backoff after a failure (Redis/PostgreSQL down, stream refused).",
+    )
+    relay_retry_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("RELAY_RETRY_MAX_S"),
+        description="Longest backoff after repeated failures (jittered).",
+    )
+    relay_trim_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias=_env("RELAY_TRIM_INTERVAL_S"),
+        description="How often the relay trims its streams and the dead letters; 0: never.",
+    )
+    relay_stream_retention_s: float = Field(
+        default=3600.0,
+        ge=0,
+        validation_alias=_env("RELAY_STREAM_RETENTION_S"),
+        description="Entries younger than this are kept even when every group has acked them.",
+    )
+    relay_instance_id: str | None = Field(
+        default=None,
+        validation_alias=_env("RELAY_INSTANCE_ID"),
+        description="Name of this relay in its status row; default <host>-<pid>-<random>.",
+    )
+    relay_leases: bool = Field(
+        default=True,
+        validation_alias=_env("RELAY_LEASES"),
+        description="Share services out through leases; false (tests only) relays every service.",
+    )
 
     # --- projection settings (projections/) ---
+    projection_batch_size: int = Field(
+        default=500, ge=1, le=10_000, validation_alias=_env("PROJECTION_BATCH_SIZE")
+    )
+    projection_block_ms: int = Field(
+        default=1000, ge=1, le=60_000, validation_alias=_env("PROJECTION_BLOCK_MS")
+    )
+    projection_modules: str = Field(
+        default="projections.examples",
+        validation_alias=_env("PROJECTION_MODULES"),
+        description="Comma-separated modules imported by `outbox project` to register projections.",
+    )
+    projection_consumer_name: str | None = Field(
+        default=None,
+        validation_alias=_env("PROJECTION_CONSUMER_NAME"),
+        description="Consumer name stem (default: host name); workers are <stem>-<index>.",
+    )
+    claim_min_idle_ms: int = Field(default=30_000, ge=1, validation_alias=_env("CLAIM_MIN_IDLE_MS"))
+    claim_interval_s: float = Field(default=5.0, gt=0, validation_alias=_env("CLAIM_INTERVAL"))
+    claim_count: int = Field(default=500, ge=1, le=10_000, validation_alias=_env("CLAIM_COUNT"))
+    dead_consumer_idle_ms: int = Field(
+        default=600_000, ge=1, validation_alias=_env("DEAD_CONSUMER_IDLE_MS")
+    )
+    retry_base_delay_ms: int = Field(
+        default=200, ge=0, validation_alias=_env("RETRY_BASE_DELAY_MS")
+    )
+    retry_max_delay_ms: int = Field(
+        default=30_000, ge=0, validation_alias=_env("RETRY_MAX_DELAY_MS")
+    )
+    inbox_retention_s: int = Field(
+        default=7 * 86400, ge=60, validation_alias=_env("INBOX_RETENTION")
+    )
+    shutdown_grace_s: float = Field(default=30.0, gt=0, validation_alias=_env("SHUTDOWN_GRACE"))
+    projection_heartbeat_s: float = Field(
+        default=5.0, gt=0, validation_alias=_env("PROJECTION_HEARTBEAT_INTERVAL")
+    )
 
     # --- monitor settings (monitor/) ---
+    monitor_admin_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("MONITOR_ADMIN_TOKEN"),
+        description="Bearer token for the monitor's write actions; unset refuses them all.",
+    )
+    monitor_mask_fields: str = Field(
+        default="password,token,secret,email",
+        validation_alias=_env("MONITOR_MASK_FIELDS"),
+        description="Comma-separated payload field names masked in every monitor response.",
+    )
+    monitor_allowed_origins: str = Field(
+        default="",
+        validation_alias=_env("MONITOR_ALLOWED_ORIGINS"),
+        description="Extra Origins allowed on /ws (comma-separated); the page's own is always.",
+    )
+    monitor_window_s: float = Field(
+        default=300.0, ge=10, le=86400, validation_alias=_env("MONITOR_WINDOW")
+    )
+    monitor_services: str = Field(
+        default="identity,assets,automation,communication,ai,network,system",
+        validation_alias=_env("MONITOR_SERVICES"),
+        description="Services always shown, besides those found in the outbox.",
+    )
+    metrics_stream_retention_s: int = Field(
+        default=86400, ge=60, validation_alias=_env("METRICS_STREAM_RETENTION")
+    )
 
     @field_validator("stream_prefix")
     @classmethod

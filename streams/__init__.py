@@ -5,3 +5,34 @@ Also the client API of the original OpsConductor document (``RedisStreamsClient`
 """
 
 from __future__ import annotations
+
+from outbox.envelope import MessagePriority
+from streams.client import RedisStreamsClient, create_streams_client, publish_event
+from streams.codec import MalformedEntryError, StreamMessage
+from streams.errors import (
+    GroupMissingError,
+    RedisAuthError,
+    RedisOutOfMemoryError,
+    RedisUnavailableError,
+    StreamNotFoundError,
+    StreamsError,
+    WrongTypeError,
+)
+from streams.keys import Keys
+
+__all__ = [
+    "GroupMissingError",
+    "Keys",
+    "MalformedEntryError",
+    "MessagePriority",
+    "RedisAuthError",
+    "RedisOutOfMemoryError",
+    "RedisStreamsClient",
+    "RedisUnavailableError",
+    "StreamMessage",
+    "StreamNotFoundError",
+    "StreamsError",
+    "WrongTypeError",
+    "create_streams_client",
+    "publish_event",
+]

@@ -14,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import migrations
+import projections.schema  # noqa: F401  (its tables join outbox.schema.metadata)
 from migrations import runner
 from outbox.schema import metadata
 from tests.conftest import _url_for as url_for

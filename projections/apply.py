@@ -1,0 +1,195 @@
+"""Apply a batch of events to a projection exactly once in effect (DESIGN.md invariant 5).
+
+One PostgreSQL transaction per batch:
+
+1. ``INSERT … SELECT unnest(event_ids) ON CONFLICT DO NOTHING RETURNING event_id`` records the
+   whole batch in the inbox in one statement and tells which events are new;
+2. handlers run for the new events only, in the given order (a run of consecutive events
+   whose types share one ``on_batch`` handler goes to it in one call);
+3. commit; the caller XACKs afterwards.
+
+Fast path first: the whole batch in one transaction without savepoints. If a handler raises,
+that transaction rolls back and the batch is applied again on the slow path: one savepoint per
+event, so only the failing events are left out (their inbox rows are released) while the others
+commit. Events later in the batch with the same ``aggregate_id`` as a failed one are deferred,
+so one aggregate's events are never applied out of order. Connection failures and other
+infrastructure errors are not handler failures: they propagate as :class:`TransientError` and the
+batch is retried whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from projections import queries
+from projections.projection import Connection, Projection
+from streams.codec import StreamMessage
+
+log = logging.getLogger("projections.apply")
+
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+}
+
+
+class TransientError(Exception):
+    """The database failed, not the handler (connection lost, deadlock…); retry the batch."""
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (OSError, ConnectionError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(error, asyncpg.PostgresConnectionError):
+        return True
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(error, asyncpg.PostgresError) and sqlstate in _TRANSIENT_SQLSTATES
+
+
+@dataclass
+class Outcome:
+    """What happened to each event of a batch."""
+
+    applied: list[StreamMessage] = field(default_factory=list)
+    skipped: list[StreamMessage] = field(default_factory=list)  # no handler for the type
+    duplicates: list[StreamMessage] = field(default_factory=list)  # already in the inbox
+    failed: list[tuple[StreamMessage, BaseException]] = field(default_factory=list)
+    deferred: list[StreamMessage] = field(default_factory=list)  # behind a failed aggregate
+
+    @property
+    def done(self) -> list[StreamMessage]:
+        """Events that need no further delivery (to be acked)."""
+        return [*self.applied, *self.skipped, *self.duplicates]
+
+
+async def _claim(db: Connection, projection: Projection, messages: Sequence[StreamMessage]) -> Any:
+    q = queries.INBOX_CLAIM
+    rows = await db.fetch(
+        q.asyncpg_sql, projection.name, [message.event_id for message in messages]
+    )
+    return {str(row[0]) for row in rows}
+
+
+def _split_new(
+    messages: Sequence[StreamMessage], new_ids: set[str], outcome: Outcome
+) -> list[StreamMessage]:
+    fresh = []
+    for message in messages:
+        if message.event_id in new_ids:
+            new_ids.discard(message.event_id)  # a second copy in the same batch is a duplicate
+            fresh.append(message)
+        else:
+            outcome.duplicates.append(message)
+    return fresh
+
+
+async def _run_handlers(
+    db: Connection, projection: Projection, fresh: Sequence[StreamMessage], outcome: Outcome
+) -> None:
+    index = 0
+    while index < len(fresh):
+        message = fresh[index]
+        batch_handler = projection.batch_handlers.get(message.event_type)
+        if batch_handler is not None:
+            end = index + 1
+            # One call covers consecutive events whose types share this handler function.
+            while end < len(fresh) and (
+                projection.batch_handlers.get(fresh[end].event_type) is batch_handler
+            ):
+                end += 1
+            await batch_handler(fresh[index:end], db)
+            outcome.applied.extend(fresh[index:end])
+            index = end
+            continue
+        handler = projection.handlers.get(message.event_type)
+        if handler is not None:
+            await handler(message, db)
+            outcome.applied.append(message)
+        else:
+            outcome.skipped.append(message)
+        index += 1
+
+
+async def apply_batch(
+    db: Connection,
+    projection: Projection,
+    messages: Sequence[StreamMessage],
+    *,
+    take_lock: bool = True,
+) -> Outcome:
+    """Apply ``messages`` (in order) in one transaction on ``db``; see the module doc."""
+    if not messages:
+        return Outcome()
+    try:
+        return await _fast_path(db, projection, messages, take_lock)
+    except TransientError:
+        raise
+    except Exception as error:
+        if is_transient(error):
+            raise TransientError(str(error)) from error
+        log.info(
+            "event=batch_fallback projection=%s events=%d error=%r",
+            projection.name,
+            len(messages),
+            error,
+        )
+    try:
+        return await _slow_path(db, projection, messages, take_lock)
+    except TransientError:
+        raise
+    except Exception as error:
+        if is_transient(error):
+            raise TransientError(str(error)) from error
+        raise
+
+
+async def _fast_path(
+    db: Connection, projection: Projection, messages: Sequence[StreamMessage], take_lock: bool
+) -> Outcome:
+    outcome = Outcome()
+    async with db.transaction():
+        if take_lock:
+            await db.execute(queries.LOCK_PROJECTION_SHARED.asyncpg_sql, projection.name)
+        fresh = _split_new(messages, await _claim(db, projection, messages), outcome)
+        await _run_handlers(db, projection, fresh, outcome)
+    return outcome
+
+
+async def _slow_path(
+    db: Connection, projection: Projection, messages: Sequence[StreamMessage], take_lock: bool
+) -> Outcome:
+    outcome = Outcome()
+    async with db.transaction():
+        if take_lock:
+            await db.execute(queries.LOCK_PROJECTION_SHARED.asyncpg_sql, projection.name)
+        fresh = _split_new(messages, await _claim(db, projection, messages), outcome)
+        failed_aggregates: set[str] = set()
+        for message in fresh:
+            if message.aggregate_id is not None and message.aggregate_id in failed_aggregates:
+                outcome.deferred.append(message)
+                continue
+            try:
+                async with db.transaction():  # SAVEPOINT: a failure undoes this event only
+                    applied = await projection.apply_one(message, db)
+            except Exception as error:
+                if is_transient(error):
+                    raise TransientError(str(error)) from error
+                outcome.failed.append((message, error))
+                if message.aggregate_id is not None:
+                    failed_aggregates.add(message.aggregate_id)
+                continue
+            (outcome.applied if applied else outcome.skipped).append(message)
+        released = [m.event_id for m, _ in outcome.failed] + [m.event_id for m in outcome.deferred]
+        if released:
+            await db.execute(queries.INBOX_RELEASE.asyncpg_sql, projection.name, released)
+    return outcome

@@ -1,0 +1,60 @@
+"""``asset_inventory``: known assets and how often they were scanned, from asset events."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+
+from projections.examples import queries
+from projections.examples.common import latest, occurred_at, text, version
+from projections.projection import Connection, Projection
+from streams.codec import StreamMessage
+
+asset_inventory = Projection(
+    "asset_inventory",
+    streams=["assets"],
+    tables=["inventory_assets"],
+    doc="One row per asset (tombstoned on delete) with its scan count, from asset events.",
+)
+
+
+def _asset_id(message: StreamMessage) -> str:
+    return str(message.data.get("asset_id") or message.aggregate_id)
+
+
+@asset_inventory.on_batch("asset_created")
+@asset_inventory.on_batch("asset_updated")
+async def upsert_assets(events: Sequence[StreamMessage], db: Connection) -> None:
+    rows = latest(events, _asset_id)
+    await db.execute(
+        queries.UPSERT_ASSETS,
+        [_asset_id(m) for m in rows],
+        [text(m.data.get("hostname")) for m in rows],
+        [text(m.data.get("ip_address")) for m in rows],
+        [text(m.data.get("asset_type")) for m in rows],
+        [version(m) for m in rows],
+    )
+
+
+@asset_inventory.on_batch("asset_deleted")
+async def delete_assets(events: Sequence[StreamMessage], db: Connection) -> None:
+    rows = latest(events, _asset_id)
+    await db.execute(
+        queries.DELETE_ASSETS, [_asset_id(m) for m in rows], [version(m) for m in rows]
+    )
+
+
+@asset_inventory.on_batch("asset_scanned")
+async def count_scans(events: Sequence[StreamMessage], db: Connection) -> None:
+    scans: Counter[str] = Counter()
+    last: dict[str, datetime] = {}
+    for message in events:
+        asset = _asset_id(message)
+        scans[asset] += 1
+        at = occurred_at(message)
+        last[asset] = max(last.get(asset, at), at)
+    assets = list(scans)
+    await db.execute(
+        queries.COUNT_SCANS, assets, [scans[a] for a in assets], [last[a] for a in assets]
+    )

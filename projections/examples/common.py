@@ -1,0 +1,37 @@
+"""Helpers shared by the example projections."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.codec import StreamMessage
+
+
+def version(message: StreamMessage) -> int:
+    """Order of an event for last-writer-wins: its outbox position (else its time in µs)."""
+    if message.position is not None:
+        return message.position
+    return int(message.timestamp * 1_000_000)
+
+
+def occurred_at(message: StreamMessage) -> datetime:
+    return message.occurred_at or datetime.fromtimestamp(message.timestamp, UTC)
+
+
+def text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def latest(
+    messages: Sequence[StreamMessage], key: Callable[[StreamMessage], str]
+) -> list[StreamMessage]:
+    """The newest event per key: one statement may not update a row twice (ON CONFLICT)."""
+    newest: dict[str, StreamMessage] = {}
+    for message in messages:
+        ident = key(message)
+        current = newest.get(ident)
+        if current is None or version(current) < version(message):
+            newest[ident] = message
+    return list(newest.values())

@@ -1,0 +1,79 @@
+"""SQL of the example read models (one set-based statement per run of events).
+
+Rows carry the outbox position of the last event applied (``version``); an event older than the
+row is ignored, so the result does not depend on the order in which consumers apply events of
+one aggregate (last writer wins by outbox position; deletes leave a tombstone).
+"""
+
+from __future__ import annotations
+
+UPSERT_USERS = """
+INSERT INTO directory_users AS u (user_id, email, name, role, deleted, version, updated_at)
+SELECT e.user_id, e.email, e.name, e.role, false, e.version, now()
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+       AS e(user_id, email, name, role, version)
+ON CONFLICT (user_id) DO UPDATE
+   SET email = COALESCE(EXCLUDED.email, u.email),
+       name = COALESCE(EXCLUDED.name, u.name),
+       role = COALESCE(EXCLUDED.role, u.role),
+       deleted = false, version = EXCLUDED.version, updated_at = now()
+ WHERE u.version < EXCLUDED.version
+"""
+
+DELETE_USERS = """
+INSERT INTO directory_users AS u (user_id, deleted, version, updated_at)
+SELECT e.user_id, true, e.version, now()
+  FROM unnest($1::text[], $2::bigint[]) AS e(user_id, version)
+ON CONFLICT (user_id) DO UPDATE
+   SET deleted = true, version = EXCLUDED.version, updated_at = now()
+ WHERE u.version < EXCLUDED.version
+"""
+
+UPSERT_ASSETS = """
+INSERT INTO inventory_assets AS a (asset_id, hostname, ip_address, asset_type, deleted, version,
+                                   updated_at)
+SELECT e.asset_id, e.hostname, e.ip_address, e.asset_type, false, e.version, now()
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+       AS e(asset_id, hostname, ip_address, asset_type, version)
+ON CONFLICT (asset_id) DO UPDATE
+   SET hostname = COALESCE(EXCLUDED.hostname, a.hostname),
+       ip_address = COALESCE(EXCLUDED.ip_address, a.ip_address),
+       asset_type = COALESCE(EXCLUDED.asset_type, a.asset_type),
+       deleted = false, version = EXCLUDED.version, updated_at = now()
+ WHERE a.version < EXCLUDED.version
+"""
+
+DELETE_ASSETS = """
+INSERT INTO inventory_assets AS a (asset_id, deleted, version, updated_at)
+SELECT e.asset_id, true, e.version, now()
+  FROM unnest($1::text[], $2::bigint[]) AS e(asset_id, version)
+ON CONFLICT (asset_id) DO UPDATE
+   SET deleted = true, version = EXCLUDED.version, updated_at = now()
+ WHERE a.version < EXCLUDED.version
+"""
+
+# Scans are counted whatever the order (a sum commutes).
+COUNT_SCANS = """
+INSERT INTO inventory_assets AS a (asset_id, scan_count, last_scanned_at, updated_at)
+SELECT e.asset_id, e.scans, e.last_scanned_at, now()
+  FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS e(asset_id, scans, last_scanned_at)
+ON CONFLICT (asset_id) DO UPDATE
+   SET scan_count = a.scan_count + EXCLUDED.scan_count,
+       last_scanned_at = GREATEST(a.last_scanned_at, EXCLUDED.last_scanned_at),
+       updated_at = now()
+"""
+
+ADD_JOB_STATS = """
+INSERT INTO automation_job_stats AS s (job_name, started, completed, failed, total_duration_ms,
+                                       last_event_at)
+SELECT e.job_name, e.started, e.completed, e.failed, e.duration_ms, e.last_event_at
+  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+              $6::timestamptz[])
+       AS e(job_name, started, completed, failed, duration_ms, last_event_at)
+ON CONFLICT (job_name) DO UPDATE
+   SET started = s.started + EXCLUDED.started,
+       completed = s.completed + EXCLUDED.completed,
+       failed = s.failed + EXCLUDED.failed,
+       total_duration_ms = s.total_duration_ms + EXCLUDED.total_duration_ms,
+       last_event_at = GREATEST(s.last_event_at, EXCLUDED.last_event_at)
+"""

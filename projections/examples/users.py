@@ -1,0 +1,41 @@
+"""``user_directory``: the current users, from identity events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from projections.examples import queries
+from projections.examples.common import latest, text, version
+from projections.projection import Connection, Projection
+from streams.codec import StreamMessage
+
+user_directory = Projection(
+    "user_directory",
+    streams=["identity"],
+    tables=["directory_users"],
+    doc="One row per user (tombstoned on delete), from identity events.",
+)
+
+
+def _user_id(message: StreamMessage) -> str:
+    return str(message.data.get("user_id") or message.aggregate_id)
+
+
+@user_directory.on_batch("user_created")
+@user_directory.on_batch("user_updated")
+async def upsert_users(events: Sequence[StreamMessage], db: Connection) -> None:
+    rows = latest(events, _user_id)
+    await db.execute(
+        queries.UPSERT_USERS,
+        [_user_id(m) for m in rows],
+        [text(m.data.get("email")) for m in rows],
+        [text(m.data.get("name")) for m in rows],
+        [text(m.data.get("role")) for m in rows],
+        [version(m) for m in rows],
+    )
+
+
+@user_directory.on_batch("user_deleted")
+async def delete_users(events: Sequence[StreamMessage], db: Connection) -> None:
+    rows = latest(events, _user_id)
+    await db.execute(queries.DELETE_USERS, [_user_id(m) for m in rows], [version(m) for m in rows])

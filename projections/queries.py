@@ -1,0 +1,172 @@
+"""Every SQL statement of the ``projections`` package, in one place (run through asyncpg).
+
+Statements are written once with ``:name`` parameters and rendered with ``$n`` placeholders by
+:class:`outbox.queries.Query`.
+"""
+
+from __future__ import annotations
+
+from outbox.queries import Query
+
+# Live batches take this lock shared (per transaction); a rebuild takes it exclusively for its
+# whole run, so live consumers wait while the read model is reset and replayed and then find
+# the replayed events in the inbox. hashtextextended() maps the name to the bigint key.
+LOCK_PROJECTION_SHARED = Query(
+    "lock_projection_shared",
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended('projection:' || :projection, 0))",
+)
+LOCK_PROJECTION = Query(
+    "lock_projection",
+    "SELECT pg_advisory_lock(hashtextextended('projection:' || :projection, 0))",
+)
+UNLOCK_PROJECTION = Query(
+    "unlock_projection",
+    "SELECT pg_advisory_unlock(hashtextextended('projection:' || :projection, 0))",
+)
+
+# A consumer name is held by one live process at a time: the session lock is released when the
+# holder's connection ends, including on SIGKILL.
+TRY_LOCK_CONSUMER = Query(
+    "try_lock_consumer",
+    "SELECT pg_try_advisory_lock(hashtextextended('consumer:' || :projection || ':' || :consumer,"
+    " 0))",
+)
+
+# The inbox: one statement records the whole batch and says which events are new.
+INBOX_CLAIM = Query(
+    "inbox_claim",
+    """
+    INSERT INTO projection_inbox (projection, event_id)
+    SELECT :projection, e FROM unnest(CAST(:event_ids AS uuid[])) AS e
+    ON CONFLICT (projection, event_id) DO NOTHING
+    RETURNING event_id
+    """,
+)
+INBOX_RELEASE = Query(
+    "inbox_release",
+    """
+    DELETE FROM projection_inbox
+     WHERE projection = :projection AND event_id = ANY(CAST(:event_ids AS uuid[]))
+    """,
+)
+INBOX_RESET = Query("inbox_reset", "DELETE FROM projection_inbox WHERE projection = :projection")
+INBOX_COUNT = Query(
+    "inbox_count", "SELECT count(*) FROM projection_inbox WHERE projection = :projection"
+)
+# Bounded batches keep each prune transaction short.
+INBOX_PRUNE = Query(
+    "inbox_prune",
+    """
+    DELETE FROM projection_inbox
+     WHERE ctid = ANY(ARRAY(
+           SELECT ctid FROM projection_inbox
+            WHERE applied_at < now() - make_interval(secs => :retention_s)
+            LIMIT :limit))
+    """,
+)
+
+# --- consumer heartbeats ---
+
+REGISTER_CONSUMER = Query(
+    "register_consumer",
+    """
+    INSERT INTO projection_consumers (projection, consumer, host, pid)
+    VALUES (:projection, :consumer, :host, :pid)
+    ON CONFLICT (projection, consumer) DO UPDATE
+       SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now(),
+           stopped_at = NULL
+    """,
+)
+HEARTBEAT = Query(
+    "heartbeat",
+    """
+    UPDATE projection_consumers
+       SET heartbeat_at = now(),
+           processed = processed + :processed,
+           skipped = skipped + :skipped,
+           failures = failures + :failures,
+           dead_lettered = dead_lettered + :dead_lettered,
+           last_error = COALESCE(:last_error, last_error)
+     WHERE projection = :projection AND consumer = :consumer
+    """,
+)
+CONSUMER_STOPPED = Query(
+    "consumer_stopped",
+    """
+    UPDATE projection_consumers SET stopped_at = now(), heartbeat_at = now()
+     WHERE projection = :projection AND consumer = :consumer
+    """,
+)
+
+# --- checkpoints (rebuild) ---
+
+START_REBUILD = Query(
+    "start_rebuild",
+    """
+    INSERT INTO projection_checkpoints (projection, status, rebuild_started_at, updated_at)
+    VALUES (:projection, 'rebuilding', now(), now())
+    ON CONFLICT (projection) DO UPDATE
+       SET status = 'rebuilding', rebuild_started_at = now(), updated_at = now()
+    """,
+)
+FINISH_REBUILD = Query(
+    "finish_rebuild",
+    """
+    UPDATE projection_checkpoints
+       SET status = 'live', rebuilt_at = now(), rebuilt_through_position = :position,
+           events_replayed = :events, updated_at = now()
+     WHERE projection = :projection
+    """,
+)
+
+# --- the outbox log, read back (rebuild, trimmed entries, dead-letter re-fetch) ---
+
+_EVENT_COLUMNS = """o.position, o.event_id, o.stream, o.event_type, o.source, o.aggregate_id,
+       o.priority, o.payload::text AS payload, o.headers::text AS headers, o.correlation_id,
+       o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at"""
+
+OUTBOX_EXTENT = Query(
+    "outbox_extent",
+    """
+    SELECT count(*) AS events, COALESCE(max(position), 0) AS max_position
+      FROM outbox_events WHERE stream = ANY(CAST(:streams AS text[]))
+    """,
+)
+OUTBOX_PAGE = Query(
+    "outbox_page",
+    f"""
+    SELECT {_EVENT_COLUMNS}
+      FROM outbox_events o
+     WHERE o.stream = ANY(CAST(:streams AS text[])) AND o.position > :after
+       AND o.position <= :until
+     ORDER BY o.position
+     LIMIT :limit
+    """,
+)
+OUTBOX_BY_EVENT_IDS = Query(
+    "outbox_by_event_ids",
+    f"""
+    SELECT {_EVENT_COLUMNS}
+      FROM outbox_events o
+     WHERE o.event_id = ANY(CAST(:event_ids AS uuid[]))
+     ORDER BY o.position
+    """,
+)
+# Entries trimmed before we could read them carry no event id: take the stream's events this
+# projection has not applied, from within the inbox retention (older ones may have been applied
+# and pruned from the inbox) up to the trimmed entries' time (+ clock skew allowance).
+OUTBOX_UNAPPLIED = Query(
+    "outbox_unapplied",
+    f"""
+    SELECT {_EVENT_COLUMNS}
+      FROM outbox_events o
+     WHERE o.stream = :service
+       AND o.priority = ANY(CAST(:priorities AS smallint[]))
+       AND o.occurred_at >= now() - make_interval(secs => :retention_s)
+       AND o.occurred_at <= to_timestamp(:until_s)
+       AND NOT EXISTS (SELECT 1 FROM projection_inbox i
+                        WHERE i.projection = :projection AND i.event_id = o.event_id)
+     ORDER BY o.position
+     LIMIT :limit
+    """,
+)

@@ -1,0 +1,139 @@
+"""``outbox project``: run projections as consumer groups, PROCESSOR_WORKERS consumers each.
+
+Consumer names are stable, ``<stem>-<index>`` (stem: PROJECTION_CONSUMER_NAME, default the host
+name), so a restarted process gets its own pending entries back. Each name is held with a
+PostgreSQL session advisory lock while the process lives; a second process on the same host
+takes the next free indexes instead of sharing a name. SIGTERM/SIGINT set the stop event: every
+worker finishes and acks its batch and the process exits 0 within SHUTDOWN_GRACE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from outbox.errors import ConfigurationError
+from outbox.settings import Settings
+from projections import store
+from projections.projection import Projection
+from projections.worker import ProjectionWorker, WorkerConfig
+from streams.connection import connect
+from streams.keys import Keys
+
+log = logging.getLogger("projections.runner")
+
+INBOX_PRUNE_INTERVAL_S = 600.0
+#: At most this many consumer indexes are tried per projection when looking for free names.
+MAX_CONSUMER_INDEX = 1024
+
+
+async def acquire_consumer_names(db: Any, projection: str, stem: str, count: int) -> list[str]:
+    """The lowest ``count`` free names ``<stem>-<i>`` for ``projection``, held by ``db``."""
+    names: list[str] = []
+    for index in range(MAX_CONSUMER_INDEX):
+        name = f"{stem}-{index}"
+        if await store.try_lock_consumer(db, projection, name):
+            names.append(name)
+            if len(names) == count:
+                return names
+    raise ConfigurationError(f"no free consumer name for {projection} under {stem!r}")
+
+
+async def _prune_inbox(pool: Any, retention_s: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as db:
+                deleted = await store.prune_inbox(db, retention_s)
+            if deleted:
+                log.info("event=inbox_pruned rows=%d", deleted)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("event=inbox_prune_failed error=%r", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=INBOX_PRUNE_INTERVAL_S)
+
+
+async def run_projections(
+    projections: Sequence[Projection],
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    workers: int | None = None,
+    consumer_stem: str | None = None,
+    handle_signals: bool = False,
+) -> int:
+    """Run ``projections`` until ``stop`` is set (or SIGTERM/SIGINT); return the exit code."""
+    if not projections:
+        raise ConfigurationError("no projection to run (PROJECTION_MODULES registers none)")
+    stop = stop or asyncio.Event()
+    count = workers or settings.processor_workers
+    stem = consumer_stem or settings.projection_consumer_name or socket.gethostname()
+    config = WorkerConfig.from_settings(settings)
+    keys = Keys(settings.stream_prefix)
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    # str responses: the codec looks fields up by str name, so no per-field bytes fallback.
+    redis = await connect(
+        settings.redis_streams_url.get_secret_value(), password, decode_responses=True
+    )
+    pool = await asyncpg.create_pool(
+        settings.libpq_url(), min_size=1, max_size=len(projections) * count + 2
+    )
+    names_db = await asyncpg.connect(settings.libpq_url())
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        for projection in projections:
+            names = await acquire_consumer_names(names_db, projection.name, stem, count)
+            for name in names:
+                worker = ProjectionWorker(
+                    projection,
+                    redis=redis,
+                    pool=pool,
+                    keys=keys,
+                    consumer=name,
+                    config=config,
+                    stop=stop,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+                tasks.append(asyncio.create_task(worker.run(), name=f"{projection.name}/{name}"))
+        pruner = asyncio.create_task(_prune_inbox(pool, settings.inbox_retention_s, stop))
+        log.info(
+            "event=projections_started projections=%s workers=%d stem=%s",
+            ",".join(p.name for p in projections),
+            count,
+            stem,
+        )
+        stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [task for task in done if task is not stopper and task.exception()]
+        stop.set()
+        _, late = await asyncio.wait([*tasks, pruner], timeout=settings.shutdown_grace_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("event=shutdown_grace_exceeded tasks=%d", len(late))
+            await asyncio.wait(late, timeout=5)
+        for task in crashed:
+            log.error("event=worker_crashed task=%s", task.get_name(), exc_info=task.exception())
+        log.info("event=projections_stopped")
+        return 1 if crashed else 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await names_db.close()
+        await pool.close()
+        await redis.aclose()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,69 @@
+"""Open a Redis connection: TLS (``rediss://``), ACL users (``redis://user@host``), reconnects.
+
+A lost connection is retried with exponential backoff and full jitter by redis-py itself
+(``Retry`` on ConnectionError/TimeoutError), so a Redis restart costs callers a delay, not an
+error; only when every retry failed does :class:`~streams.errors.RedisUnavailableError` surface.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from streams.errors import translate
+
+log = logging.getLogger("streams.connection")
+
+#: Reconnect attempts per command, with backoff 0.05 s doubling up to 2 s (~10 s in total).
+RECONNECT_RETRIES = 8
+RECONNECT_BASE_S = 0.05
+RECONNECT_CAP_S = 2.0
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user + ':***' if ':' in credentials else user}@{host}"
+
+
+def redis_from_url(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:
+    """A redis.asyncio client; a password in the URL wins over ``password``.
+
+    ``rediss://`` selects redis-py's SSLConnection; ``redis://user@host`` authenticates as that
+    ACL user (AUTH user password, https://redis.io/docs/latest/operate/oss_and_stack/management/security/acl/).
+    """
+    retry = Retry(
+        ExponentialWithJitterBackoff(cap=RECONNECT_CAP_S, base=RECONNECT_BASE_S),
+        RECONNECT_RETRIES,
+        (redis_errors.ConnectionError, redis_errors.TimeoutError),
+    )
+    kwargs: dict[str, Any] = {
+        "retry": retry,
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+        **options,
+    }
+    if password:
+        kwargs["password"] = password
+    return aioredis.Redis.from_url(url, **kwargs)
+
+
+async def connect(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:
+    """Open a client and check it answers (PING); errors become project errors."""
+    client = redis_from_url(url, password, **options)
+    try:
+        await client.ping()
+    except redis_errors.RedisError as error:
+        await client.aclose()
+        raise translate(error) from None
+    log.debug("event=redis_connected url=%s", redact(url))
+    return client

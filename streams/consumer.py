@@ -1,0 +1,268 @@
+"""Consumer-group reads for one group and consumer: pending first, priority-weighted, claim, ack.
+
+Every command goes through :meth:`GroupConsumer._call`, which translates redis-py errors and
+creates a missing group (NOGROUP) on first use. Entries are returned raw (:class:`Entry`); an
+entry whose ``fields`` are empty was trimmed away while it was pending: XREADGROUP with id ``0``
+returns such entries with nil fields (redis-py gives ``{}``), and XCLAIM / XAUTOCLAIM drop them
+from the PEL and report them deleted (Redis 7.0+,
+https://redis.io/docs/latest/commands/xautoclaim/).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from outbox.envelope import MessagePriority
+from streams.errors import is_busygroup, is_nogroup, translate
+
+log = logging.getLogger("streams.consumer")
+
+T = TypeVar("T")
+
+#: Relative share of a batch each priority stream gets when every stream has a backlog. A share a
+#: higher stream does not use flows down to the next; NORMAL (which carries LOW) always keeps
+#: 2/14 of a full batch, so it is never starved (docs/decisions/0005-priorities.md).
+PRIORITY_WEIGHTS: Mapping[MessagePriority, int] = {
+    MessagePriority.CRITICAL: 8,
+    MessagePriority.HIGH: 4,
+    MessagePriority.NORMAL: 2,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as delivered to this consumer; empty ``fields`` means trimmed."""
+
+    stream: str
+    id: str
+    fields: Mapping[Any, Any]
+    priority: MessagePriority = MessagePriority.NORMAL
+
+    @property
+    def trimmed(self) -> bool:
+        return not self.fields
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What XAUTOCLAIM / XCLAIM returned: live entries, and ids that no longer exist."""
+
+    entries: list[Entry]
+    deleted: list[str]
+    next_start: str = "0-0"
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class GroupConsumer:
+    """Reads, claims and acks for one consumer of one group over a set of streams.
+
+    ``streams`` maps each priority (CRITICAL, HIGH, NORMAL) to its stream keys; reads serve
+    higher priorities first with :data:`PRIORITY_WEIGHTS`.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        group: str,
+        consumer: str,
+        streams: Mapping[MessagePriority, Sequence[str]],
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.consumer = consumer
+        self.tiers = [
+            (priority, list(streams.get(priority, ())))
+            for priority in sorted(PRIORITY_WEIGHTS, reverse=True)
+            if streams.get(priority)
+        ]
+        self.priority_of = {key: priority for priority, keys in self.tiers for key in keys}
+        self.keys = [key for _, keys in self.tiers for key in keys]
+
+    async def _call(self, keys: Iterable[str], command: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await command()
+        except redis_errors.ResponseError as error:
+            if not is_nogroup(error):
+                raise translate(error, ", ".join(keys)) from None
+        except redis_errors.RedisError as error:
+            raise translate(error, ", ".join(keys)) from None
+        await self.ensure_groups(keys)
+        try:
+            return await command()
+        except redis_errors.RedisError as error:
+            raise translate(error, ", ".join(keys)) from None
+
+    async def ensure_groups(self, keys: Iterable[str] | None = None) -> None:
+        """Create the group on each stream (and the stream) from its start; BUSYGROUP is fine."""
+        for key in keys if keys is not None else self.keys:
+            try:
+                # id 0: a new group sees every entry still in the stream; history older than
+                # the stream's retention comes from `outbox projections rebuild`.
+                await self.redis.xgroup_create(key, self.group, id="0", mkstream=True)
+                log.info("event=group_created stream=%s group=%s", key, self.group)
+            except redis_errors.ResponseError as error:
+                if not is_busygroup(error):
+                    raise translate(error, key) from None
+            except redis_errors.RedisError as error:
+                raise translate(error, key) from None
+
+    def _entries(self, response: Any) -> list[Entry]:
+        entries: list[Entry] = []
+        for stream, items in response or ():
+            key = _str(stream)
+            priority = self.priority_of.get(key, MessagePriority.NORMAL)
+            for entry_id, fields in items:
+                if entry_id is None:
+                    continue
+                entries.append(Entry(key, _str(entry_id), fields or {}, priority))
+        return entries
+
+    async def _read(
+        self, keys: Sequence[str], ids: Sequence[str], count: int, block_ms: int | None = None
+    ) -> list[Entry]:
+        streams: dict[Any, Any] = dict(zip(keys, ids, strict=True))
+        response = await self._call(
+            keys,
+            lambda: self.redis.xreadgroup(
+                self.group, self.consumer, streams, count=count, block=block_ms
+            ),
+        )
+        return self._entries(response)
+
+    async def read_pending(self, count: int, after: Mapping[str, str] | None = None) -> list[Entry]:
+        """This consumer's own pending entries (XREADGROUP id 0), after the given ids per key.
+
+        Used on start: entries delivered before a crash are processed before anything new.
+        """
+        start = after or {}
+        return await self._read(self.keys, [start.get(key, "0") for key in self.keys], count)
+
+    async def read_new(self, batch_size: int, block_ms: int) -> list[Entry]:
+        """Up to about ``batch_size`` new entries, CRITICAL first, weighted (see module doc).
+
+        Blocks up to ``block_ms`` only when every stream is empty.
+        """
+        entries: list[Entry] = []
+        total_weight = sum(PRIORITY_WEIGHTS[p] for p, _ in self.tiers)
+        carry = 0
+        filled: list[tuple[MessagePriority, list[str]]] = []
+        for index, (priority, keys) in enumerate(self.tiers):
+            if index == len(self.tiers) - 1:
+                quota = batch_size - len(entries)
+            else:
+                quota = batch_size * PRIORITY_WEIGHTS[priority] // total_weight + carry
+            if quota <= 0:
+                continue
+            got = await self._read(keys, [">"] * len(keys), quota)
+            carry = max(0, quota - len(got))
+            if len(got) >= quota:
+                filled.append((priority, keys))
+            entries.extend(got)
+        for _, keys in filled:  # top up from streams that still have a backlog, highest first
+            room = batch_size - len(entries)
+            if room <= 0:
+                break
+            entries.extend(await self._read(keys, [">"] * len(keys), room))
+        if not entries and block_ms > 0:
+            entries = await self._read(self.keys, [">"] * len(self.keys), batch_size, block_ms)
+            entries.sort(key=lambda entry: -entry.priority)
+        return entries
+
+    async def ack(self, ids_by_stream: Mapping[str, Sequence[str]]) -> None:
+        """XACK every id, one pipelined round trip for all streams."""
+        pending = {key: list(ids) for key, ids in ids_by_stream.items() if ids}
+        if not pending:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, ids in pending.items():
+                    pipe.xack(key, self.group, *ids)
+                await pipe.execute()
+        except redis_errors.RedisError as error:
+            raise translate(error, ", ".join(pending)) from None
+
+    async def claim(self, stream: str, ids: Sequence[str]) -> Claimed:
+        """Take ``ids`` into this consumer now (XCLAIM, min idle 0): a redelivery for a retry.
+
+        XCLAIM increments each entry's delivery counter; ids it does not return were trimmed.
+        """
+        response = await self._call(
+            [stream], lambda: self.redis.xclaim(stream, self.group, self.consumer, 0, list(ids))
+        )
+        entries = self._entries([(stream, response)])
+        returned = {entry.id for entry in entries}
+        return Claimed(entries, [i for i in ids if i not in returned])
+
+    async def autoclaim(self, stream: str, min_idle_ms: int, start: str, count: int) -> Claimed:
+        """XAUTOCLAIM up to ``count`` entries idle for ``min_idle_ms`` (from dead consumers)."""
+        response = await self._call(
+            [stream],
+            lambda: self.redis.xautoclaim(
+                stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
+            ),
+        )
+        next_start = _str(response[0])
+        entries = self._entries([(stream, response[1])])
+        deleted = [_str(i) for i in response[2]] if len(response) > 2 else []
+        return Claimed(entries, deleted, next_start)
+
+    async def delivery_counts(self, stream: str, ids: Sequence[str]) -> dict[str, int]:
+        """Times each of this consumer's pending ``ids`` was delivered (XPENDING extended form)."""
+        if not ids:
+            return {}
+        ordered = sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+        rows = await self._call(
+            [stream],
+            lambda: self.redis.xpending_range(
+                stream,
+                self.group,
+                min=ordered[0],
+                max=ordered[-1],
+                count=len(ordered) * 4 + 10,
+                consumername=self.consumer,
+            ),
+        )
+        wanted = set(ids)
+        return {
+            _str(row["message_id"]): int(row["times_delivered"])
+            for row in rows
+            if _str(row["message_id"]) in wanted
+        }
+
+    async def remove_dead_consumers(self, stream: str, idle_ms: int) -> list[str]:
+        """Delete consumers idle longer than ``idle_ms`` that hold no pending entries.
+
+        XGROUP DELCONSUMER drops a consumer's pending entries with it, so only consumers whose
+        entries were already claimed (pending 0) are removed.
+        """
+        try:
+            consumers = await self.redis.xinfo_consumers(stream, self.group)
+        except redis_errors.ResponseError as error:
+            if is_nogroup(error) or "no such key" in str(error).lower():
+                return []
+            raise translate(error, stream) from None
+        except redis_errors.RedisError as error:
+            raise translate(error, stream) from None
+        removed = []
+        for info in consumers:
+            name = _str(info["name"])
+            if name == self.consumer or int(info["pending"]) or int(info["idle"]) < idle_ms:
+                continue
+            try:
+                await self.redis.xgroup_delconsumer(stream, self.group, name)
+            except redis_errors.RedisError as error:
+                raise translate(error, stream) from None
+            removed.append(name)
+            log.info(
+                "event=consumer_removed stream=%s group=%s consumer=%s", stream, self.group, name
+            )
+        return removed

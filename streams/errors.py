@@ -1,0 +1,88 @@
+"""Errors of the Redis Streams layer; redis-py errors are translated into these at the boundary.
+
+Each docstring is the message a user reads. :func:`translate` maps a redis-py exception (and the
+key it concerned) to one of them; callers never need to catch redis-py's classes.
+"""
+
+from __future__ import annotations
+
+from redis import exceptions as redis_errors
+
+from outbox.errors import OutboxError
+
+
+class StreamsError(OutboxError):
+    """Redis Streams reported an error."""
+
+
+class GroupMissingError(StreamsError):
+    """The consumer group does not exist on this stream (NOGROUP); it is created on first use."""
+
+
+class WrongTypeError(StreamsError):
+    """A Redis key the project needs as a stream holds another type (WRONGTYPE).
+
+    Delete or rename that key, or use another STREAM_PREFIX.
+    """
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        super().__init__(
+            f"Redis key {key!r} is not a stream (WRONGTYPE); delete or rename it, or choose "
+            "another STREAM_PREFIX"
+        )
+
+
+class RedisOutOfMemoryError(StreamsError):
+    """Redis is out of memory (OOM, maxmemory reached with noeviction).
+
+    Writes are refused until memory is freed: consume and trim streams, or raise maxmemory.
+    Callers back off and retry.
+    """
+
+
+class RedisUnavailableError(StreamsError):
+    """Redis cannot be reached (check REDIS_STREAMS_URL and that Redis is running)."""
+
+
+class RedisAuthError(StreamsError):
+    """Redis refused the credentials or the ACL user lacks a permission.
+
+    Check REDIS_PASSWORD, the user in REDIS_STREAMS_URL and its ACL rules.
+    """
+
+
+class StreamNotFoundError(StreamsError):
+    """The stream does not exist (nothing was ever published to it)."""
+
+
+def _text(error: BaseException) -> str:
+    return str(error).strip()
+
+
+def translate(error: redis_errors.RedisError, key: str | None = None) -> StreamsError:
+    """The project error for a redis-py error; ``key`` names the key the command concerned."""
+    message = _text(error)
+    if isinstance(error, redis_errors.OutOfMemoryError) or message.startswith("OOM"):
+        return RedisOutOfMemoryError(
+            f"Redis is out of memory (OOM) while writing {key or 'a key'}: {message}; consume "
+            "and trim streams or raise maxmemory"
+        )
+    if isinstance(error, (redis_errors.AuthenticationError, redis_errors.NoPermissionError)):
+        return RedisAuthError(f"Redis refused access: {message} (check credentials and ACL)")
+    if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        return RedisUnavailableError(f"Redis is unreachable: {error.__class__.__name__}: {message}")
+    if message.startswith("NOGROUP"):
+        return GroupMissingError(f"{message} (stream {key})" if key else message)
+    if message.startswith("WRONGTYPE"):
+        return WrongTypeError(key)
+    return StreamsError(f"Redis error on {key or 'a command'}: {message}")
+
+
+def is_busygroup(error: BaseException) -> bool:
+    """True when XGROUP CREATE found the group already there (tolerated)."""
+    return isinstance(error, redis_errors.ResponseError) and _text(error).startswith("BUSYGROUP")
+
+
+def is_nogroup(error: BaseException) -> bool:
+    return isinstance(error, redis_errors.ResponseError) and _text(error).startswith("NOGROUP")
