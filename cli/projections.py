@@ -65,6 +65,16 @@ def _progress_bar(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
+def _confirmed(action: str, yes: bool) -> bool:
+    """True with --yes, or when a person at a terminal answers y; else say how to confirm."""
+    if yes:
+        return True
+    if sys.stdin.isatty():
+        return input(f"{action}. Continue? [y/N] ").strip().lower() in ("y", "yes")
+    print(f"outbox: {action}; pass --yes to confirm", file=sys.stderr)
+    return False
+
+
 def _rebuild(args: argparse.Namespace) -> int:
     async def main() -> int:
         import asyncpg
@@ -79,6 +89,12 @@ def _rebuild(args: argparse.Namespace) -> int:
         settings = get_settings()
         load(settings.projection_modules)
         (projection,) = select([args.name])
+        if not _confirmed(
+            f"rebuild {projection.name}: empty {', '.join(projection.tables) or 'its read model'} "
+            "and its inbox, then replay the outbox log",
+            args.yes,
+        ):
+            return 2
         keys = Keys(settings.stream_prefix)
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         redis = await connect(settings.redis_streams_url.get_secret_value(), password)
@@ -296,6 +312,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     rebuild.add_argument("name", metavar="NAME")
     rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+    rebuild.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation (it empties the model)"
+    )
     rebuild.set_defaults(handler=_rebuild)
     prune = commands.add_parser("prune-inbox", help="delete inbox rows older than INBOX_RETENTION")
     prune.set_defaults(handler=_prune_inbox)
