@@ -249,6 +249,7 @@ async def produce(rate: float, duration_s: float | None, connections: int, seed:
     started = time.monotonic()
     last_report = started
     source = steps(seed)
+    log.info("event=demo_started rate_per_s=%s connections=%d", rate, connections)
     try:
         while not stop.is_set():
             if duration_s is not None and time.monotonic() - started >= duration_s:

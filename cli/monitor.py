@@ -31,8 +31,12 @@ def run(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening, with the signal handlers in place
+                print(f"monitor: http://{host}:{port}/", flush=True)
+
     server = Server(config)
-    print(f"monitor: http://{host}:{port}/", flush=True)
     server.run()
     return 0 if server.started else 2
 
