@@ -1,0 +1,199 @@
+"""The whole pipeline under load: emit → relay → Redis → projection, end to end.
+
+16 connections emit as fast as they can for ``--seconds`` (one event per transaction, the
+"bench" service) while ``outbox relay`` and ``outbox project`` run as their own processes, as
+deployed. Reports the emit rate, end-to-end latency from the emitter's COMMIT returning to the
+projection's transaction committing the event into its read model (a NOTIFY sent in that
+transaction is delivered at its commit), p50/p99, and the backlog left at the end. The same
+emitters are first run with nothing else running, for the ratio. Goal (issue 6): p50 <= 5 ms,
+p99 <= 25 ms, emit rate >= 90% of the baseline.
+
+    python -m bench.pipeline [--seconds 20] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+import outbox
+from bench.common import scratch_database, write_result
+from bench.pipeline_probe import CHANNEL
+from outbox.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def emit_for(
+    url: str, connections: int, seconds: float, committed: dict[str, float]
+) -> float:
+    """Emit one event per transaction on each connection for ``seconds``; return events/s."""
+    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    counts = [0] * connections
+
+    async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
+        n = 0
+        while time.perf_counter() < deadline:
+            async with conn.transaction():
+                event = await outbox.emit(
+                    conn,
+                    service="bench",
+                    event_type="probe",
+                    data={"key": f"{index}-{n % 100}", "n": n},
+                )
+            committed[str(event.event_id)] = time.time()
+            n += 1
+        counts[index] = n
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(emitter(i, c, start + seconds) for i, c in enumerate(conns)))
+        return sum(counts) / (time.perf_counter() - start)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def pipeline(url: str, prefix: str) -> AsyncIterator[None]:
+    """``outbox relay`` and ``outbox project`` (the probe projection) as separate processes."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "STREAM_PREFIX": prefix,
+        "PROJECTION_MODULES": "bench.pipeline_probe",
+        "RELAY_TRIM_INTERVAL_S": "0",
+        "PROCESSOR_WORKERS": os.environ.get("PROCESSOR_WORKERS", "2"),
+    }
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli.main",
+            command,
+            cwd=ROOT,
+            env=env,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for command in ("relay", "project")
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            await asyncio.wait_for(process.wait(), 60)
+
+
+async def wait_ready(url: str, committed: dict[str, float], applied: dict[str, float]) -> None:
+    """One event through the whole pipeline: relay and projection are up and connected."""
+    deadline = time.monotonic() + 60
+    warm: dict[str, float] = {}
+    await emit_for(url, 1, 0.05, warm)
+    while not set(warm) <= set(applied):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the pipeline did not start within 60 s")
+        await asyncio.sleep(0.05)
+    committed.clear()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main(seconds: float, connections: int) -> None:
+    settings = get_settings()
+    prefix = f"pipe{uuid.uuid4().hex[:6]}"
+    redis = aioredis.Redis.from_url(settings.redis_streams_url.get_secret_value())
+    async with scratch_database("pipeline") as url:
+        setup = await asyncpg.connect(url)
+        await setup.execute("CREATE TABLE bench_probe (key text PRIMARY KEY, version bigint)")
+
+        baseline_committed: dict[str, float] = {}
+        baseline = await emit_for(url, connections, seconds, baseline_committed)
+        await setup.execute("TRUNCATE outbox_events")
+
+        applied: dict[str, float] = {}
+
+        def on_notify(_: Any, __: int, ___: str, payload: str) -> None:
+            now = time.time()
+            for event_id in payload.split(","):
+                applied.setdefault(event_id, now)
+
+        listener = await asyncpg.connect(url)
+        await listener.add_listener(CHANNEL, on_notify)
+        committed: dict[str, float] = {}
+        async with pipeline(url, prefix):
+            await wait_ready(url, committed, applied)
+            rate = await emit_for(url, connections, seconds, committed)
+            end = time.time()
+            # Backlog the moment the emitters stop: not yet projected.
+            backlog_at_end = sum(1 for e in committed if e not in applied)
+            drain_deadline = time.monotonic() + 120
+            while set(committed) - set(applied) and time.monotonic() < drain_deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            drained_s = time.time() - end
+        await listener.close()
+        unpublished = await setup.fetchval(
+            "SELECT count(*) FROM outbox_events e LEFT JOIN relay_cursors c USING (stream)"
+            " WHERE c.stream IS NULL OR (e.txid, e.position) > (c.txid, c.position)"
+        )
+        await setup.close()
+    keys = [k async for k in redis.scan_iter(match=f"*{prefix}:*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+    latencies = [(applied[e] - t) * 1000 for e, t in committed.items() if e in applied]
+    write_result(
+        "pipeline",
+        {
+            "seconds": seconds,
+            "connections": connections,
+            "events": len(committed),
+            "emit_rate_alone_per_s": round(baseline),
+            "emit_rate_with_pipeline_per_s": round(rate),
+            "emit_rate_ratio": round(rate / baseline, 3),
+            "end_to_end_latency_ms": {
+                "p50": round(percentile(latencies, 0.50), 2),
+                "p90": round(percentile(latencies, 0.90), 2),
+                "p99": round(percentile(latencies, 0.99), 2),
+                "max": round(max(latencies), 2),
+                "mean": round(statistics.mean(latencies), 2),
+            },
+            "backlog_when_emitters_stopped": backlog_at_end,
+            "drained_after_s": round(drained_s, 2),
+            "never_projected": len(committed) - len(latencies),
+            "unpublished_at_end": unpublished,
+            "goal": "p50 <= 5 ms, p99 <= 25 ms, emit rate >= 90% of alone",
+            "summary": {
+                "emit_rate_ratio": round(rate / baseline, 3),
+                "e2e_p50_ms": round(percentile(latencies, 0.50), 2),
+                "e2e_p99_ms": round(percentile(latencies, 0.99), 2),
+                "backlog_when_emitters_stopped": backlog_at_end,
+            },
+        },
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    asyncio.run(main(args.seconds, args.connections))
