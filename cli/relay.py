@@ -5,6 +5,169 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# (flag, settings field, type, help). Each flag overrides the environment variable in brackets.
+_RELAY_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--batch-size", "relay_batch_size", int, "events per service per batch [RELAY_BATCH_SIZE]"),
+    (
+        "--poll-min-ms",
+        "relay_poll_min_ms",
+        float,
+        "first idle wait after an empty poll, doubling while idle [RELAY_POLL_MIN_MS]",
+    ),
+    (
+        "--poll-max-ms",
+        "relay_poll_max_ms",
+        float,
+        "longest idle wait between polls [RELAY_POLL_MAX_MS]",
+    ),
+    (
+        "--notify-channel",
+        "relay_notify_channel",
+        str,
+        "LISTEN channel; pg_notify on it wakes the relay; '' disables [RELAY_NOTIFY_CHANNEL]",
+    ),
+    (
+        "--heartbeat-interval-s",
+        "relay_heartbeat_interval_s",
+        float,
+        "status row and lease rebalancing interval [RELAY_HEARTBEAT_INTERVAL_S]",
+    ),
+    (
+        "--shutdown-grace-s",
+        "relay_shutdown_grace_s",
+        float,
+        "time to finish the batch on SIGTERM/SIGINT [RELAY_SHUTDOWN_GRACE_S]",
+    ),
+    (
+        "--retry-min-s",
+        "relay_retry_min_s",
+        float,
+        "first backoff after a failure [RELAY_RETRY_MIN_S]",
+    ),
+    (
+        "--retry-max-s",
+        "relay_retry_max_s",
+        float,
+        "longest backoff after repeated failures [RELAY_RETRY_MAX_S]",
+    ),
+    (
+        "--trim-interval-s",
+        "relay_trim_interval_s",
+        float,
+        "stream trimming interval; 0 disables trimming [RELAY_TRIM_INTERVAL_S]",
+    ),
+    (
+        "--stream-retention-s",
+        "relay_stream_retention_s",
+        float,
+        "keep entries at least this long even when every group acked them "
+        "[RELAY_STREAM_RETENTION_S]",
+    ),
+    (
+        "--instance-id",
+        "relay_instance_id",
+        str,
+        "name in the status row (default <host>-<pid>-<random>) [RELAY_INSTANCE_ID]",
+    ),
+]
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import signal
+
+    # A stop asked for while the process is still starting (importing, connecting) is kept and
+    # honoured once the relay runs, instead of killing it by the default action.
+    early: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: early.append(received))
+
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from outbox.errors import ConfigurationError
+    from outbox.settings import get_settings
+    from relay.daemon import Relay, run_until_signalled
+
+    updates = {
+        field: getattr(args, field)
+        for _, field, _, _ in _RELAY_FLAGS
+        if getattr(args, field) is not None
+    }
+    if args.no_leases:
+        updates["relay_leases"] = False
+    settings = get_settings()
+    # Validate the overrides like the environment (model_copy alone would not).
+    try:
+        settings = type(settings).model_validate({**settings.model_dump(), **updates})
+    except ValidationError as error:
+        raise ConfigurationError(f"invalid relay option: {error}") from None
+    relay = Relay.from_settings(settings)
+    asyncio.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from outbox.errors import ConfigurationError
+    from outbox.settings import get_settings
+    from relay.prune import PruneProgress, parse_duration, prune
+
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+
+    def show(progress: PruneProgress) -> None:
+        print(
+            f"pruned {progress.deleted} events (walked to position {progress.walked_to_position})",
+            flush=True,
+        )
+
+    total = asyncio.run(
+        prune(get_settings().libpq_url(), older_than, chunk_size=args.chunk_size, progress=show)
+    )
+    print(f"done: {total.deleted} published events older than {args.older_than} deleted")
+    return 0
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this area's subcommands to the ``outbox`` parser."""
+    relay = sub.add_parser(
+        "relay",
+        help="run the relay daemon: publish committed outbox events to Redis Streams",
+        description="Publish committed outbox events (DATABASE_URL) to Redis Streams "
+        "(REDIS_STREAMS_URL) in order, exactly once, sharing services with other relays "
+        "through leases. Flags override the environment variables in brackets. SIGTERM or "
+        "SIGINT stops it gracefully (the batch in flight is finished and committed).",
+    )
+    for flag, field, kind, help_text in _RELAY_FLAGS:
+        metavar = flag.rsplit("-", 1)[-1].upper() if kind is not str else "NAME"
+        relay.add_argument(
+            flag, dest=field, type=kind, default=None, metavar=metavar, help=help_text
+        )
+    relay.add_argument(
+        "--no-leases",
+        action="store_true",
+        help="relay every service without taking leases (testing only; the idempotent "
+        "publish still prevents duplicates) [RELAY_LEASES=false]",
+    )
+    relay.set_defaults(handler=_relay)
+
+    prune = sub.add_parser(
+        "prune",
+        help="delete published outbox events older than a given age",
+        description="Delete outbox rows that the relay has published and that are older than "
+        "--older-than, in small chunks (each its own transaction). Unpublished rows are kept.",
+    )
+    prune.add_argument(
+        "--older-than",
+        required=True,
+        metavar="DURATION",
+        help="age such as 30m, 12h, 7d (units s, m, h, d, w)",
+    )
+    prune.add_argument(
+        "--chunk-size", type=int, default=1000, help="rows per delete transaction (default 1000)"
+    )
+    prune.set_defaults(handler=_prune)

@@ -67,3 +67,51 @@ outbox_events = sa.Table(
         postgresql_where=sa.text("dedup_key IS NOT NULL"),
     ),
 )
+
+# --- relay state (relay/) ---
+
+# One row per outbox stream (service): the relay's gap-safe cursor, the (txid, position) of the
+# last event published. Every relay instance shares it; updates only ever move it forward.
+relay_cursors = sa.Table(
+    "relay_cursors",
+    metadata,
+    sa.Column("stream", sa.Text, nullable=False),
+    sa.Column("txid", XID8(), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.PrimaryKeyConstraint("stream", name="relay_cursors_pkey"),
+)
+
+# One status row per relay process, written on every heartbeat; read by the monitor.
+relay_instances = sa.Table(
+    "relay_instances",
+    metadata,
+    sa.Column("instance_id", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column(
+        "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.Column(
+        "heartbeat_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.Column("stopped_at", sa.DateTime(timezone=True), nullable=True),
+    # Services whose lease this relay holds, and its cursor of each ("<txid>:<position>").
+    sa.Column(
+        "streams",
+        postgresql.ARRAY(sa.Text),
+        nullable=False,
+        server_default=sa.text("'{}'::text[]"),
+    ),
+    sa.Column("cursors", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # Services stopped because Redis refuses them (WRONGTYPE, OOM): service -> reason.
+    sa.Column(
+        "stream_errors", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
+    ),
+    sa.Column("published_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("instance_id", name="relay_instances_pkey"),
+)

@@ -41,7 +41,8 @@ class Keys:
         ]
 
     def watermark(self, stream: str) -> str:
-        """Highest outbox position published to ``stream``; same cluster slot as the stream."""
+        """Cursor ``<txid>:<position>`` of the last event published to ``stream`` (see
+        :data:`PUBLISH_LUA`); hash-tagged into the stream's cluster slot."""
         return f"{{{stream}}}:watermark"
 
     @property
@@ -65,3 +66,104 @@ class Keys:
             if label in ("HIGH", "CRITICAL"):
                 return parts[0], MessagePriority[label]
         return None
+
+
+# --- Lua scripts (run with EVALSHA; the ``#!lua`` shebang opts into Redis 7.0 script flags:
+# with no flags a script counts as a writer, so an over-maxmemory server refuses it whole
+# before it runs instead of failing half-way, https://redis.io/docs/latest/develop/interact/programmability/eval-intro/#eval-flags)
+
+#: Idempotent batch publish. KEYS: the stream, its watermark (:meth:`Keys.watermark`).
+#: ARGV: the events in cursor order, each as ``txid, position, n, field1, value1, …`` with ``n``
+#: the number of field and value arguments that follow (txid and position as decimal strings).
+#: An event is added (entry id ``*``) only when its cursor ``(txid, position)`` is after the
+#: watermark; the watermark then becomes its cursor. Cursors are compared as pairs of decimal
+#: integers of any size (length first, then digits), never as Lua numbers (doubles). Returns
+#: ``{published, skipped}``. A key of the wrong type is refused before anything is written; if
+#: XADD fails half-way, the watermark still records what was added, so a retry neither repeats
+#: nor loses an entry.
+PUBLISH_LUA = """#!lua
+local function after(t, p, wt, wp)
+  if #t ~= #wt then return #t > #wt end
+  if t ~= wt then return t > wt end
+  if #p ~= #wp then return #p > #wp end
+  return p > wp
+end
+local stream_type = redis.call('TYPE', KEYS[1])['ok']
+if stream_type ~= 'stream' and stream_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is a ' .. stream_type .. ', not a stream')
+end
+local mark_type = redis.call('TYPE', KEYS[2])['ok']
+if mark_type ~= 'string' and mark_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is a ' .. mark_type .. ', not a string')
+end
+local wt, wp = nil, nil
+local mark = redis.call('GET', KEYS[2])
+if mark then
+  local sep = string.find(mark, ':', 1, true)
+  if not sep then
+    return redis.error_reply('WATERMARK ' .. KEYS[2] .. ' is malformed: ' .. mark)
+  end
+  wt, wp = string.sub(mark, 1, sep - 1), string.sub(mark, sep + 1)
+end
+local published, skipped = 0, 0
+local i = 1
+while i <= #ARGV do
+  local t, p, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if wt == nil or after(t, p, wt, wp) then
+    local reply = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, i + 3, i + 2 + n))
+    if type(reply) == 'table' and reply['err'] then
+      if published > 0 then redis.call('SET', KEYS[2], wt .. ':' .. wp) end
+      return redis.error_reply(reply['err'])
+    end
+    wt, wp = t, p
+    published = published + 1
+  else
+    skipped = skipped + 1
+  end
+  i = i + 3 + n
+end
+if published > 0 then redis.call('SET', KEYS[2], wt .. ':' .. wp) end
+return {published, skipped}
+"""
+
+#: Safe trim. KEYS: a stream. ARGV: retention in ms, ``1`` for exact trimming (``0``: ``~``,
+#: whole macro nodes only, much cheaper), ``1`` to honour consumer groups (``0``: retention
+#: only, for dead letters). MINID is the lowest of ``now - retention`` (Redis's own clock, the
+#: one entry ids come from) and, per group, the smallest pending id or else the id just after
+#: last-delivered-id: below it every group has been delivered and acknowledged every entry.
+#: Reading the groups and trimming in one script means no XREADGROUP/XACK can interleave.
+#: Returns ``{trimmed, minid}``; a missing key or a non-stream is left alone.
+TRIM_LUA = """#!lua
+local function parse(id)
+  local sep = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, sep - 1)), tonumber(string.sub(id, sep + 1))
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  if am ~= bm then return am < bm end
+  return as < bs
+end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then return {0, ''} end
+local now = redis.call('TIME')
+local floor_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[1])
+if floor_ms < 0 then floor_ms = 0 end
+local minid = string.format('%d-0', floor_ms)
+if ARGV[3] == '1' then
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = {}
+    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+    local needed
+    if info['pending'] > 0 then
+      needed = redis.call('XPENDING', KEYS[1], info['name'])[2]
+    else
+      local ms, seq = parse(info['last-delivered-id'])
+      needed = string.format('%d-%d', ms, seq + 1)
+    end
+    if less(needed, minid) then minid = needed end
+  end
+end
+local strategy = '~'
+if ARGV[2] == '1' then strategy = '=' end
+return {redis.call('XTRIM', KEYS[1], 'MINID', strategy, minid), minid}
+"""

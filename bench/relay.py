@@ -1,0 +1,329 @@
+"""How fast does the relay move events, how soon after commit, and what does it cost emitters?
+
+1. **drain**: ``--events`` events pre-filled over ``--services`` services, drained by one relay
+   (batches of RELAY_BATCH_SIZE, one Redis round trip per batch); beside it a naive relay (one
+   row per round trip: select one, XADD one, update the cursor) on ``--naive-events`` events.
+   Goal (issue 3): >= 50,000 ev/s and >= 25x naive.
+2. **latency**: 16 connections emit ``--rate`` events/s in total (one event per transaction)
+   while the relay runs. Commit time is ``time.time()`` right after COMMIT returns. Publish time
+   is measured two ways: the entry id's millisecond part (Redis's clock at XADD; same host, so
+   the clocks agree, but only to the millisecond, and truncated: it reads up to 1 ms low) and
+   the moment a consumer blocked in XREAD receives the entry (microsecond clock, but includes
+   delivery to the consumer: an upper bound). Goal: p50 <= 2 ms, p99 <= 10 ms.
+3. **emit cost**: 16 connections emit as fast as they can, with the relay running and stopped.
+   Goal: with >= 90% of without.
+
+    python -m bench.relay [--events 200000] [--naive-events 5000] [--latency-seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+import outbox
+from bench.common import scratch_database, write_result
+from outbox.settings import Settings, get_settings
+from relay.daemon import Relay
+from streams.keys import Keys
+
+# Pre-fill in SQL: emit() one by one would make the fill, not the drain, the slow part.
+PREFILL = """
+INSERT INTO outbox_events (event_id, stream, event_type, source, aggregate_id, priority, payload,
+                           correlation_id)
+SELECT gen_random_uuid(), 'svc' || (g % $2), 'thing_happened', 'svc' || (g % $2),
+       'agg-' || (g % 1000), CASE WHEN g % 10 = 0 THEN 2 ELSE 1 END,
+       jsonb_build_object('n', g, 'name', 'user-' || g, 'email', 'user-' || g || '@example.com',
+                          'roles', jsonb_build_array('ops', 'admin')),
+       gen_random_uuid()::text
+  FROM generate_series($1::bigint, $1::bigint + $3 - 1) AS g
+"""
+
+
+async def _until(check: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ``check`` every 2 ms until it holds or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check() or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.002)
+
+
+def _settings(url: str, prefix: str, **overrides: Any) -> Settings:
+    base = get_settings()
+    values = {**base.model_dump(), "database_url": url, "stream_prefix": prefix, **overrides}
+    return type(base).model_validate(values)
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[Relay]:
+    relay = Relay.from_settings(settings, instance_id=f"bench-{uuid.uuid4().hex[:6]}")
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def _relay_process(url: str, prefix: str) -> AsyncIterator[None]:
+    """``outbox relay`` as its own process (as deployed): it must not share an event loop, or a
+    CPU, with the emitters it is measured against. Ready once its status row shows a lease."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_STREAMS_URL": get_settings().redis_streams_url.get_secret_value(),
+        "STREAM_PREFIX": prefix,
+        "RELAY_TRIM_INTERVAL_S": "0",
+        "RELAY_INSTANCE_ID": prefix,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "relay", env=env
+    )
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            row = await conn.fetchrow(
+                "SELECT streams FROM relay_instances WHERE instance_id = $1", prefix
+            )
+            if (row is not None and row["streams"]) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        await conn.close()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def _cleanup(client: aioredis.Redis, prefix: str) -> None:
+    keys = [key async for key in client.scan_iter(match=f"*{prefix}:*", count=1000)]
+    for start in range(0, len(keys), 500):
+        await client.delete(*keys[start : start + 500])
+
+
+async def _prefill(conn: asyncpg.Connection, events: int, services: int) -> None:
+    chunk = 20_000
+    for start in range(0, events, chunk):
+        await conn.execute(PREFILL, start, services, min(chunk, events - start))
+    await conn.execute("VACUUM ANALYZE outbox_events")
+
+
+async def drain(url: str, client: aioredis.Redis, events: int, services: int) -> dict[str, Any]:
+    conn = await asyncpg.connect(url)
+    await _prefill(conn, events, services)
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    settings = _settings(url, prefix, relay_trim_interval_s=0)
+    start = time.perf_counter()
+    async with _running(settings) as relay:
+        await _until(lambda: relay.status.published_count >= events, timeout_s=600)
+        elapsed = time.perf_counter() - start
+    await _cleanup(client, prefix)
+    await conn.close()
+    return {
+        "events": events,
+        "services": services,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(events / elapsed),
+    }
+
+
+async def naive_drain(url: str, client: aioredis.Redis, events: int) -> dict[str, Any]:
+    """One row per round trip: the relay as it is usually first written."""
+    conn = await asyncpg.connect(url)
+    await conn.execute("TRUNCATE outbox_events, relay_cursors")
+    await _prefill(conn, events, 1)
+    prefix = f"naive{uuid.uuid4().hex[:6]}"
+    stream = Keys(prefix).stream("svc0")
+    await conn.execute("INSERT INTO relay_cursors (stream, txid, position) VALUES ('svc0', '0', 0)")
+    start = time.perf_counter()
+    done = 0
+    while done < events:
+        row = await conn.fetchrow(
+            """SELECT o.txid, o.position, o.event_id::text AS event_id, o.payload::text AS payload
+                 FROM outbox_events o, relay_cursors c
+                WHERE c.stream = 'svc0' AND o.stream = c.stream
+                  AND (o.txid, o.position) > (c.txid, c.position)
+                  AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY o.txid, o.position LIMIT 1"""
+        )
+        if row is None:  # held back by the xmin horizon (a transaction anywhere in the cluster)
+            await asyncio.sleep(0.001)
+            continue
+        await client.xadd(stream, {"event_id": row["event_id"], "data": row["payload"]})
+        await conn.execute(
+            "UPDATE relay_cursors SET txid = $1, position = $2 WHERE stream = 'svc0'",
+            row["txid"],
+            row["position"],
+        )
+        done += 1
+    elapsed = time.perf_counter() - start
+    await _cleanup(client, prefix)
+    await conn.close()
+    return {"events": events, "seconds": round(elapsed, 3), "events_per_s": round(events / elapsed)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latency(
+    url: str, client: aioredis.Redis, rate: float, seconds: float, connections: int
+) -> dict[str, Any]:
+    prefix = f"lat{uuid.uuid4().hex[:6]}"
+    keys = Keys(prefix)
+    stream = keys.stream("identity")
+    settings = _settings(url, prefix, relay_trim_interval_s=0)
+    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    committed: dict[str, float] = {}
+    received: dict[str, tuple[float, int]] = {}
+    stop_consumer = asyncio.Event()
+
+    async def consume() -> None:
+        reader = aioredis.Redis.from_url(settings.redis_streams_url.get_secret_value())
+        last = "0-0"
+        while not stop_consumer.is_set():
+            reply = await reader.xread({stream: last}, block=200, count=1000)
+            now = time.time()
+            for _, entries in reply:
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    received[fields[b"event_id"].decode()] = (now, int(last.split("-")[0]))
+        await reader.aclose()
+
+    async def emitter(conn: asyncpg.Connection, per_s: float, deadline: float) -> None:
+        interval = 1 / per_s
+        next_at = time.perf_counter()
+        while time.perf_counter() < deadline:
+            async with conn.transaction():
+                event = await outbox.emit(
+                    conn, service="identity", event_type="user_created", data={"user_id": 1}
+                )
+            committed[str(event.event_id)] = time.time()
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+    async with conns[0].transaction():
+        await outbox.emit(conns[0], service="identity", event_type="warm_up", data={})
+    async with _relay_process(url, prefix):
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0.5)
+        deadline = time.perf_counter() + seconds
+        await asyncio.gather(*(emitter(c, rate / connections, deadline) for c in conns))
+        await _until(lambda: len(received) >= len(committed), timeout_s=5)
+        stop_consumer.set()
+        await consumer
+    for conn in conns:
+        await conn.close()
+    await _cleanup(client, prefix)
+    by_consumer = [(received[e][0] - t) * 1000 for e, t in committed.items() if e in received]
+    by_entry_id = [received[e][1] - t * 1000 for e, t in committed.items() if e in received]
+    return {
+        "target_rate_per_s": rate,
+        "events": len(committed),
+        "achieved_rate_per_s": round(len(committed) / seconds),
+        "missing": len(committed) - len(by_consumer),
+        "entry_id_ms": {
+            "p50": round(_percentile(by_entry_id, 0.5), 2),
+            "p99": round(_percentile(by_entry_id, 0.99), 2),
+        },
+        "consumer_receive_ms": {
+            "p50": round(_percentile(by_consumer, 0.5), 2),
+            "p99": round(_percentile(by_consumer, 0.99), 2),
+            "mean": round(statistics.fmean(by_consumer), 2),
+        },
+    }
+
+
+async def emit_rate(
+    url: str, client: aioredis.Redis, seconds: float, connections: int, with_relay: bool
+) -> float:
+    prefix = f"emit{uuid.uuid4().hex[:6]}"
+    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    counts = [0] * connections
+
+    async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
+        while time.perf_counter() < deadline:
+            async with conn.transaction():
+                await outbox.emit(
+                    conn, service="identity", event_type="user_created", data={"user_id": index}
+                )
+            counts[index] += 1
+
+    async def run() -> float:
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+        await asyncio.gather(*(emitter(i, c, deadline) for i, c in enumerate(conns)))
+        return sum(counts) / (time.perf_counter() - start)
+
+    if with_relay:
+        async with conns[0].transaction():
+            await outbox.emit(conns[0], service="identity", event_type="warm_up", data={})
+        async with _relay_process(url, prefix):
+            rate = await run()
+    else:
+        rate = await run()
+    for conn in conns:
+        await conn.close()
+    await _cleanup(client, prefix)
+    return rate
+
+
+async def main(args: argparse.Namespace) -> None:
+    client = aioredis.Redis.from_url(get_settings().redis_streams_url.get_secret_value())
+    result: dict[str, Any] = {
+        "goals": {
+            "drain_events_per_s": ">= 50000 and >= 25x naive",
+            "latency_ms_at_2000_per_s": "p50 <= 2, p99 <= 10",
+            "emit_with_relay_ratio": ">= 0.9",
+        }
+    }
+    async with scratch_database("relay") as url:
+        result["drain"] = await drain(url, client, args.events, args.services)
+        result["naive"] = await naive_drain(url, client, args.naive_events)
+        result["drain_vs_naive"] = round(
+            result["drain"]["events_per_s"] / result["naive"]["events_per_s"], 1
+        )
+        conn = await asyncpg.connect(url)
+        await conn.execute("TRUNCATE outbox_events, relay_cursors")
+        await conn.close()
+        result["latency"] = await latency(
+            url, client, args.rate, args.latency_seconds, args.connections
+        )
+        without = await emit_rate(url, client, args.emit_seconds, args.connections, False)
+        with_ = await emit_rate(url, client, args.emit_seconds, args.connections, True)
+        result["emit"] = {
+            "connections": args.connections,
+            "without_relay_per_s": round(without),
+            "with_relay_per_s": round(with_),
+            "ratio": round(with_ / without, 3),
+        }
+    await client.aclose()
+    write_result("relay", result)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events pre-filled to drain")
+    parser.add_argument("--services", type=int, default=4, help="services they are spread over")
+    parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=2000, help="emit rate of the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=10)
+    parser.add_argument("--emit-seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    asyncio.run(main(parser.parse_args()))

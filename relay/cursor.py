@@ -1,0 +1,171 @@
+"""The gap-safe cursor ``(txid, position)`` and the PostgreSQL store that reads after it.
+
+Positions are handed out when a row is inserted, but rows become visible when their transaction
+commits, in another order: reading ``WHERE position > last`` skips rows of a transaction that
+commits late with lower positions. The relay therefore reads only rows whose transaction is
+older than every running one (``txid < pg_snapshot_xmin(pg_current_snapshot())``), in
+``(txid, position)`` order, strictly after the stored cursor. Once such a row is seen, every row
+that sorts before it is already committed (or never will be), so the set of events below any
+cursor the relay has seen never changes again; that is what makes re-reading harmless and
+publishing idempotent (see :mod:`streams.publish`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import asyncpg
+
+from relay import queries
+from relay.errors import DatabaseUnavailableError
+
+
+class Cursor(NamedTuple):
+    """Where a service's relay stands: the last event published, in cursor order.
+
+    Tuples compare element-wise, so ``Cursor`` order is exactly the relay's read order.
+    """
+
+    txid: int
+    position: int
+
+    def __str__(self) -> str:
+        return f"{self.txid}:{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """Read ``"<txid>:<position>"`` (the watermark and status format)."""
+        txid, sep, position = text.partition(":")
+        if not sep:
+            raise ValueError(f"not a cursor: {text!r}")
+        return cls(int(txid), int(position))
+
+
+START = Cursor(0, 0)
+
+#: One outbox row as the relay reads it (an asyncpg Record or any mapping with these keys).
+OutboxRow = Mapping[str, Any]
+
+
+def cursor_of(row: OutboxRow) -> Cursor:
+    return Cursor(row["txid"], row["position"])
+
+
+class OutboxStore(Protocol):
+    """What the relay needs from PostgreSQL (one connection, used by one task)."""
+
+    async def load(self, services: Sequence[str]) -> dict[str, Cursor]:
+        """The stored cursor of each service."""
+        ...
+
+    async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
+        """Up to ``limit`` committed events per service after its cursor, in cursor order."""
+        ...
+
+    async def advance(self, cursors: Mapping[str, Cursor]) -> None:
+        """Store the cursors (never moving one back)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# asyncpg raises these when the server or the connection is gone: not a bug, a reason to back
+# off and reconnect (https://magicstack.github.io/asyncpg/current/api/index.html#errors).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # admin shutdown, pg_terminate_backend, starting up
+    asyncpg.TooManyConnectionsError,
+    # A backend terminated while the connection was idle leaves asyncpg's protocol waiting for
+    # a ReadyForQuery that never comes; the next query reports it as this.
+    asyncpg.InternalClientError,
+)
+
+
+async def connect(url: str, application_name: str) -> asyncpg.Connection:
+    """A relay connection. Its writes (cursors, status) skip the WAL flush wait: a cursor lost
+    in a crash only makes the relay re-read events that the watermark then skips."""
+    try:
+        return await asyncpg.connect(
+            url,
+            timeout=10,
+            server_settings={
+                "application_name": application_name,
+                "synchronous_commit": "off",
+            },
+        )
+    except CONNECTION_ERRORS as error:
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {error}") from error
+
+
+class PgOutboxStore:
+    """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure."""
+
+    def __init__(self, url: str, application_name: str) -> None:
+        self._url = url
+        self._application_name = application_name
+        self._conn: asyncpg.Connection | None = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self._url, self._application_name)
+        return self._conn
+
+    async def _call(self, method: str, query: str, *args: Any) -> Any:
+        conn = await self._connection()
+        try:
+            return await getattr(conn, method)(query, *args)
+        except CONNECTION_ERRORS as error:
+            await self._drop()
+            raise DatabaseUnavailableError(f"PostgreSQL connection lost: {error}") from error
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def load(self, services: Sequence[str]) -> dict[str, Cursor]:
+        rows = await self._call("fetch", queries.LOAD_CURSORS, list(services))
+        found = {row["stream"]: Cursor(row["txid"], row["position"]) for row in rows}
+        return {service: found.get(service, START) for service in services}
+
+    async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
+        services = list(cursors)
+        rows = await self._call(
+            "fetch",
+            queries.FETCH_BATCH,
+            services,
+            [cursors[s].txid for s in services],
+            [cursors[s].position for s in services],
+            limit,
+        )
+        batches: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            batches.setdefault(row["stream"], []).append(row)
+        for batch in batches.values():
+            # The LATERAL join yields each service's rows in its ORDER BY, but SQL does not
+            # promise that for the outer query; sorting a sorted list is one linear pass.
+            batch.sort(key=cursor_of)
+        return batches
+
+    async def advance(self, cursors: Mapping[str, Cursor]) -> None:
+        if not cursors:
+            return
+        services = list(cursors)
+        await self._call(
+            "execute",
+            queries.ADVANCE_CURSORS,
+            services,
+            [cursors[s].txid for s in services],
+            [cursors[s].position for s in services],
+        )
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except CONNECTION_ERRORS:
+                conn.terminate()

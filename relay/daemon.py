@@ -1,0 +1,442 @@
+"""The relay daemon: reads committed outbox events and publishes them to Redis Streams.
+
+Two tasks share one process:
+
+* the **pump** reads the next batch of every leased service after its cursor (one query),
+  publishes it (one Redis round trip), then stores the new cursors (one statement); it polls
+  again at once while events keep coming and backs off while idle (:mod:`relay.wakeup`);
+* the **control** task, every heartbeat, takes and gives back leases (:mod:`relay.leases`),
+  writes the status row and, now and then, trims the streams (:mod:`relay.maintenance`).
+
+Ordering and uniqueness (DESIGN.md invariants 2-4):
+
+* The cursor ``(txid, position)`` only ever advances over events the relay has published, and a
+  service's batch counts as published only when every one of its streams took it. A failure
+  (Redis or PostgreSQL down, a stream refused) leaves the cursor where it was, and the same
+  events are sent again later, in the same order; nothing later is sent first.
+* Each stream's watermark is the cursor ``"<txid>:<position>"`` of the last event added to it,
+  checked and moved by the same Lua call as the XADDs. It has to be the full cursor pair, not
+  the position: positions are allotted at INSERT but become visible at COMMIT, so a transaction
+  that commits later can carry *lower* positions than events already published (cursor order is
+  txid first). A position watermark would drop those events as "already published"; a cursor
+  watermark compares in exactly the order the relay publishes in.
+* Because of the watermark, a re-sent batch adds nothing: a relay killed between XADD and its
+  cursor commit, a cursor update lost with ``synchronous_commit = off``, or two relays on one
+  service all end with every event in its stream exactly once.
+
+Failure handling: Redis or PostgreSQL unavailable → the pump backs off with jitter and retries
+the same batch on a fresh connection. A stream Redis refuses (WRONGTYPE, OOM) pauses only its
+service, with the reason in the status row, and is retried with backoff. SIGTERM/SIGINT: the
+batch in flight finishes, its cursor is committed, the leases are released, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from outbox.settings import Settings
+from relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
+from relay.errors import (
+    DatabaseUnavailableError,
+    LeaseLostError,
+    RedisUnavailableError,
+)
+from relay.leases import Leases, LeaseSession
+from relay.maintenance import trim_streams
+from relay.publisher import Publisher, RedisPublisher, connect_redis
+from relay.status import RelayStatus, default_instance_id
+from relay.wakeup import AdaptivePoll, Backoff
+from streams.keys import Keys
+
+log = logging.getLogger("relay")
+
+_COMMIT_INTERVAL_S = 0.05
+
+
+@dataclass
+class _Paused:
+    until: float
+    backoff: Backoff
+
+
+class Relay:
+    """One relay process. Build with :meth:`from_settings`; run with :meth:`run`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: OutboxStore,
+        publisher: Publisher,
+        leases: Leases,
+        keys: Keys,
+        instance_id: str,
+        trim_client: aioredis.Redis | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.leases = leases
+        self.keys = keys
+        self.status = RelayStatus(instance_id=instance_id)
+        self.poll = AdaptivePoll(
+            settings.relay_poll_min_ms / 1000, settings.relay_poll_max_ms / 1000
+        )
+        self._trim_client = trim_client if settings.relay_trim_interval_s > 0 else None
+        self._stopping = asyncio.Event()
+        self._batch_lock = asyncio.Lock()
+        self._releasing: set[str] = set()
+        self._cursors: dict[str, Cursor] = {}
+        self._committed: dict[str, Cursor] = {}
+        self._paused: dict[str, _Paused] = {}
+        self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
+        self._committed_at = 0.0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, exclusive: bool | None = None, instance_id: str | None = None
+    ) -> Relay:
+        """A relay on DATABASE_URL and REDIS_STREAMS_URL. ``exclusive=False`` bypasses leases."""
+        instance = instance_id or settings.relay_instance_id or default_instance_id()
+        keys = Keys(settings.stream_prefix)
+        client = connect_redis(settings)
+        relay: Relay
+        leases = LeaseSession(
+            settings.libpq_url(),
+            instance,
+            exclusive=settings.relay_leases if exclusive is None else exclusive,
+            notify_channel=settings.relay_notify_channel,
+            on_notify=lambda: relay.poll.wake(),
+        )
+        relay = cls(
+            settings,
+            store=PgOutboxStore(settings.libpq_url(), f"outbox-relay {instance}"),
+            publisher=RedisPublisher(client, keys, settings.max_retries),
+            leases=leases,
+            keys=keys,
+            instance_id=instance,
+            trim_client=client,
+        )
+        return relay
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: finish the batch, commit the cursor, release the leases."""
+        if not self._stopping.is_set():
+            log.info("event=relay_stopping instance=%s", self.status.instance_id)
+        self._stopping.set()
+        self.poll.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop` is called; then shut down within RELAY_SHUTDOWN_GRACE_S."""
+        log.info(
+            "event=relay_started instance=%s leases=%s batch_size=%d",
+            self.status.instance_id,
+            type(self.leases).__name__,
+            self.settings.relay_batch_size,
+        )
+        pump = asyncio.create_task(self._pump(), name="relay-pump")
+        control = asyncio.create_task(self._control(), name="relay-control")
+        try:
+            stop_wait = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait(
+                {pump, control, stop_wait}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stop_wait.cancel()
+            for task in done:
+                if task is not stop_wait and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(pump), self.settings.relay_shutdown_grace_s)
+            except TimeoutError:
+                log.warning("event=relay_grace_expired instance=%s", self.status.instance_id)
+                pump.cancel()
+            except Exception:
+                log.exception("event=relay_pump_failed instance=%s", self.status.instance_id)
+            control.cancel()
+            await asyncio.gather(pump, control, return_exceptions=True)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.status.streams = []
+        self.status.stopped_at = datetime.now(UTC)
+        with contextlib.suppress(LeaseLostError):
+            await self.leases.write_status(self.status)
+        await self.leases.close()
+        await self.publisher.close()
+        await self.store.close()
+        log.info(
+            "event=relay_stopped instance=%s published=%d",
+            self.status.instance_id,
+            self.status.published_count,
+        )
+
+    # --- the pump ----------------------------------------------------------------------------
+
+    def _active(self) -> set[str]:
+        return set(self.leases.held) - self._releasing
+
+    async def _pump(self) -> None:
+        backoff = Backoff(self.settings.relay_retry_min_s, self.settings.relay_retry_max_s)
+        while not self._stopping.is_set():
+            try:
+                async with self._batch_lock:
+                    found, full = await self._pump_once()
+                backoff.reset()
+            except (DatabaseUnavailableError, RedisUnavailableError) as error:
+                self._read_ahead = {}
+                delay = backoff.next_delay()
+                self.status.record_error(str(error))
+                log.warning(
+                    "event=relay_backoff error=%s delay_s=%.3f attempt=%d",
+                    type(error).__name__,
+                    delay,
+                    backoff.failures,
+                )
+                await self.poll.wait(delay)
+                continue
+            except Exception as error:
+                # A bug or an error nobody foresaw: report it and retry the same batch later
+                # rather than stop relaying every service (the cursor has not moved).
+                self._read_ahead = {}
+                self.status.record_error(f"{type(error).__name__}: {error}")
+                log.exception("event=relay_unexpected_error")
+                await self.poll.wait(backoff.next_delay())
+                continue
+            await self.poll.wait(self.poll.after_poll(found, full))
+        try:
+            await self._commit_cursors(force=True)
+        except DatabaseUnavailableError as error:
+            # Harmless: the next relay re-reads from the older cursor and the watermark skips.
+            log.warning("event=final_cursor_commit_failed error=%r", str(error))
+
+    async def _pump_once(self) -> tuple[bool, bool]:
+        """One batch of every ready service. Returns (any events read, some batch was full).
+
+        When a batch is full (a backlog), the next one is read from PostgreSQL while Redis takes
+        this one, so the two round trips overlap. A read-ahead batch is used only if the
+        service's cursor is exactly where it was read from (this batch published).
+        """
+        active = self._active()
+        for service in [s for s in self._cursors if s not in active]:
+            self._cursors.pop(service)
+            self._committed.pop(service, None)
+            self._paused.pop(service, None)
+            self.status.stream_errors.pop(service, None)
+        new = sorted(active - self._cursors.keys())
+        if new:
+            loaded = await self.store.load(new)
+            self._cursors.update(loaded)
+            self._committed.update(loaded)
+        now = time.monotonic()
+        ready = {
+            s: self._cursors[s]
+            for s in sorted(active)
+            if s not in self._paused or self._paused[s].until <= now
+        }
+        self.status.cursors = {s: str(c) for s, c in self._cursors.items()}
+        if not ready:
+            self._read_ahead = {}
+            return False, False
+        batches = await self._next_batches(ready)
+        if not batches:
+            await self._commit_cursors()
+            return False, False
+        limit = self.settings.relay_batch_size
+        full = any(len(rows) >= limit for rows in batches.values())
+        if not full:
+            await self._publish(batches)
+            await self._commit_cursors()
+            return True, False
+        after = {s: cursor_of(batches[s][-1]) if s in batches else c for s, c in ready.items()}
+        published, read_ahead = await asyncio.gather(
+            self._publish(batches), self.store.fetch(after, limit), return_exceptions=True
+        )
+        if isinstance(published, BaseException):
+            raise published
+        if isinstance(read_ahead, BaseException):
+            raise read_ahead
+        self._read_ahead = {s: (c, read_ahead.get(s, [])) for s, c in after.items()}
+        await self._commit_cursors()
+        return True, True
+
+    async def _next_batches(self, ready: Mapping[str, Cursor]) -> dict[str, list[OutboxRow]]:
+        batches: dict[str, list[OutboxRow]] = {}
+        missing: dict[str, Cursor] = {}
+        for service, cursor in ready.items():
+            hit = self._read_ahead.get(service)
+            if hit is None or hit[0] != cursor:
+                missing[service] = cursor
+            elif hit[1]:
+                batches[service] = hit[1]
+        # Used once: an empty read-ahead means "nothing then", so the next poll reads afresh.
+        self._read_ahead = {}
+        if missing:
+            batches.update(await self.store.fetch(missing, self.settings.relay_batch_size))
+        return batches
+
+    async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
+        outcomes = await self.publisher.publish(batches)
+        for service, outcome in outcomes.items():
+            if outcome.refused is not None:
+                self._refuse(service, str(outcome.refused))
+                continue
+            self._cursors[service] = cursor_of(batches[service][-1])
+            self.status.published_count += outcome.published
+            if self._paused.pop(service, None) is not None:
+                self.status.stream_errors.pop(service, None)
+                log.info("event=stream_resumed service=%s", service)
+            log.debug(
+                "event=batch_published service=%s published=%d skipped=%d cursor=%s",
+                service,
+                outcome.published,
+                outcome.skipped,
+                self._cursors[service],
+            )
+        self.status.cursors = {s: str(c) for s, c in self._cursors.items()}
+
+    def _refuse(self, service: str, reason: str) -> None:
+        paused = self._paused.get(service)
+        if paused is None:
+            paused = self._paused[service] = _Paused(
+                0.0, Backoff(self.settings.relay_retry_min_s, self.settings.relay_retry_max_s)
+            )
+        delay = paused.backoff.next_delay()
+        paused.until = time.monotonic() + delay
+        self.status.stream_errors[service] = reason
+        self.status.record_error(f"{service}: {reason}")
+        log.warning(
+            "event=stream_refused service=%s reason=%r retry_in_s=%.3f", service, reason, delay
+        )
+
+    async def _commit_cursors(self, *, force: bool = False) -> None:
+        """Store the cursors that moved, at most every _COMMIT_INTERVAL_S unless forced.
+
+        Under a steady trickle the relay runs hundreds of small batches a second; a cursor
+        UPDATE after each would be write load on the emitters' database for nothing: after a
+        crash, re-reading a few milliseconds of events costs one batch that the watermark skips.
+        """
+        now = time.monotonic()
+        if not force and now - self._committed_at < _COMMIT_INTERVAL_S:
+            return
+        dirty = {s: c for s, c in self._cursors.items() if self._committed.get(s) != c}
+        if dirty:
+            await self.store.advance(dirty)
+            self._committed.update(dirty)
+        self._committed_at = now
+
+    # --- the control task ----------------------------------------------------------------------
+
+    async def _control(self) -> None:
+        backoff = Backoff(self.settings.relay_retry_min_s, self.settings.relay_retry_max_s)
+        next_trim = time.monotonic() + min(5.0, self.settings.relay_trim_interval_s)
+        while not self._stopping.is_set():
+            try:
+                await self._heartbeat()
+                backoff.reset()
+            except LeaseLostError as error:
+                self.status.record_error(str(error))
+                log.warning("event=lease_session_lost error=%r", str(error))
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            except Exception as error:
+                self.status.record_error(f"{type(error).__name__}: {error}")
+                log.exception("event=relay_control_error")
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if self._trim_client is not None and time.monotonic() >= next_trim:
+                next_trim = time.monotonic() + self.settings.relay_trim_interval_s
+                await self._trim()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), self.settings.relay_heartbeat_interval_s
+                )
+
+    async def _heartbeat(self) -> None:
+        acquired, excess = await self.leases.rebalance()
+        if excess:
+            # Let the batch in flight finish and commit its cursor before another relay takes
+            # the service over (it would only re-read what the watermark skips, but why bother).
+            self._releasing |= excess
+            async with self._batch_lock:
+                with contextlib.suppress(DatabaseUnavailableError):
+                    await self._commit_cursors(force=True)
+            try:
+                await self.leases.release(excess)
+            finally:
+                self._releasing -= excess
+            log.info("event=lease_released services=%s", ",".join(sorted(excess)))
+        if acquired:
+            log.info("event=lease_acquired services=%s", ",".join(sorted(acquired)))
+            self.poll.wake()
+        self.status.streams = sorted(self.leases.held)
+        await self.leases.write_status(self.status)
+
+    async def _trim(self) -> None:
+        if self._trim_client is None:
+            return
+        streams = [stream for s in sorted(self.leases.held) for stream in self.keys.streams_of(s)]
+        try:
+            results = await trim_streams(
+                self._trim_client,
+                streams,
+                retention_s=self.settings.relay_stream_retention_s,
+                dead_letter=self.keys.dead_letter,
+                dead_letter_ttl_s=self.settings.dead_letter_ttl_s,
+            )
+        except RedisUnavailableError as error:
+            log.warning("event=trim_failed error=%r", str(error))
+            return
+        for result in results:
+            if result.trimmed:
+                log.info(
+                    "event=stream_trimmed stream=%s trimmed=%d minid=%s",
+                    result.stream,
+                    result.trimmed,
+                    result.minid,
+                )
+
+
+async def run_until_signalled(
+    relay: Relay, stop_requested: Callable[[], bool] = lambda: False
+) -> None:
+    """Run ``relay``; SIGTERM or SIGINT stops it gracefully, a second one at once.
+
+    ``stop_requested`` tells whether a signal already came before the loop's handlers were in
+    place (the CLI records signals from its first line on)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if relay.stopping and task is not None:
+            log.warning("event=relay_signal_again signal=%s", signal.Signals(signum).name)
+            task.cancel()
+        else:
+            log.info("event=relay_signal signal=%s", signal.Signals(signum).name)
+            relay.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    if stop_requested():
+        relay.stop()
+    try:
+        await relay.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

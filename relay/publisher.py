@@ -1,0 +1,126 @@
+"""Publisher: turns outbox rows into stream entries and publishes them idempotently.
+
+A service's events go to up to three streams (``…:events``, ``…:events:high``,
+``…:events:critical``); each stream gets its events in cursor order, and the batches of every
+service go to Redis in one round trip. A service succeeds only when all of its streams took
+their batch: otherwise its cursor stays put and the whole batch is sent again later, and the
+streams that did take it skip it by their watermark (never a later event before an earlier one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from outbox.envelope import MessagePriority
+from outbox.settings import Settings
+from relay.cursor import OutboxRow
+from streams import codec
+from streams.keys import Keys
+from streams.publish import StreamBatch, StreamRefusedError, publish_batches
+
+_PRIORITIES = {int(p): p for p in MessagePriority}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOutcome:
+    """The result of one service's batch: entries added and skipped, or the refusal."""
+
+    published: int = 0
+    skipped: int = 0
+    refused: StreamRefusedError | None = None
+
+
+class Publisher(Protocol):
+    """The Redis boundary as the daemon sees it."""
+
+    async def publish(
+        self, batches: Mapping[str, Sequence[OutboxRow]]
+    ) -> dict[str, ServiceOutcome]:
+        """Publish each service's rows (in cursor order). Raises RedisUnavailableError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def entry_fields(row: OutboxRow, max_retries: str) -> list[str]:
+    """One outbox row as stream entry fields ``[field, value, …]`` (:mod:`streams.codec`)."""
+    fields: list[str] = []
+    codec.encode_flat(
+        fields,
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        service=row["stream"],
+        source=row["source"],
+        data_json=row["payload"],
+        priority=_PRIORITIES[row["priority"]],
+        occurred_at=row["occurred_at"],
+        correlation_id=row["correlation_id"],
+        position=row["position"],
+        max_retries=max_retries,
+        causation_id=row["causation_id"],
+        user_id=row["user_id"],
+        aggregate_id=row["aggregate_id"],
+        dedup_key=row["dedup_key"],
+        traceparent=row["traceparent"],
+        headers_json=row["headers"],
+    )
+    return fields
+
+
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    """A Redis client for the relay. Timeouts bound a hung server; the relay's own backoff,
+    not the client's, decides when to try again."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return aioredis.Redis.from_url(
+        settings.redis_streams_url.get_secret_value(),
+        password=password,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=0,
+        retry_on_timeout=False,
+    )
+
+
+class RedisPublisher:
+    """:class:`Publisher` on a redis-py asyncio client."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, max_retries: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._max_retries = str(max_retries)
+
+    async def publish(
+        self, batches: Mapping[str, Sequence[OutboxRow]]
+    ) -> dict[str, ServiceOutcome]:
+        stream_batches: list[StreamBatch] = []
+        owners: list[str] = []
+        for service, rows in batches.items():
+            by_stream: dict[str, StreamBatch] = {}
+            for row in rows:
+                stream = self._keys.stream(service, _PRIORITIES[row["priority"]])
+                batch = by_stream.get(stream)
+                if batch is None:
+                    batch = by_stream[stream] = StreamBatch(stream)
+                    stream_batches.append(batch)
+                    owners.append(service)
+                batch.add(row["txid"], row["position"], entry_fields(row, self._max_retries))
+        results = await publish_batches(self._client, self._keys, stream_batches)
+        outcomes: dict[str, ServiceOutcome] = {service: ServiceOutcome() for service in batches}
+        for service, result in zip(owners, results, strict=True):
+            current = outcomes[service]
+            if current.refused is not None:
+                continue
+            if isinstance(result, StreamRefusedError):
+                outcomes[service] = ServiceOutcome(current.published, current.skipped, result)
+            else:
+                outcomes[service] = ServiceOutcome(
+                    current.published + result.published, current.skipped + result.skipped
+                )
+        return outcomes
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,134 @@
+"""Every SQL statement of the relay, in one place (asyncpg ``$n`` placeholders).
+
+Run only by :mod:`relay.cursor` (the work connection), :mod:`relay.leases` (the session
+connection) and :mod:`relay.prune`.
+"""
+
+from __future__ import annotations
+
+# Advisory-lock namespaces (first key of the two-int4 form, which never collides with the
+# one-bigint lock of the migrations): one lock per service lease, one per live relay.
+LEASE_LOCK_SPACE = 0x52454C41  # "RELA"
+PRESENCE_LOCK_SPACE = 0x52454C50  # "RELP"
+
+# --- cursor (relay/cursor.py) -------------------------------------------------------------
+
+# Register every service that has events, so it gets a cursor (0, 0) and can be leased.
+# A recursive CTE walks the distinct values of the (stream, txid, position) index: one index
+# probe per service instead of a scan of the outbox ("loose index scan",
+# https://wiki.postgresql.org/wiki/Loose_indexscan). Rows are inserted only for new services,
+# so the usual run writes nothing and takes no transaction id.
+DISCOVER_STREAMS = """
+WITH RECURSIVE found AS (
+    (SELECT stream FROM outbox_events ORDER BY stream LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.stream FROM outbox_events o
+             WHERE o.stream > found.stream ORDER BY o.stream LIMIT 1)
+      FROM found WHERE found.stream IS NOT NULL
+), added AS (
+    INSERT INTO relay_cursors (stream, txid, position)
+    SELECT f.stream, '0'::xid8, 0 FROM found f
+     WHERE f.stream IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM relay_cursors c WHERE c.stream = f.stream)
+    ON CONFLICT (stream) DO NOTHING
+    RETURNING stream
+)
+SELECT stream FROM relay_cursors UNION SELECT stream FROM added
+"""
+
+LOAD_CURSORS = """
+SELECT stream, txid, position FROM relay_cursors WHERE stream = ANY($1::text[])
+"""
+
+# The next batch of each service, strictly after its cursor, in cursor order. Only rows whose
+# transaction is older than every running one are read: a transaction still in progress can
+# commit later with a lower txid and lower positions than rows already visible, and a cursor
+# that had moved past them would skip them for ever (DESIGN.md invariant 2).
+# pg_current_snapshot() is the statement's own snapshot (GetActiveSnapshot), so the xmin horizon
+# and the rows read agree: every transaction below the horizon is finished, and its rows are
+# visible to this very statement (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
+FETCH_BATCH = """
+SELECT o.stream, o.txid, o.position, o.event_id::text AS event_id, o.event_type, o.source,
+       o.aggregate_id, o.priority, o.payload::text AS payload, o.headers::text AS headers,
+       o.correlation_id, o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at
+  FROM unnest($1::text[], $2::xid8[], $3::bigint[]) AS c(stream, txid, position)
+  CROSS JOIN LATERAL (
+        SELECT * FROM outbox_events e
+         WHERE e.stream = c.stream
+           AND (e.txid, e.position) > (c.txid, c.position)
+           AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY e.txid, e.position
+         LIMIT $4) o
+"""
+
+# Cursors only move forward, so a relay that lost its lease (or a test relay without leases)
+# can never move one back.
+ADVANCE_CURSORS = """
+UPDATE relay_cursors c
+   SET txid = v.txid, position = v.position, updated_at = now()
+  FROM unnest($1::text[], $2::xid8[], $3::bigint[]) AS v(stream, txid, position)
+ WHERE c.stream = v.stream AND (c.txid, c.position) < (v.txid, v.position)
+"""
+
+# --- leases (relay/leases.py) -------------------------------------------------------------
+
+# Session-level advisory locks: held until unlocked or until the session ends, which PostgreSQL
+# notices at once when the process dies (https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS).
+# hashtext() maps a service to an int4; two services that collide share one lock, which costs
+# parallelism, never correctness.
+TRY_LOCK = "SELECT pg_try_advisory_lock($1::int4, hashtext($2))"
+UNLOCK = "SELECT pg_advisory_unlock($1::int4, hashtext($2))"
+
+# Live relays: every relay holds its presence lock for its whole life.
+COUNT_LIVE_RELAYS = """
+SELECT count(*) FROM pg_locks
+ WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1::int8::oid
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+# --- status (relay/leases.py, on the session connection) ----------------------------------
+
+WRITE_STATUS = """
+INSERT INTO relay_instances AS r
+       (instance_id, host, pid, started_at, heartbeat_at, stopped_at, streams, cursors,
+        stream_errors, published_count, last_error, last_error_at)
+VALUES ($1, $2, $3, $4, now(), $5, $6::text[], $7::jsonb, $8::jsonb, $9, $10, $11)
+ON CONFLICT (instance_id) DO UPDATE
+   SET heartbeat_at = now(), stopped_at = EXCLUDED.stopped_at, streams = EXCLUDED.streams,
+       cursors = EXCLUDED.cursors, stream_errors = EXCLUDED.stream_errors,
+       published_count = EXCLUDED.published_count, last_error = EXCLUDED.last_error,
+       last_error_at = EXCLUDED.last_error_at
+"""
+
+# Rows of relays that stopped or went silent a day ago are of no use to the monitor.
+FORGET_OLD_INSTANCES = """
+DELETE FROM relay_instances WHERE heartbeat_at < now() - interval '1 day'
+"""
+
+# --- prune (relay/prune.py) ---------------------------------------------------------------
+
+# One chunk of outbox retention: walk the next rows by position and delete those that are older
+# than the cutoff and that the service's cursor has passed (published). A row of a service
+# without a cursor, or not yet published, is never deleted. Returns the last position walked,
+# the rows deleted and whether any walked row was old enough to delete (the walk stops when
+# none is: positions follow insertion time).
+PRUNE_CHUNK = """
+WITH walked AS (
+    SELECT o.position,
+           o.occurred_at < $2 AS old,
+           o.occurred_at < $2 AND c.stream IS NOT NULL
+               AND (o.txid, o.position) <= (c.txid, c.position) AS published_and_old
+      FROM outbox_events o
+      LEFT JOIN relay_cursors c ON c.stream = o.stream
+     WHERE o.position > $1
+     ORDER BY o.position
+     LIMIT $3
+), deleted AS (
+    DELETE FROM outbox_events d USING walked w
+     WHERE d.position = w.position AND w.published_and_old
+    RETURNING 1
+)
+SELECT (SELECT max(position) FROM walked) AS last_position,
+       (SELECT count(*) FROM deleted) AS deleted,
+       (SELECT coalesce(bool_or(old), false) FROM walked) AS any_old
+"""

@@ -1,0 +1,81 @@
+"""When the relay polls again: adaptive polling, and jittered backoff after failures.
+
+Why no NOTIFY trigger: a transaction that sent NOTIFY takes a database-wide lock at commit,
+which serialises every such commit and halves emit throughput at 16 connections
+(docs/decisions/0004-relay-wakeup.md). Instead the relay polls again at once while batches come
+back full, waits ``RELAY_POLL_MIN_MS`` while they come back partly filled, and while idle backs
+off geometrically (``RELAY_POLL_MIN_MS`` doubling up to ``RELAY_POLL_MAX_MS``). An explicit
+``pg_notify`` on ``RELAY_NOTIFY_CHANNEL`` cuts an idle wait short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+
+class AdaptivePoll:
+    """The wait before the next poll: none while busy, growing geometrically while idle."""
+
+    def __init__(self, min_s: float, max_s: float) -> None:
+        self.min_s = min_s
+        self.max_s = max(min_s, max_s)
+        self._idle_s = 0.0
+        self._wake = asyncio.Event()
+
+    def after_poll(self, found_events: bool, full: bool = False) -> float:
+        """Record a poll's outcome; return how long to wait before the next one.
+
+        A full batch means a backlog: poll again at once. Some events but no full batch means
+        a steady trickle: wait the minimum, so each batch gathers a few events instead of the
+        relay spinning on one event per round trip (CPU the emitters need). Nothing: back off.
+        """
+        if full:
+            self._idle_s = 0.0
+            return 0.0
+        if found_events:
+            self._idle_s = 0.0
+            return self.min_s
+        else:
+            self._idle_s = min(self.max_s, max(self.min_s, self._idle_s * 2))
+        return self._idle_s
+
+    def wake(self) -> None:
+        """End the current wait now (a notification, a new lease, shutdown)."""
+        self._idle_s = 0.0
+        self._wake.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless :meth:`wake` is called first."""
+        if seconds <= 0:
+            self._wake.clear()
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._wake.clear()
+
+
+class Backoff:
+    """Exponential backoff with jitter (a delay drawn from [base/2, base], base doubling).
+
+    Jitter keeps several relays that failed together (Redis restarted) from retrying in lockstep
+    (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).
+    """
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s = min_s
+        self.max_s = max(min_s, max_s)
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """Count a failure and return the delay before the next attempt."""
+        base = min(self.max_s, self.min_s * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return self._rng.uniform(base / 2, base)
+
+    def reset(self) -> None:
+        self.failures = 0

@@ -1,0 +1,139 @@
+"""Idempotent batch publish: many events to many streams in one Redis round trip.
+
+Each stream's batch is one ``EVALSHA`` of :data:`streams.keys.PUBLISH_LUA`, which checks and
+moves the stream's watermark in the same atomic step as its XADDs; the batches of all streams are
+written to the socket together and their replies read back in order (a pipeline). Publishing the
+same events again (a relay restarted before it committed its cursor, two relays on one stream)
+therefore adds nothing, and entry ids stay Redis's time-based ``*`` ids.
+
+A batch of 500 events is about 15,000 arguments. redis-py's asyncio client packs arguments in
+pure Python, which costs more than the whole Redis side of the call, so the commands are packed
+with hiredis (C) when it is installed and sent on a connection of the client's own pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from outbox.errors import OutboxError
+from streams.keys import PUBLISH_LUA, Keys
+
+_pack_hiredis: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack_hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _pack_hiredis = None
+
+PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
+
+
+class RedisUnavailableError(OutboxError):
+    """Redis cannot be reached or is not ready (down, restarting, loading, read-only replica)."""
+
+
+class StreamRefusedError(OutboxError):
+    """Redis refused to add to this stream (the key is not a stream, out of memory, …)."""
+
+    def __init__(self, stream: str, reason: str) -> None:
+        self.stream = stream
+        self.reason = reason
+        super().__init__(f"Redis refused stream {stream}: {reason}")
+
+
+@dataclass(slots=True)
+class StreamBatch:
+    """Events for one stream in cursor order, as the script's arguments:
+    ``txid, position, n, field, value, …`` per event (see :meth:`add`)."""
+
+    stream: str
+    args: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, txid: int, position: int, fields: Sequence[str]) -> None:
+        self.args += (str(txid), str(position), str(len(fields)))
+        self.args += fields
+        self.count += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What one stream's batch did: entries added, and events skipped as already published."""
+
+    stream: str
+    published: int
+    skipped: int
+
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+)
+
+
+async def publish_batches(
+    client: aioredis.Redis, keys: Keys, batches: Sequence[StreamBatch]
+) -> list[PublishResult | StreamRefusedError]:
+    """Publish every batch in one round trip; one result (or refusal) per batch, in order.
+
+    Raises :class:`RedisUnavailableError` when Redis cannot take the call at all. A refusal of
+    one stream does not stop the others.
+    """
+    batches = [batch for batch in batches if batch.count]
+    if not batches:
+        return []
+    commands = [
+        ("EVALSHA", PUBLISH_SHA, 2, batch.stream, keys.watermark(batch.stream), *batch.args)
+        for batch in batches
+    ]
+    try:
+        replies = await _pipeline(client, commands)
+        if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
+            # A restarted or failed-over Redis has an empty script cache. Load and send again:
+            # batches that did run are skipped by their watermark the second time.
+            await client.script_load(PUBLISH_LUA)
+            replies = await _pipeline(client, commands)
+    except _UNAVAILABLE as error:
+        raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
+    results: list[PublishResult | StreamRefusedError] = []
+    for batch, reply in zip(batches, replies, strict=True):
+        if isinstance(reply, _UNAVAILABLE):
+            raise RedisUnavailableError(f"Redis is unavailable: {reply}") from reply
+        if isinstance(reply, Exception):
+            results.append(StreamRefusedError(batch.stream, str(reply)))
+        else:
+            counts = cast("list[int]", reply)
+            results.append(PublishResult(batch.stream, int(counts[0]), int(counts[1])))
+    return results
+
+
+async def _pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[object]:
+    """Send every command, then read every reply (error replies are returned, not raised)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        if _pack_hiredis is not None:
+            packed = [_pack_hiredis(command) for command in commands]
+        else:  # pragma: no cover
+            packed = conn.pack_commands(commands)
+        await conn.send_packed_command(packed)
+        replies: list[object] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except redis_errors.ResponseError as error:
+                replies.append(error)
+        return replies
+    except BaseException:
+        # A reply left unread would be taken for the next command's: never reuse the socket.
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)

@@ -1,0 +1,91 @@
+"""The publish script against a real Redis: the watermark is the cursor pair, not the position."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from streams.keys import Keys
+from streams.publish import StreamBatch, StreamRefusedError, publish_batches
+
+
+def _batch(stream: str, *cursors: tuple[int, int]) -> StreamBatch:
+    batch = StreamBatch(stream)
+    for txid, position in cursors:
+        batch.add(txid, position, ["position", str(position), "txid", str(txid)])
+    return batch
+
+
+async def _positions(client: aioredis.Redis, stream: str) -> list[int]:
+    return [int(f[b"position"]) for _, f in await client.xrange(stream)]
+
+
+async def test_a_later_transaction_with_lower_positions_is_published(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    # Transaction 10 wrote position 5; transaction 11, committed later, wrote position 3.
+    [first] = await publish_batches(redis_client, keys, [_batch(stream, (10, 5))])
+    [second] = await publish_batches(redis_client, keys, [_batch(stream, (11, 3))])
+    assert not isinstance(first, StreamRefusedError)
+    assert not isinstance(second, StreamRefusedError)
+    assert (first.published, second.published) == (1, 1)
+    assert await _positions(redis_client, stream) == [5, 3]
+    assert await redis_client.get(keys.watermark(stream)) == b"11:3"
+
+
+async def test_a_replayed_batch_adds_nothing_and_the_rest_is_added_once(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    await publish_batches(redis_client, keys, [_batch(stream, (7, 1), (7, 2), (9, 100))])
+    # Re-sent from an older cursor, overlapping: only (10, 1) is new. 9 < 10 although "9" > "10"
+    # as text, and 100 > 1: the script must compare numbers of any length, txid first.
+    [result] = await publish_batches(
+        redis_client, keys, [_batch(stream, (7, 2), (9, 100), (10, 1))]
+    )
+    assert not isinstance(result, StreamRefusedError)
+    assert (result.published, result.skipped) == (1, 2)
+    assert await _positions(redis_client, stream) == [1, 2, 100, 1]
+    assert await redis_client.get(keys.watermark(stream)) == b"10:1"
+
+
+async def test_big_cursor_numbers_compare_exactly(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    big = 2**60  # beyond a Lua double's exact integers
+    await publish_batches(redis_client, keys, [_batch(stream, (big, 1))])
+    [result] = await publish_batches(redis_client, keys, [_batch(stream, (big, 1), (big + 1, 1))])
+    assert not isinstance(result, StreamRefusedError)
+    assert (result.published, result.skipped) == (1, 1)
+
+
+async def test_a_wrong_type_key_refuses_only_its_stream(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    keys = Keys(stream_prefix)
+    bad, good = keys.stream("assets"), keys.stream("identity")
+    await redis_client.set(bad, "not a stream")
+    refused, ok = await publish_batches(
+        redis_client, keys, [_batch(bad, (1, 1)), _batch(good, (1, 2))]
+    )
+    assert isinstance(refused, StreamRefusedError)
+    assert "WRONGTYPE" in refused.reason
+    assert not isinstance(ok, StreamRefusedError)
+    assert ok.published == 1
+    assert await redis_client.get(bad) == b"not a stream"
+    assert await redis_client.exists(keys.watermark(bad)) == 0
+
+
+async def test_publish_survives_an_empty_script_cache(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    await redis_client.script_flush()
+    [result] = await publish_batches(redis_client, keys, [_batch(stream, (1, 1))])
+    assert not isinstance(result, StreamRefusedError)
+    assert result.published == 1

@@ -1,0 +1,137 @@
+"""Pure logic of the relay: cursor order, backoff, adaptive polling, durations, fair share."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from outbox.envelope import MessagePriority
+from relay.cursor import Cursor
+from relay.leases import fair_share
+from relay.prune import parse_duration
+from relay.publisher import entry_fields
+from relay.wakeup import AdaptivePoll, Backoff
+from streams.codec import encode_fields
+
+
+def test_cursor_orders_by_txid_before_position() -> None:
+    # A later transaction may hold lower positions: (11, 3) comes after (10, 5).
+    assert Cursor(10, 5) < Cursor(11, 3)
+    assert Cursor(10, 5) < Cursor(10, 6)
+    assert sorted([Cursor(11, 3), Cursor(10, 6), Cursor(10, 5)]) == [
+        Cursor(10, 5),
+        Cursor(10, 6),
+        Cursor(11, 3),
+    ]
+
+
+def test_cursor_text_round_trip() -> None:
+    cursor = Cursor(2**40 + 7, 123456789012)
+    assert str(cursor) == f"{2**40 + 7}:123456789012"
+    assert Cursor.parse(str(cursor)) == cursor
+    with pytest.raises(ValueError, match="not a cursor"):
+        Cursor.parse("12")
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(0.1, 1.0, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(8)]
+    bases = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
+    for delay, base in zip(delays, bases, strict=True):
+        assert base / 2 <= delay <= base
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
+
+
+def test_adaptive_poll_is_immediate_on_a_backlog_and_backs_off_while_idle() -> None:
+    poll = AdaptivePoll(0.001, 0.05)
+    assert poll.after_poll(True, full=True) == 0
+    assert poll.after_poll(True) == 0.001  # a trickle: let a few events gather
+    idle = [poll.after_poll(False) for _ in range(8)]
+    assert idle == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05]
+    assert poll.after_poll(True) == 0.001
+    assert poll.after_poll(False) == 0.001
+
+
+async def test_adaptive_poll_wait_ends_early_when_woken() -> None:
+    poll = AdaptivePoll(0.001, 60)
+    poll.wake()
+    # A wake that came first ends the next wait at once (a 60 s wait would time the test out).
+    await poll.wait(60)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("30m", timedelta(minutes=30)),
+        ("12h", timedelta(hours=12)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(days=14)),
+        ("1.5h", timedelta(minutes=90)),
+    ],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "7x", "-1d", "7 days"])
+def test_parse_duration_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_fair_share_covers_every_service() -> None:
+    assert fair_share(7, 1) == 7
+    assert fair_share(7, 2) == 4
+    assert fair_share(7, 3) == 3
+    assert fair_share(2, 5) == 1
+    assert fair_share(7, 0) == 7
+    for services in range(20):
+        for relays in range(1, 6):
+            assert fair_share(services, relays) * relays >= services
+
+
+def test_relay_entry_fields_match_the_codec() -> None:
+    occurred_at = datetime(2026, 11, 26, 9, 58, 14, 120000, tzinfo=UTC)
+    event_id = str(uuid.uuid4())
+    row = {
+        "stream": "identity",
+        "txid": 900,
+        "position": 42,
+        "event_id": event_id,
+        "event_type": "user_created",
+        "source": "identity",
+        "aggregate_id": "user-7",
+        "priority": 2,
+        "payload": '{"user_id": 7}',
+        "headers": '{"x": "y"}',
+        "correlation_id": "corr",
+        "causation_id": None,
+        "user_id": "admin",
+        "traceparent": None,
+        "dedup_key": "k",
+        "occurred_at": occurred_at,
+    }
+    flat = entry_fields(row, "3")
+    expected = encode_fields(
+        event_id=event_id,
+        event_type="user_created",
+        service="identity",
+        source="identity",
+        data_json='{"user_id": 7}',
+        priority=MessagePriority.HIGH,
+        occurred_at=occurred_at,
+        correlation_id="corr",
+        position=42,
+        max_retries=3,
+        user_id="admin",
+        aggregate_id="user-7",
+        dedup_key="k",
+        headers_json='{"x": "y"}',
+    )
+    assert dict(zip(flat[::2], flat[1::2], strict=True)) == expected
