@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from streams.errors import RedisUnavailableError
 from streams.keys import TRIM_LUA
-from streams.publish import RedisUnavailableError
 
 TRIM_SHA = hashlib.sha1(TRIM_LUA.encode()).hexdigest()
 

@@ -19,8 +19,9 @@ from outbox.envelope import MessagePriority
 from outbox.settings import Settings
 from relay.cursor import OutboxRow
 from streams import codec
+from streams.errors import StreamRefusedError
 from streams.keys import Keys
-from streams.publish import StreamBatch, StreamRefusedError, publish_batches
+from streams.publish import StreamBatch, publish_batches
 
 _PRIORITIES = {int(p): p for p in MessagePriority}
 

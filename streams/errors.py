@@ -42,7 +42,19 @@ class RedisOutOfMemoryError(StreamsError):
 
 
 class RedisUnavailableError(StreamsError):
-    """Redis cannot be reached (check REDIS_STREAMS_URL and that Redis is running)."""
+    """Redis cannot be reached or is not ready: down, restarting, loading, a read-only replica.
+
+    Check REDIS_STREAMS_URL and that Redis is running; callers back off and retry.
+    """
+
+
+class StreamRefusedError(StreamsError):
+    """Redis refused to add to this stream (the key is not a stream, out of memory, …)."""
+
+    def __init__(self, stream: str, reason: str) -> None:
+        self.stream = stream
+        self.reason = reason
+        super().__init__(f"Redis refused stream {stream}: {reason}")
 
 
 class RedisAuthError(StreamsError):

@@ -21,7 +21,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from outbox.errors import OutboxError
+from streams.errors import RedisUnavailableError, StreamRefusedError
 from streams.keys import PUBLISH_LUA, Keys
 
 _pack_hiredis: Callable[[tuple[Any, ...]], bytes] | None
@@ -31,19 +31,6 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
     _pack_hiredis = None
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
-
-
-class RedisUnavailableError(OutboxError):
-    """Redis cannot be reached or is not ready (down, restarting, loading, read-only replica)."""
-
-
-class StreamRefusedError(OutboxError):
-    """Redis refused to add to this stream (the key is not a stream, out of memory, …)."""
-
-    def __init__(self, stream: str, reason: str) -> None:
-        self.stream = stream
-        self.reason = reason
-        super().__init__(f"Redis refused stream {stream}: {reason}")
 
 
 @dataclass(slots=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from streams.errors import StreamRefusedError
 from streams.keys import Keys
-from streams.publish import StreamBatch, StreamRefusedError, publish_batches
+from streams.publish import StreamBatch, publish_batches
 
 
 def _batch(stream: str, *cursors: tuple[int, int]) -> StreamBatch:
