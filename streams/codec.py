@@ -89,32 +89,27 @@ def encode_fields(
     headers_json: str | None = None,
 ) -> dict[str, str]:
     """Entry fields from already-serialised parts (the relay passes the stored JSON through)."""
-    fields = {
-        "event_id": event_id,
-        "event_type": event_type,
-        "service": service,
-        "source": source,
-        "data": data_json,
-        "priority": priority.label,
-        "timestamp": repr(occurred_at.timestamp()),
-        "occurred_at": occurred_at.isoformat(),
-        "correlation_id": correlation_id,
-        "retry_count": "0",
-        "max_retries": str(max_retries),
-    }
-    if position is not None:
-        fields["position"] = str(position)
-    for name, value in (
-        ("causation_id", causation_id),
-        ("user_id", user_id),
-        ("aggregate_id", aggregate_id),
-        ("dedup_key", dedup_key),
-        ("traceparent", traceparent),
-        ("headers", headers_json),
-    ):
-        if value:
-            fields[name] = value
-    return fields
+    flat: list[str] = []
+    encode_flat(
+        flat,
+        event_id=event_id,
+        event_type=event_type,
+        service=service,
+        source=source,
+        data_json=data_json,
+        priority=priority,
+        occurred_at=occurred_at,
+        correlation_id=correlation_id,
+        position=position,
+        max_retries=str(max_retries),
+        causation_id=causation_id,
+        user_id=user_id,
+        aggregate_id=aggregate_id,
+        dedup_key=dedup_key,
+        traceparent=traceparent,
+        headers_json=headers_json,
+    )
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def encode_event(event: Event, *, max_retries: int) -> dict[str, str]:
@@ -312,7 +307,7 @@ def encode_flat(
     priority: MessagePriority,
     occurred_at: datetime,
     correlation_id: str,
-    position: int,
+    position: int | None,
     max_retries: str,
     causation_id: str | None,
     user_id: str | None,
@@ -321,8 +316,8 @@ def encode_flat(
     traceparent: str | None,
     headers_json: str | None,
 ) -> None:
-    """:func:`encode_fields` appended to ``out`` as ``field, value, …`` (the relay's hot path:
-    no dict, no enum lookups; the same fields in the same order)."""
+    """The entry's fields appended to ``out`` as ``field, value, …``: the relay's hot path (no
+    dict, no enum lookups), and the one place the field list is written down."""
     out += (
         "event_id",
         event_id,
@@ -346,9 +341,9 @@ def encode_flat(
         "0",
         "max_retries",
         max_retries,
-        "position",
-        str(position),
     )
+    if position is not None:
+        out += ("position", str(position))
     if causation_id:
         out += ("causation_id", causation_id)
     if user_id:

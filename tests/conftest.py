@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from migrations import runner
 from outbox.settings import Settings, get_settings
+from outbox.validation import schemas
 
 # Fixtures of each area live in their own plugin module, so areas do not edit one file.
 pytest_plugins = [
@@ -42,6 +43,15 @@ def _url_for(name: str) -> str:
 
 def _admin() -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(_url_for("postgres"), autocommit=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_schema_registry() -> Iterator[None]:
+    """Event schemas are registered process-wide; no test may leave one behind for the next."""
+    saved = dict(schemas._models)
+    yield
+    schemas._models.clear()
+    schemas._models.update(saved)
 
 
 @pytest.fixture(scope="session")
