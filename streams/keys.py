@@ -146,9 +146,10 @@ local function less(a, b)
 end
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then return {0, ''} end
 local now = redis.call('TIME')
+-- Entries younger than the retention are kept: an entry exactly that old (in whole ms) may go.
 local floor_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[1])
 if floor_ms < 0 then floor_ms = 0 end
-local minid = string.format('%d-0', floor_ms)
+local minid = string.format('%d-0', floor_ms + 1)
 if ARGV[3] == '1' then
   for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local info = {}
