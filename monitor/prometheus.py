@@ -154,6 +154,16 @@ class SnapshotCollector(Collector):
             "Handler failures (each retried or dead-lettered)",
             labels=["projection"],
         )
+        retries = CounterMetricFamily(
+            "projection_retries",
+            "Failed deliveries that were retried",
+            labels=["projection"],
+        )
+        dead_lettered = CounterMetricFamily(
+            "projection_dead_lettered_events",
+            "Events sent to the dead-letter stream",
+            labels=["projection"],
+        )
         consumer_heartbeat = _gauge(
             "projection_consumer_heartbeat_age_seconds",
             "Seconds since the consumer's heartbeat",
@@ -162,11 +172,13 @@ class SnapshotCollector(Collector):
         for projection in snap.get("projections", []):
             processed.add_metric([projection["name"]], projection["processed"])
             failures.add_metric([projection["name"]], projection["failures"])
+            retries.add_metric([projection["name"]], projection["retries"])
+            dead_lettered.add_metric([projection["name"]], projection["dead_lettered"])
             for consumer in projection["consumers"]:
                 consumer_heartbeat.add_metric(
                     [projection["name"], consumer["consumer"]], consumer["heartbeat_age_s"]
                 )
-        yield from (processed, failures, consumer_heartbeat)
+        yield from (processed, failures, retries, dead_lettered, consumer_heartbeat)
 
         dead = _gauge("projection_dead_letters", "Entries in the dead-letter stream", [])
         dead.add_metric([], snap.get("dead_letters", {}).get("count", 0))

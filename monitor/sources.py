@@ -113,6 +113,8 @@ async def projection_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
                 "skipped": sum(c["skipped"] for c in members),
                 "failures": sum(c["failures"] for c in members),
                 "dead_lettered": sum(c["dead_lettered"] for c in members),
+                # Every handler failure is either retried or dead-lettered.
+                "retries": sum(max(0, c["failures"] - c["dead_lettered"]) for c in members),
             }
         )
     return projections

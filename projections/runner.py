@@ -87,7 +87,12 @@ async def run_projections(
         settings.redis_streams_url.get_secret_value(), password, decode_responses=True
     )
     pool = await asyncpg.create_pool(
-        settings.libpq_url(), min_size=1, max_size=len(projections) * count + 2
+        settings.libpq_url(),
+        min_size=1,
+        max_size=len(projections) * count + 2,
+        # Short set-based statements, run constantly: JIT compilation would cost more than it
+        # saves once the planner's estimates pass jit_above_cost.
+        server_settings={"jit": "off", "application_name": "outbox-projections"},
     )
     names_db = await asyncpg.connect(settings.libpq_url())
     tasks: list[asyncio.Task[Any]] = []

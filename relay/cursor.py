@@ -94,6 +94,10 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
             server_settings={
                 "application_name": application_name,
                 "synchronous_commit": "off",
+                # The batch query's cost estimate grows with the outbox; past jit_above_cost
+                # PostgreSQL would JIT-compile every poll (hundreds of ms, measured on the
+                # monitor's backlog count) for a query that takes a few ms.
+                "jit": "off",
             },
         )
     except CONNECTION_ERRORS as error:

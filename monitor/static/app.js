@@ -105,7 +105,7 @@ function render(snap) {
   }
   fill("table-streams", streamRows, "no streams yet");
   fill("table-projections", snap.projections.map((p) => [p.name, p.state, num(fmt(p.processed)),
-    num(rate(p.processing_rate_per_s)), num(fmt(p.failures)), num(fmt(p.dead_lettered)),
+    num(rate(p.processing_rate_per_s)), num(fmt(p.retries)), num(fmt(p.dead_lettered)),
     p.consumers.map((c) => `${c.consumer} (${c.stopped ? "stopped" : age(c.heartbeat_age_s)})`).join(", ") || "–"]),
     "no projection running");
 
