@@ -146,12 +146,8 @@ class PgOutboxStore:
             limit,
         )
         batches: dict[str, list[OutboxRow]] = {}
-        for row in rows:
+        for row in rows:  # already in cursor order per service (FETCH_BATCH's ORDER BY)
             batches.setdefault(row["stream"], []).append(row)
-        for batch in batches.values():
-            # The LATERAL join yields each service's rows in its ORDER BY, but SQL does not
-            # promise that for the outer query; sorting a sorted list is one linear pass.
-            batch.sort(key=cursor_of)
         return batches
 
     async def advance(self, cursors: Mapping[str, Cursor]) -> None:

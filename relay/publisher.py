@@ -58,7 +58,8 @@ def entry_fields(row: OutboxRow, max_retries: str) -> list[str]:
         source=row["source"],
         data_json=row["payload"],
         priority=_PRIORITIES[row["priority"]],
-        occurred_at=row["occurred_at"],
+        occurred_at_iso=row["occurred_at_iso"],
+        timestamp=row["epoch"],
         correlation_id=row["correlation_id"],
         position=row["position"],
         max_retries=max_retries,
@@ -93,6 +94,7 @@ class RedisPublisher:
         self._client = client
         self._keys = keys
         self._max_retries = str(max_retries)
+        self._streams: dict[tuple[str, int], str] = {}  # (service, priority) -> stream key
 
     async def publish(
         self, batches: Mapping[str, Sequence[OutboxRow]]
@@ -102,7 +104,10 @@ class RedisPublisher:
         for service, rows in batches.items():
             by_stream: dict[str, StreamBatch] = {}
             for row in rows:
-                stream = self._keys.stream(service, _PRIORITIES[row["priority"]])
+                stream = self._streams.get((service, row["priority"]))
+                if stream is None:
+                    stream = self._keys.stream(service, _PRIORITIES[row["priority"]])
+                    self._streams[(service, row["priority"])] = stream
                 batch = by_stream.get(stream)
                 if batch is None:
                     batch = by_stream[stream] = StreamBatch(stream)

@@ -50,7 +50,11 @@ SELECT stream, txid, position FROM relay_cursors WHERE stream = ANY($1::text[])
 FETCH_BATCH = """
 SELECT o.stream, o.txid, o.position, o.event_id::text AS event_id, o.event_type, o.source,
        o.aggregate_id, o.priority, o.payload::text AS payload, o.headers::text AS headers,
-       o.correlation_id, o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at
+       o.correlation_id, o.causation_id, o.user_id, o.traceparent, o.dedup_key,
+       -- Times as the entry carries them, formatted here in C rather than per event in Python.
+       to_char(o.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+           AS occurred_at_iso,
+       extract(epoch FROM o.occurred_at)::text AS epoch
   FROM unnest($1::text[], $2::xid8[], $3::bigint[]) AS c(stream, txid, position)
   CROSS JOIN LATERAL (
         SELECT * FROM outbox_events e
@@ -59,6 +63,8 @@ SELECT o.stream, o.txid, o.position, o.event_id::text AS event_id, o.event_type,
            AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY e.txid, e.position
          LIMIT $4) o
+ -- Each service's rows in cursor order (the LATERAL yields them so, but only this promises it).
+ ORDER BY o.stream, o.txid, o.position
 """
 
 # Cursors only move forward, so a relay that lost its lease (or a test relay without leases)

@@ -98,7 +98,8 @@ def encode_fields(
         source=source,
         data_json=data_json,
         priority=priority,
-        occurred_at=occurred_at,
+        occurred_at_iso=occurred_at.isoformat(),
+        timestamp=repr(occurred_at.timestamp()),
         correlation_id=correlation_id,
         position=position,
         max_retries=str(max_retries),
@@ -305,7 +306,8 @@ def encode_flat(
     source: str,
     data_json: str,
     priority: MessagePriority,
-    occurred_at: datetime,
+    occurred_at_iso: str,
+    timestamp: str,
     correlation_id: str,
     position: int | None,
     max_retries: str,
@@ -317,7 +319,8 @@ def encode_flat(
     headers_json: str | None,
 ) -> None:
     """The entry's fields appended to ``out`` as ``field, value, …``: the relay's hot path (no
-    dict, no enum lookups), and the one place the field list is written down."""
+    dict, no enum lookups, times already formatted by PostgreSQL), and the one place the field
+    list is written down. ``timestamp`` is Unix seconds, ``occurred_at_iso`` ISO 8601."""
     out += (
         "event_id",
         event_id,
@@ -332,9 +335,9 @@ def encode_flat(
         "priority",
         _LABELS[priority],
         "timestamp",
-        repr(occurred_at.timestamp()),
+        timestamp,
         "occurred_at",
-        occurred_at.isoformat(),
+        occurred_at_iso,
         "correlation_id",
         correlation_id,
         "retry_count",
