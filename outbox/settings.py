@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         description="Most events the relay reads and publishes per service in one batch.",
     )
     relay_poll_min_ms: float = Field(
-        default=1.0,
+        default=2.0,
         gt=0,
         validation_alias=_env("RELAY_POLL_MIN_MS"),
         description="First idle wait after an empty poll; doubles while idle.",
