@@ -5,6 +5,9 @@ with one ``outbox.emit()`` beside the INSERT is measured at 1 and 16 connections
 asyncpg connection and through a SQLAlchemy AsyncSession. Reports transactions/s of each and the
 ratio. Goal (issue 2): at 16 connections emit() costs at most 15% of the business throughput.
 
+Beside it, the same transaction with a second business INSERT instead of the emit() shows what
+any second statement costs (the extra round trip), the floor for emit().
+
 The 16 connections run in one Python process (``--processes 1``, as one service instance would)
 and, to separate the client's CPU from the database's, spread over several processes
 (``--processes 4``). Each variant runs ``--repeats`` times, interleaved, and the best is kept.
@@ -61,7 +64,7 @@ async def _loop_for(workers: list[Transaction], until: float) -> int:
 
 
 async def _client(
-    driver: str, url: str, connections: int, with_emit: bool, start_at: float, seconds: float
+    driver: str, url: str, connections: int, extra: str, start_at: float, seconds: float
 ) -> int:
     """One process's share: ``connections`` loops from ``start_at`` for ``seconds``."""
     if driver == "asyncpg":
@@ -71,7 +74,9 @@ async def _client(
             async def business(n: int) -> None:
                 async with conn.transaction():
                     await conn.execute(INSERT_USER, f"user-{n}", f"user-{n}@example.com")
-                    if with_emit:
+                    if extra == "insert":
+                        await conn.execute(INSERT_USER, f"again-{n}", f"user-{n}@example.com")
+                    elif extra == "emit":
                         await outbox.emit(
                             conn,
                             service="identity",
@@ -97,7 +102,11 @@ async def _client(
                     await session.execute(
                         INSERT_USER_SA, {"name": f"user-{n}", "email": f"user-{n}@example.com"}
                     )
-                    if with_emit:
+                    if extra == "insert":
+                        await session.execute(
+                            INSERT_USER_SA, {"name": f"again-{n}", "email": f"user-{n}@example.com"}
+                        )
+                    elif extra == "emit":
                         await outbox.emit(
                             session,
                             service="identity",
@@ -123,7 +132,7 @@ def _process_main(args: tuple[str, str, int, bool, float, float]) -> int:
 
 
 def run_case(
-    driver: str, url: str, connections: int, processes: int, with_emit: bool, seconds: float
+    driver: str, url: str, connections: int, processes: int, extra: str, seconds: float
 ) -> float:
     """Committed transactions per second over all processes, started together."""
     processes = min(processes, connections)
@@ -133,14 +142,14 @@ def run_case(
     ]
     start_at = time.time() + 2.0 + 0.3 * processes  # after every process has connected
     if processes == 1:
-        total = _process_main((driver, url, connections, with_emit, start_at, seconds))
+        total = _process_main((driver, url, connections, extra, start_at, seconds))
     else:
         context = multiprocessing.get_context("spawn")
         with context.Pool(processes) as pool:
             total = sum(
                 pool.map(
                     _process_main,
-                    [(driver, url, share, with_emit, start_at, seconds) for share in shares],
+                    [(driver, url, share, extra, start_at, seconds) for share in shares],
                 )
             )
     return total / seconds
@@ -176,32 +185,33 @@ async def main(
         for driver in drivers:
             for connections in connection_counts:
                 for processes in sorted({min(p, connections) for p in process_counts}):
-                    without, with_ = [], []
-                    # Interleave the variants so drift (autovacuum, checkpoints) hits both alike.
+                    runs: dict[str, list[float]] = {"none": [], "emit": [], "insert": []}
+                    # Interleave the variants so drift (autovacuum, checkpoints) hits all alike.
                     for _ in range(repeats):
-                        await _reset(url)
-                        without.append(
-                            await asyncio.to_thread(
-                                run_case, driver, url, connections, processes, False, seconds
+                        for extra, results in runs.items():
+                            await _reset(url)
+                            results.append(
+                                await asyncio.to_thread(
+                                    run_case, driver, url, connections, processes, extra, seconds
+                                )
                             )
-                        )
-                        await _reset(url)
-                        with_.append(
-                            await asyncio.to_thread(
-                                run_case, driver, url, connections, processes, True, seconds
-                            )
-                        )
-                    best_without, best_with = max(without), max(with_)
+                    best = {extra: max(results) for extra, results in runs.items()}
                     case = {
                         "driver": driver,
                         "connections": connections,
                         "client_processes": processes,
-                        "business_only_tx_per_s": round(best_without),
-                        "business_plus_emit_tx_per_s": round(best_with),
-                        "ratio": round(best_with / best_without, 3),
-                        "emit_cost_pct": round(100 * (1 - best_with / best_without), 1),
-                        "runs_without": [round(x) for x in without],
-                        "runs_with": [round(x) for x in with_],
+                        "business_only_tx_per_s": round(best["none"]),
+                        "business_plus_emit_tx_per_s": round(best["emit"]),
+                        "ratio": round(best["emit"] / best["none"], 3),
+                        "emit_cost_pct": round(100 * (1 - best["emit"] / best["none"]), 1),
+                        # The floor of any second statement: a second tiny business INSERT.
+                        "business_plus_second_insert_tx_per_s": round(best["insert"]),
+                        "second_statement_cost_pct": round(
+                            100 * (1 - best["insert"] / best["none"]), 1
+                        ),
+                        "runs": {
+                            extra: [round(x) for x in results] for extra, results in runs.items()
+                        },
                     }
                     print(case, flush=True)
                     cases.append(case)
