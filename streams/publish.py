@@ -21,7 +21,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from streams.errors import RedisUnavailableError, StreamRefusedError
+from streams.errors import RedisUnavailableError, StreamRefusedError, translate
 from streams.keys import PUBLISH_LUA, Keys
 
 _pack_hiredis: Callable[[tuple[Any, ...]], bytes] | None
@@ -93,7 +93,11 @@ async def publish_batches(
     for batch, reply in zip(batches, replies, strict=True):
         if isinstance(reply, _UNAVAILABLE):
             raise RedisUnavailableError(f"Redis is unavailable: {reply}") from reply
-        if isinstance(reply, Exception):
+        if isinstance(reply, redis_errors.RedisError):
+            # The reason in the project's words: "out of memory (OOM)", "not a stream
+            # (WRONGTYPE)"; redis-py strips the error code from the message.
+            results.append(StreamRefusedError(batch.stream, str(translate(reply, batch.stream))))
+        elif isinstance(reply, Exception):
             results.append(StreamRefusedError(batch.stream, str(reply)))
         else:
             counts = cast("list[int]", reply)

@@ -181,3 +181,41 @@ async def test_leases_share_services_out_and_move_when_a_relay_stops(
         await wait_until(taken_over, timeout_s=10, what="takeover")
         more = await emit_events(asyncpg_conn, 100, services=SERVICES)
         await _exactly_once(redis_client, keys, ids + more, asyncpg_conn)
+
+
+@pytest.mark.slow
+async def test_redis_out_of_memory_is_reported_and_nothing_is_lost(
+    asyncpg_conn: asyncpg.Connection,
+    own_redis: OwnRedis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    """With noeviction, a full Redis refuses writes (OOM): the relay says so and backs off;
+    once memory is available again it publishes everything, once, in order."""
+    keys = Keys(relay_settings.stream_prefix)
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set(
+            "maxmemory", "1"
+        )  # below what is already used: every write is refused
+        ids = await emit_events(asyncpg_conn, 200, services=SERVICES)
+        async with start_relay(redis_streams_url=SecretStr(own_redis.url)) as relay:
+
+            async def reported() -> bool:
+                row = await asyncpg_conn.fetchrow(
+                    "SELECT stream_errors, last_error FROM relay_instances WHERE instance_id = $1",
+                    relay.status.instance_id,
+                )
+                if row is None:
+                    return False
+                text = (row["last_error"] or "") + row["stream_errors"]
+                return "OOM" in text or "out of memory" in text.lower()
+
+            await wait_until(reported, what="OOM in the relay's status row")
+            assert await published(client, keys, SERVICES) == []
+
+            await client.config_set("maxmemory", "0")
+            await _exactly_once(client, keys, ids, asyncpg_conn)
+    finally:
+        await client.aclose()
