@@ -20,19 +20,21 @@ probe = register(Projection("pipeline_probe", streams=["bench"], tables=["bench_
 
 @probe.on_batch("probe")
 async def apply(events: Sequence[StreamMessage], db: Any) -> None:
+    # One statement (one round trip): the upsert and the notifications of its ids.
     newest = {m.data["key"]: m.position or 0 for m in events}
+    ids = [m.event_id for m in events]
+    chunks = [",".join(ids[i : i + _IDS_PER_NOTIFY]) for i in range(0, len(ids), _IDS_PER_NOTIFY)]
     await db.execute(
         """
-        INSERT INTO bench_probe AS p (key, version)
-        SELECT * FROM unnest($1::text[], $2::bigint[])
-        ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version
-         WHERE p.version < EXCLUDED.version
+        WITH upserted AS (
+            INSERT INTO bench_probe AS p (key, version)
+            SELECT * FROM unnest($1::text[], $2::bigint[])
+            ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version
+             WHERE p.version < EXCLUDED.version)
+        SELECT pg_notify($3, chunk) FROM unnest($4::text[]) AS chunk
         """,
         list(newest),
         list(newest.values()),
+        CHANNEL,
+        chunks,
     )
-    ids = [m.event_id for m in events]
-    for start in range(0, len(ids), _IDS_PER_NOTIFY):
-        await db.execute(
-            "SELECT pg_notify($1, $2)", CHANNEL, ",".join(ids[start : start + _IDS_PER_NOTIFY])
-        )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
@@ -72,25 +71,26 @@ class Outcome:
         return [*self.applied, *self.skipped, *self.duplicates]
 
 
-async def _claim(db: Connection, projection: Projection, messages: Sequence[StreamMessage]) -> Any:
-    q = queries.INBOX_CLAIM
-    rows = await db.fetch(
-        q.asyncpg_sql, projection.name, [message.event_id for message in messages]
-    )
-    return {str(row[0]) for row in rows}
-
-
-def _split_new(
-    messages: Sequence[StreamMessage], new_ids: set[str], outcome: Outcome
-) -> list[StreamMessage]:
-    fresh = []
+async def _claim(
+    db: Connection, projection: Projection, messages: Sequence[StreamMessage], take_lock: bool
+) -> tuple[list[StreamMessage], list[StreamMessage]]:
+    """Record ``messages`` in the inbox; return (new, duplicates), both in the given order."""
+    event_ids = [message.event_id for message in messages]
+    distinct = len(set(event_ids))
+    query = queries.INBOX_CLAIM_LOCKED if take_lock else queries.INBOX_CLAIM
+    row = await db.fetchrow(query.asyncpg_sql, projection.name, event_ids, distinct)
+    if row["claimed"] == distinct and distinct == len(messages):
+        return list(messages), []  # the usual case: every event is new and none repeats
+    new_ids = set(row["new_ids"] or ()) if row["claimed"] < distinct else set(event_ids)
+    fresh: list[StreamMessage] = []
+    duplicates: list[StreamMessage] = []
     for message in messages:
         if message.event_id in new_ids:
             new_ids.discard(message.event_id)  # a second copy in the same batch is a duplicate
             fresh.append(message)
         else:
-            outcome.duplicates.append(message)
-    return fresh
+            duplicates.append(message)
+    return fresh, duplicates
 
 
 async def _run_handlers(
@@ -158,9 +158,7 @@ async def _fast_path(
 ) -> Outcome:
     outcome = Outcome()
     async with db.transaction():
-        if take_lock:
-            await db.execute(queries.LOCK_PROJECTION_SHARED.asyncpg_sql, projection.name)
-        fresh = _split_new(messages, await _claim(db, projection, messages), outcome)
+        fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock)
         await _run_handlers(db, projection, fresh, outcome)
     return outcome
 
@@ -170,9 +168,7 @@ async def _slow_path(
 ) -> Outcome:
     outcome = Outcome()
     async with db.transaction():
-        if take_lock:
-            await db.execute(queries.LOCK_PROJECTION_SHARED.asyncpg_sql, projection.name)
-        fresh = _split_new(messages, await _claim(db, projection, messages), outcome)
+        fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock)
         failed_aggregates: set[str] = set()
         for message in fresh:
             if message.aggregate_id is not None and message.aggregate_id in failed_aggregates:

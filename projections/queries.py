@@ -32,15 +32,33 @@ TRY_LOCK_CONSUMER = Query(
     " 0))",
 )
 
-# The inbox: one statement records the whole batch and says which events are new.
-INBOX_CLAIM = Query(
-    "inbox_claim",
-    """
+# The inbox: one statement records the whole batch and says which events are new. It returns one
+# row, not a row per event: ``claimed`` (how many rows it inserted) and, only when that is fewer
+# than the ``expected`` distinct ids, the ids it inserted. Decoding 500 returned uuids cost the
+# consumer about 1.5 µs an event while, on the live path, almost every event is new.
+_INBOX_INSERT = """
     INSERT INTO projection_inbox (projection, event_id)
-    SELECT :projection, e FROM unnest(CAST(:event_ids AS uuid[])) AS e
+    SELECT :projection, e FROM {source}unnest(CAST(:event_ids AS uuid[])) AS e
     ON CONFLICT (projection, event_id) DO NOTHING
     RETURNING event_id
-    """,
+"""
+_INBOX_COUNT = """
+SELECT count(*) AS claimed,
+       CASE WHEN count(*) < :expected THEN array_agg(event_id::text) END AS new_ids
+  FROM claimed
+"""
+INBOX_CLAIM = Query(
+    "inbox_claim",
+    "WITH claimed AS (" + _INBOX_INSERT.format(source="") + ")" + _INBOX_COUNT,
+)
+# The same with the projection's shared lock taken first (see LOCK_PROJECTION_SHARED), one round
+# trip instead of two: no row can come out of the join, so none is inserted, before the one-row
+# ``lock`` CTE has been evaluated.
+INBOX_CLAIM_LOCKED = Query(
+    "inbox_claim_locked",
+    "WITH lock AS MATERIALIZED ("
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended('projection:' || :projection, 0))"
+    "), claimed AS (" + _INBOX_INSERT.format(source="lock, ") + ")" + _INBOX_COUNT,
 )
 INBOX_RELEASE = Query(
     "inbox_release",

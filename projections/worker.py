@@ -32,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import asyncpg
@@ -115,6 +116,9 @@ class _Letter:
     payload: Any
 
 
+_priority = attrgetter("priority")
+
+
 def _entry_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
@@ -178,13 +182,23 @@ class ProjectionWorker:
         next_claim = now
         next_beat = now + self.config.heartbeat_s
         failures = 0
-        while not self.stop.is_set():
+        # Under a backlog the next batch is read while this one is applied (and acked), so Redis
+        # and PostgreSQL work overlap instead of taking turns. It is only started after a full
+        # batch: when the streams are nearly empty the next read is the blocking one.
+        ahead: asyncio.Task[list[Entry]] | None = None
+        while not self.stop.is_set() or ahead is not None:
             try:
-                await self._retry_due()
-                if time.monotonic() >= next_claim:
-                    await self._reclaim()
-                    next_claim = time.monotonic() + self.config.claim_interval_s
-                entries = await self.group.read_new(self.config.batch_size, self._block_ms())
+                if ahead is None:
+                    await self._retry_due()
+                    if time.monotonic() >= next_claim:
+                        await self._reclaim()
+                        next_claim = time.monotonic() + self.config.claim_interval_s
+                    entries = await self.group.read_new(self.config.batch_size, self._block_ms())
+                else:
+                    task, ahead = ahead, None
+                    entries = await task
+                if len(entries) >= self.config.batch_size and not self.stop.is_set():
+                    ahead = asyncio.create_task(self.group.read_new(self.config.batch_size, 0))
                 if entries:
                     await self._process(entries)
                 if time.monotonic() >= next_beat:
@@ -203,6 +217,11 @@ class ProjectionWorker:
                     delay,
                 )
                 await self._pause(delay)
+                if self.stop.is_set() and ahead is not None and failures > 3:
+                    # Entries read ahead stay pending: a restart (XREADGROUP 0) or XAUTOCLAIM
+                    # takes them, and the inbox absorbs any repeat.
+                    ahead.cancel()
+                    ahead = None
         try:
             await self._heartbeat()
             await self._db(
@@ -363,34 +382,39 @@ class ProjectionWorker:
         letters: list[_Letter] = []
         messages: list[StreamMessage] = []
         trimmed: list[Entry] = []
+        append = messages.append
         for entry in entries:
-            if entry.trimmed:
+            if not entry.fields:
                 trimmed.append(entry)
                 continue
             try:
-                messages.append(decode_entry(entry.stream, entry.id, entry.fields))
+                append(decode_entry(entry.stream, entry.id, entry.fields))
             except MalformedEntryError as error:
                 letters.append(_Letter(entry.stream, entry.id, 1, str(error), entry.fields))
         refetched = list(extra)
         if trimmed:
             refetched += await self._refetch_trimmed(trimmed)
-        blocked = {
-            retry.message.aggregate_id
-            for retry in self.retries.values()
-            if retry.message.aggregate_id is not None
-        }
-        ready: list[StreamMessage] = []
+        ready = messages
         deferred: list[StreamMessage] = []
-        for message in messages:
-            (deferred if message.aggregate_id in blocked else ready).append(message)
-        # Higher priorities first; the sort is stable, so stream order holds within a priority.
-        ready.sort(key=lambda message: -message.priority)
+        if self.retries:
+            blocked = {
+                retry.message.aggregate_id
+                for retry in self.retries.values()
+                if retry.message.aggregate_id is not None
+            }
+            ready = []
+            for message in messages:
+                (deferred if message.aggregate_id in blocked else ready).append(message)
+        # Higher priorities first; the sort is stable (also reversed), so stream order holds
+        # within a priority.
+        ready.sort(key=_priority, reverse=True)
         batch = ready + refetched
         outcome = await self._apply(batch)
         self.batches += 1
-        for message in outcome.done:
-            if message.id:
-                acks[message.stream].append(message.id)
+        for done in (outcome.applied, outcome.skipped, outcome.duplicates):
+            for message in done:
+                if message.id:
+                    acks[message.stream].append(message.id)
         for entry in trimmed:  # their events were applied from the outbox (or already were)
             acks[entry.stream].append(entry.id)
         self.counters.processed += len(outcome.applied)

@@ -26,10 +26,12 @@ optional            ``causation_id``, ``user_id``, ``aggregate_id``, ``dedup_key
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.scanner import make_scanner
 from typing import Any
 
 from outbox.envelope import Event, MessagePriority
@@ -160,11 +162,31 @@ def _as_text_fields(fields: Mapping[Any, Any]) -> Mapping[str, Any]:
     return fields
 
 
+# The canonical UUID text the relay writes; anything else goes through uuid.UUID, which accepts
+# the other spellings (braces, urn:uuid:, no hyphens) exactly as before.
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+).fullmatch
+# json.loads() without its per-call wrapper (two whitespace regex matches and a method call): the
+# C scanner parses the document; anything it does not consume whole (surrounding whitespace, an
+# error) is handed to json.loads, which gives the same result or the same error as before.
+_scan_json = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed wants a decoder-like context
+
+
+def _load_json(text: str) -> Any:
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> StreamMessage:
     """Decode entry fields (str or bytes keys) or raise :class:`MalformedEntryError`.
 
     This runs once per event in every consumer, so it reads each field once, straight from the
-    mapping (decoded in one pass when the client returns bytes).
+    mapping (decoded in one pass when the client returns bytes), and builds the message with
+    positional arguments.
     """
     try:
         get = _as_text_fields(fields).get
@@ -187,10 +209,11 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> Strea
                 if not value
             ]
             raise MalformedEntryError(f"entry {entry_id} of {stream} lacks {', '.join(missing)}")
-        data = json.loads(data_text)
+        data = _load_json(data_text)
         if not isinstance(data, dict):
             raise MalformedEntryError(f"entry {entry_id} of {stream}: data is not a JSON object")
-        uuid.UUID(event_id)
+        if _CANONICAL_UUID(event_id) is None:
+            uuid.UUID(event_id)
         priority = _PRIORITIES.get(priority_text) or MessagePriority.parse(priority_text)
         occurred_text = get("occurred_at")
         occurred_at = datetime.fromisoformat(occurred_text) if occurred_text else None
@@ -203,27 +226,29 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> Strea
             timestamp = datetime.now(UTC).timestamp()
         headers_text = get("headers")
         position_text = get("position")
+        retry_text = get("retry_count")
+        max_retries_text = get("max_retries")
         return StreamMessage(
-            id=entry_id,
-            stream=stream,
-            event_type=event_type,
-            service=service,
-            data=data,
-            priority=priority,
-            timestamp=timestamp,
-            retry_count=int(get("retry_count") or 0),
-            max_retries=int(get("max_retries") or 0),
-            correlation_id=correlation_id,
-            user_id=get("user_id"),
-            event_id=event_id,
-            source=get("source") or service,
-            causation_id=get("causation_id"),
-            aggregate_id=get("aggregate_id"),
-            dedup_key=get("dedup_key"),
-            traceparent=get("traceparent"),
-            headers=json.loads(headers_text) if headers_text else {},
-            position=int(position_text) if position_text else None,
-            occurred_at=occurred_at,
+            entry_id,
+            stream,
+            event_type,
+            service,
+            data,
+            priority,
+            timestamp,
+            int(retry_text) if retry_text else 0,
+            int(max_retries_text) if max_retries_text else 0,
+            correlation_id,
+            get("user_id"),
+            event_id,
+            get("source") or service,
+            get("causation_id"),
+            get("aggregate_id"),
+            get("dedup_key"),
+            get("traceparent"),
+            _load_json(headers_text) if headers_text else {},
+            int(position_text) if position_text else None,
+            occurred_at,
         )
     except MalformedEntryError:
         raise
