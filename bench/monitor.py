@@ -24,6 +24,7 @@ from redis.asyncio.connection import Connection
 
 import outbox
 from bench.common import scratch_database, write_result
+from monitor.app import freeze_startup_heap
 from monitor.collector import Collector
 from outbox.settings import get_settings
 from streams.codec import encode_event
@@ -103,6 +104,7 @@ async def main(services: int, groups: int, snapshots: int, per_stream: int) -> N
                 conn.add_query_logger(count_query)
             collector = Collector(settings, pool, r)
             await collector.collect()  # warm-up: connections, prepared statements
+            freeze_startup_heap()  # as `outbox monitor` does once it has started
             walls, cpus, sends, pg_queries = [], [], [], []
             for _ in range(snapshots):
                 CountingConnection.sends = 0

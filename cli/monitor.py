@@ -9,7 +9,7 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from monitor.app import create_app
+    from monitor.app import create_app, freeze_startup_heap
     from outbox.settings import get_settings
 
     settings = get_settings()
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"monitor: http://{host}:{port}/", flush=True)
 
     server = Server(config)
+    freeze_startup_heap()
     server.run()
     return 0 if server.started else 2
 
