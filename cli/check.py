@@ -49,17 +49,8 @@ async def _check_redis(url: str, password: str | None, timeout_s: float) -> str 
     return None
 
 
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        rest = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
-    return f"{scheme}{sep}{rest}"
-
-
 async def _run(timeout_s: float) -> list[tuple[str, str, str | None, str]]:
-    from outbox.settings import get_settings
+    from outbox.settings import get_settings, redact_url
 
     settings = get_settings()
     pg_url = settings.libpq_url()
@@ -69,8 +60,8 @@ async def _run(timeout_s: float) -> list[tuple[str, str, str | None, str]]:
         _check_postgres(pg_url, timeout_s), _check_redis(redis_url, password, timeout_s)
     )
     return [
-        ("PostgreSQL", _redact(pg_url), pg, _PG_HINT),
-        ("Redis", _redact(redis_url), rd, _REDIS_HINT),
+        ("PostgreSQL", redact_url(pg_url), pg, _PG_HINT),
+        ("Redis", redact_url(redis_url), rd, _REDIS_HINT),
     ]
 
 

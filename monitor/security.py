@@ -1,7 +1,7 @@
 """What the monitor never shows and who may change anything.
 
 - Payload fields named in ``MONITOR_MASK_FIELDS`` are masked in every response (any depth).
-- Connection URLs and passwords never leave the process (``redact_url`` for what is shown).
+- Connection URLs and passwords never leave the process (``outbox.settings.redact_url``).
 - Write actions need ``Authorization: Bearer <MONITOR_ADMIN_TOKEN>``; with no token configured
   they are refused.
 - ``/ws`` accepts only the page's own Origin (plus ``MONITOR_ALLOWED_ORIGINS``).
@@ -34,16 +34,6 @@ def mask_fields(value: Any, names: frozenset[str]) -> Any:
 
 def parse_names(text: str) -> frozenset[str]:
     return frozenset(part.strip().lower() for part in text.split(",") if part.strip())
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:***@host/db``: the password (if any) replaced."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        rest = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
-    return f"{scheme}{sep}{rest}"
 
 
 def token_matches(header: str | None, token: str | None) -> bool:

@@ -229,6 +229,17 @@ class Settings(BaseSettings):
         return f"postgresql+{driver}://" + self.libpq_url().split("://", 1)[1]
 
 
+def redact_url(url: str) -> str:
+    """``scheme://user:***@host/…``: a URL with its password (if any) hidden, for logs, errors
+    and anything shown to a person."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user + ':***' if ':' in credentials else user}@{host}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

@@ -15,6 +15,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from outbox.settings import redact_url
 from streams.errors import translate
 
 log = logging.getLogger("streams.connection")
@@ -23,16 +24,6 @@ log = logging.getLogger("streams.connection")
 RECONNECT_RETRIES = 8
 RECONNECT_BASE_S = 0.05
 RECONNECT_CAP_S = 2.0
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user + ':***' if ':' in credentials else user}@{host}"
 
 
 def redis_from_url(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:
@@ -65,5 +56,5 @@ async def connect(url: str, password: str | None = None, **options: Any) -> aior
     except redis_errors.RedisError as error:
         await client.aclose()
         raise translate(error) from None
-    log.debug("event=redis_connected url=%s", redact(url))
+    log.debug("event=redis_connected url=%s", redact_url(url))
     return client

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.security import mask_fields, origin_allowed, parse_names, redact_url, token_matches
+from monitor.security import mask_fields, origin_allowed, parse_names, token_matches
 from monitor.status import Sample, Status, heartbeat, trend, worst
+from outbox.settings import redact_url
 
 
 def series(*points: tuple[float, float, float]) -> list[Sample]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from redis import exceptions as redis_errors
 
+from outbox.settings import redact_url as redact
 from streams.client import backoff_delay_s, with_oom_backoff
-from streams.connection import redact
 from streams.errors import (
     GroupMissingError,
     RedisAuthError,
