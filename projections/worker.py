@@ -44,8 +44,8 @@ from outbox.settings import Settings
 from projections import store
 from projections.apply import Outcome, TransientError, apply_batch, is_transient
 from projections.projection import Projection
-from streams.client import backoff_delay_s
 from streams.codec import MalformedEntryError, StreamMessage, decode_entry
+from streams.connection import backoff_delay_s
 from streams.consumer import Entry, GroupConsumer
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.errors import StreamsError, translate

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+from streams.connection import backoff_delay_s
+
 
 class AdaptivePoll:
     """The wait before the next poll: none while busy, growing geometrically while idle."""
@@ -73,9 +75,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Count a failure and return the delay before the next attempt."""
-        base = min(self.max_s, self.min_s * 2 ** min(self.failures, 32))
         self.failures += 1
-        return self._rng.uniform(base / 2, base)
+        return backoff_delay_s(self.failures, self.min_s, self.max_s, self._rng)
 
     def reset(self) -> None:
         self.failures = 0

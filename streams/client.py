@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from outbox.envelope import MessagePriority, uuid7
 from outbox.settings import get_settings
 from outbox.validation import check_event_type, check_service
 from streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
-from streams.connection import connect
+from streams.connection import backoff_delay_s, connect
 from streams.consumer import Entry, GroupConsumer
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.errors import (
@@ -49,13 +48,6 @@ T = TypeVar("T")
 #: Writes refused with OOM are retried this often, backing off from 0.1 s (doubling, jittered).
 OOM_RETRIES = 5
 OOM_BASE_DELAY_S = 0.05
-
-
-def backoff_delay_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
-    Jitter"): uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 async def with_oom_backoff(command: Callable[[], Awaitable[T]], key: str) -> T:

@@ -8,6 +8,7 @@ error; only when every retry failed does :class:`~streams.errors.RedisUnavailabl
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +25,17 @@ log = logging.getLogger("streams.connection")
 RECONNECT_RETRIES = 8
 RECONNECT_BASE_S = 0.05
 RECONNECT_CAP_S = 2.0
+
+
+def backoff_delay_s(
+    attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with jitter: uniform in [ceiling/2, ceiling], the ceiling doubling
+    from ``base_s`` per attempt up to ``cap_s``. The jitter keeps processes that failed together
+    (Redis restarted) from retrying in lockstep
+    (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/)."""
+    ceiling = min(cap_s, base_s * (2 ** min(max(0, attempt - 1), 32)))
+    return (rng or random).uniform(ceiling / 2, ceiling)
 
 
 def redis_from_url(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:

@@ -6,7 +6,8 @@ import pytest
 from redis import exceptions as redis_errors
 
 from outbox.settings import redact_url as redact
-from streams.client import backoff_delay_s, with_oom_backoff
+from streams.client import with_oom_backoff
+from streams.connection import backoff_delay_s
 from streams.errors import (
     GroupMissingError,
     RedisAuthError,
