@@ -10,10 +10,12 @@ Entry ids are ``<ms>-<seq>``, so every age is computed from ids against Redis's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+from streams.connection import raw_pipeline
 
 #: Undelivered entries counted one by one when Redis reports the lag as nil.
 NULL_LAG_COUNT_CAP = 10_000
@@ -104,18 +106,18 @@ async def collect(
     client: aioredis.Redis, keys: list[str]
 ) -> tuple[float, list[StreamStats], dict[str, Any]]:
     """Redis's clock (Unix seconds), the figures of each stream in ``keys``, server figures."""
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.info()
-    for key in keys:
-        # One command per stream: its groups, each group's oldest pending entry (the PEL is
-        # ordered by id, COUNT 1 keeps the first) and its consumers with their last-seen time.
-        pipe.execute_command("XINFO", "STREAM", key, "FULL", "COUNT", 1)
-    replies = await pipe.execute(raise_on_error=False)
-    seconds, micros = replies[0]
-    if isinstance(replies[1], Exception):
-        raise replies[1]
-    server = server_figures(replies[1])
+    # One command per stream: its groups, each group's oldest pending entry (the PEL is ordered
+    # by id, COUNT 1 keeps the first) and its consumers with their last-seen time. Replies come
+    # back as the protocol's lists (raw_pipeline): redis-py's packing and parsing of hundreds of
+    # commands cost more than Redis answering them.
+    commands: list[tuple[Any, ...]] = [("TIME",), ("INFO",)]
+    commands += [("XINFO", "STREAM", key, "FULL", "COUNT", 1) for key in keys]
+    replies = await raw_pipeline(client, commands)
+    for reply in replies[:2]:
+        if isinstance(reply, Exception):
+            raise reply
+    seconds, micros = cast("list[Any]", replies[0])
+    server = server_figures(parse_info(_text(replies[1])))
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     streams: list[StreamStats] = []
     behind: list[tuple[StreamStats, dict[str, Any]]] = []
@@ -148,14 +150,12 @@ async def collect(
         # Only groups that are behind need the first undelivered entry (its id time is the lag
         # in seconds). Where Redis cannot tell the lag (nil after deletions in the unread
         # range), the undelivered entries are counted themselves, up to a cap.
-        pipe = client.pipeline(transaction=False)
+        ranges: list[tuple[Any, ...]] = []
         for stats, group in behind:
             count = 1 if group.get("lag") is not None else NULL_LAG_COUNT_CAP + 1
             after = f"({_text(group['last-delivered-id'])}"
-            pipe.xrange(stats.key, after, "+", count=count)
-        for (stats, group), reply in zip(
-            behind, await pipe.execute(raise_on_error=False), strict=True
-        ):
+            ranges.append(("XRANGE", stats.key, after, "+", "COUNT", count))
+        for (stats, group), reply in zip(behind, await raw_pipeline(client, ranges), strict=True):
             stats.groups.append(
                 _group(stats, group, None if isinstance(reply, Exception) else reply, now_ms)
             )
@@ -198,6 +198,17 @@ def _group(stats: StreamStats, group: dict[str, Any], undelivered: Any, now_ms: 
         oldest_pending_id=oldest_pending,
         oldest_pending_age_s=max(0.0, (now_ms - pending_ms) / 1000) if pending_ms else 0.0,
     )
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """The ``key:value`` lines of an INFO reply (section headers and blanks skipped)."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition(":")
+            if sep:
+                info[key] = value
+    return info
 
 
 def server_figures(info: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -70,3 +71,41 @@ async def connect(url: str, password: str | None = None, **options: Any) -> aior
         raise translate(error) from None
     log.debug("event=redis_connected url=%s", redact_url(url))
     return client
+
+
+_pack_hiredis: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack_hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _pack_hiredis = None
+
+
+async def raw_pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[object]:
+    """Send every command in one write, then read every reply: one round trip.
+
+    Error replies are returned, not raised, and replies are the protocol's own (lists and
+    strings, no redis-py response callbacks); commands are packed by hiredis in C. For the hot
+    paths (the relay's publish, the monitor's snapshot), where redis-py's per-command packing
+    and parsing cost more than Redis itself.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        if _pack_hiredis is not None:
+            packed = [_pack_hiredis(command) for command in commands]
+        else:  # pragma: no cover
+            packed = conn.pack_commands(commands)
+        await conn.send_packed_command(packed)
+        replies: list[object] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except redis_errors.ResponseError as error:
+                replies.append(error)
+        return replies
+    except BaseException:
+        # A reply left unread would be taken for the next command's: never reuse the socket.
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)

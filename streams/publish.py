@@ -14,21 +14,16 @@ with hiredis (C) when it is installed and sent on a connection of the client's o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from streams.connection import raw_pipeline
 from streams.errors import RedisUnavailableError, StreamRefusedError, translate
 from streams.keys import PUBLISH_LUA, Keys
-
-_pack_hiredis: Callable[[tuple[Any, ...]], bytes] | None
-try:
-    from hiredis import pack_command as _pack_hiredis
-except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
-    _pack_hiredis = None
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
 
@@ -81,12 +76,12 @@ async def publish_batches(
         for batch in batches
     ]
     try:
-        replies = await _pipeline(client, commands)
+        replies = await raw_pipeline(client, commands)
         if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
             # A restarted or failed-over Redis has an empty script cache. Load and send again:
             # batches that did run are skipped by their watermark the second time.
             await client.script_load(PUBLISH_LUA)
-            replies = await _pipeline(client, commands)
+            replies = await raw_pipeline(client, commands)
     except _UNAVAILABLE as error:
         raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
     results: list[PublishResult | StreamRefusedError] = []
@@ -103,28 +98,3 @@ async def publish_batches(
             counts = cast("list[int]", reply)
             results.append(PublishResult(batch.stream, int(counts[0]), int(counts[1])))
     return results
-
-
-async def _pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[object]:
-    """Send every command, then read every reply (error replies are returned, not raised)."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        if _pack_hiredis is not None:
-            packed = [_pack_hiredis(command) for command in commands]
-        else:  # pragma: no cover
-            packed = conn.pack_commands(commands)
-        await conn.send_packed_command(packed)
-        replies: list[object] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except redis_errors.ResponseError as error:
-                replies.append(error)
-        return replies
-    except BaseException:
-        # A reply left unread would be taken for the next command's: never reuse the socket.
-        await conn.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(conn)
