@@ -68,6 +68,10 @@ class _Paused:
     backoff: Backoff
 
 
+#: How often a relay deletes the status rows of relays silent for a day.
+FORGET_INTERVAL_S = 3600.0
+
+
 class Relay:
     """One relay process. Build with :meth:`from_settings`; run with :meth:`run`."""
 
@@ -346,9 +350,14 @@ class Relay:
     async def _control(self) -> None:
         backoff = Backoff(self.settings.relay_retry_min_s, self.settings.relay_retry_max_s)
         next_trim = time.monotonic() + min(5.0, self.settings.relay_trim_interval_s)
+        next_forget = time.monotonic()
         while not self._stopping.is_set():
             try:
                 await self._heartbeat()
+                if time.monotonic() >= next_forget:
+                    # Status rows of relays silent for a day (docs/relay.md).
+                    await self.leases.forget_old_instances()
+                    next_forget = time.monotonic() + FORGET_INTERVAL_S
                 backoff.reset()
             except LeaseLostError as error:
                 self.status.record_error(str(error))

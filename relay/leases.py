@@ -52,6 +52,10 @@ class Leases(Protocol):
 
     async def write_status(self, status: RelayStatus) -> None: ...
 
+    async def forget_old_instances(self) -> None:
+        """Delete the status rows of relays silent for a day."""
+        ...
+
     async def close(self) -> None:
         """Release every lease and end the session."""
         ...

@@ -219,3 +219,25 @@ async def test_redis_out_of_memory_is_reported_and_nothing_is_lost(
             await _exactly_once(client, keys, ids, asyncpg_conn)
     finally:
         await client.aclose()
+
+
+async def test_status_rows_of_relays_silent_for_a_day_are_forgotten(
+    asyncpg_conn: asyncpg.Connection, start_relay: StartRelay
+) -> None:
+    await asyncpg_conn.execute(
+        "INSERT INTO relay_instances (instance_id, host, pid, heartbeat_at)"
+        " VALUES ('long-gone', 'h', 1, now() - interval '2 days'),"
+        "        ('recent', 'h', 2, now() - interval '1 hour')"
+    )
+    async with start_relay():
+
+        async def forgotten() -> bool:
+            rows = await asyncpg_conn.fetch("SELECT instance_id FROM relay_instances")
+            return "long-gone" not in {r["instance_id"] for r in rows}
+
+        await wait_until(forgotten, what="the day-old status row deleted")
+    remaining = {
+        r["instance_id"]
+        for r in await asyncpg_conn.fetch("SELECT instance_id FROM relay_instances")
+    }
+    assert "recent" in remaining
