@@ -2,18 +2,6 @@
 
 from __future__ import annotations
 
-# The distinct services in the outbox without reading the table: a loose index scan over
-# (stream, txid, position) — one index probe per service.
-SERVICES = """
-WITH RECURSIVE s(stream) AS (
-    SELECT min(stream) FROM outbox_events
-    UNION ALL
-    SELECT (SELECT min(stream) FROM outbox_events WHERE stream > s.stream)
-      FROM s WHERE s.stream IS NOT NULL
-)
-SELECT stream FROM s WHERE stream IS NOT NULL
-"""
-
 # The oldest running transaction that has written something (has an xid), in any database of
 # the cluster: transaction ids are cluster-wide, so it holds back every snapshot's xmin and with
 # it the relay's horizon (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
