@@ -6,16 +6,21 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+import timeit
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psycopg
+import redis
 
 from migrations import runner
 from outbox.settings import get_settings
@@ -63,12 +68,71 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, result: dict[str, Any]) -> None:
-    """Print the result as JSON and keep a copy in bench/results/<name>.json."""
+def _round_trip_us(call: Callable[[], object], times: int = 300) -> dict[str, float]:
+    """Median wall and mean client CPU of one call, in µs."""
+    for _ in range(20):
+        call()
+    walls = []
+    cpu_start = time.process_time()
+    for _ in range(times):
+        start = time.perf_counter()
+        call()
+        walls.append(time.perf_counter() - start)
+    cpu = time.process_time() - cpu_start
+    return {
+        "wall_us_p50": round(statistics.median(walls) * 1e6, 1),
+        "client_cpu_us": round(cpu / times * 1e6, 1),
+    }
+
+
+@cache
+def calibration() -> dict[str, Any]:
+    """How fast this host is right now, so figures from different hosts or days compare.
+
+    Hosted VMs differ by 2x from day to day; the same code then gives half the events/s. These
+    three figures scale with what the benchmarks spend their time on: Python bytecode, and
+    round trips (system calls) to PostgreSQL and Redis.
+    """
+    loop_us = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
+    settings = get_settings()
+    with psycopg.connect(_with_database(_admin_url(), "postgres"), autocommit=True) as conn:
+        pg = _round_trip_us(lambda: conn.execute("SELECT 1").fetchone())
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    client = redis.Redis.from_url(settings.redis_streams_url.get_secret_value(), password=password)
+    try:
+        rd = _round_trip_us(client.ping)
+    finally:
+        client.close()
+    return {
+        "python_sum_range_1000_us": round(loop_us, 2),
+        "postgres_select_1": pg,
+        "redis_ping": rd,
+    }
+
+
+def check(measure: str, value: float, goal: str, target: float, unit: str = "") -> dict[str, Any]:
+    """One goal of an issue, as measured: ``goal`` is ``">="`` or ``"<="``."""
+    met = value >= target if goal == ">=" else value <= target
+    return {
+        "measure": measure,
+        "value": value,
+        "goal": f"{goal} {target:g}{unit}",
+        "unit": unit,
+        "met": met,
+    }
+
+
+def write_result(name: str, result: dict[str, Any], checks: list[dict[str, Any]]) -> None:
+    """Print the result as JSON and keep a copy in bench/results/<name>.json.
+
+    ``checks`` (from :func:`check`) are the issue's goals beside what was measured; ``make bench``
+    collects them into bench/results/SUMMARY.md.
+    """
     result = {
         "benchmark": name,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": {**machine(), "calibration": calibration()},
+        "checks": checks,
         **result,
     }
     text = json.dumps(result, indent=2, default=str)

@@ -34,7 +34,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 import outbox
-from bench.common import scratch_database, write_result
+from bench.common import check, scratch_database, write_result
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
 from streams.keys import Keys
@@ -286,13 +286,7 @@ async def emit_rate(
 
 async def main(args: argparse.Namespace) -> None:
     client = aioredis.Redis.from_url(get_settings().redis_streams_url.get_secret_value())
-    result: dict[str, Any] = {
-        "goals": {
-            "drain_events_per_s": ">= 50000 and >= 25x naive",
-            "latency_ms_at_2000_per_s": "p50 <= 2, p99 <= 10",
-            "emit_with_relay_ratio": ">= 0.9",
-        }
-    }
+    result: dict[str, Any] = {}
     async with scratch_database("relay") as url:
         result["drain"] = await drain(url, client, args.events, args.services)
         result["naive"] = await naive_drain(url, client, args.naive_events)
@@ -305,16 +299,46 @@ async def main(args: argparse.Namespace) -> None:
         result["latency"] = await latency(
             url, client, args.rate, args.latency_seconds, args.connections
         )
-        without = await emit_rate(url, client, args.emit_seconds, args.connections, False)
-        with_ = await emit_rate(url, client, args.emit_seconds, args.connections, True)
+        # Interleaved pairs, so drift on a shared host hits both sides alike; the median pair.
+        pairs = []
+        for _ in range(args.emit_repeats):
+            without = await emit_rate(url, client, args.emit_seconds, args.connections, False)
+            with_ = await emit_rate(url, client, args.emit_seconds, args.connections, True)
+            pairs.append((with_ / without, round(without), round(with_)))
+        ratio, without, with_ = sorted(pairs)[len(pairs) // 2]
         result["emit"] = {
             "connections": args.connections,
-            "without_relay_per_s": round(without),
-            "with_relay_per_s": round(with_),
-            "ratio": round(with_ / without, 3),
+            "without_relay_per_s": without,
+            "with_relay_per_s": with_,
+            "ratio": round(ratio, 3),
+            "ratios_seen": [round(p[0], 3) for p in pairs],
         }
     await client.aclose()
-    write_result("relay", result)
+    drain_rate = result["drain"]["events_per_s"]
+    latency_ms = result["latency"]["entry_id_ms"]
+    write_result(
+        "relay",
+        result,
+        [
+            check(f"drain {args.events:,} pre-filled events", drain_rate, ">=", 50_000, " ev/s"),
+            check(
+                f"drain vs naive ({result['naive']['events_per_s']} ev/s)",
+                result["drain_vs_naive"],
+                ">=",
+                25,
+                "x",
+            ),
+            check(f"commit → XADD at {args.rate:g} ev/s, p50", latency_ms["p50"], "<=", 2, " ms"),
+            check(f"commit → XADD at {args.rate:g} ev/s, p99", latency_ms["p99"], "<=", 10, " ms"),
+            check(
+                f"emit rate with relay / without, {args.connections} connections (median of "
+                f"{args.emit_repeats} pairs: {with_} / {without} tx/s)",
+                round(ratio, 3),
+                ">=",
+                0.9,
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":
@@ -325,5 +349,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=2000, help="emit rate of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--emit-seconds", type=float, default=5)
+    parser.add_argument("--emit-repeats", type=int, default=3, help="interleaved pairs, median")
     parser.add_argument("--connections", type=int, default=16)
     asyncio.run(main(parser.parse_args()))
