@@ -77,9 +77,11 @@ class _Prepared:
         event_type = check_event_type(spec.event_type)
         self.priority = MessagePriority.parse(spec.priority)
         self.data, payload = serialise_data(spec.data)
-        size = len(payload.encode("utf-8"))
-        if size > max_payload_bytes:
-            raise PayloadTooLargeError(size, max_payload_bytes)
+        # A character is at most 4 UTF-8 bytes: encode only when the limit could be near.
+        if len(payload) * 4 > max_payload_bytes:
+            size = len(payload.encode("utf-8"))
+            if size > max_payload_bytes:
+                raise PayloadTooLargeError(size, max_payload_bytes)
         schemas.validate(service, event_type, self.data)
         self.headers = check_headers(spec.headers)
         traceparent = self.headers.get("traceparent") or current_traceparent()

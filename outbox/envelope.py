@@ -65,8 +65,9 @@ def uuid7() -> uuid.UUID:
 class Event:
     """One domain event as stored in ``outbox_events`` and carried on a stream entry.
 
-    ``position`` is the outbox's append order; it is ``None`` on the value ``emit()`` returns
-    because reading it back would cost a round trip on every emit.
+    ``position`` is the outbox's append order, as PostgreSQL assigned it (``emit()`` reads it
+    back with the same INSERT … RETURNING); ``None`` only on events not yet stored, e.g. those
+    published directly with ``RedisStreamsClient.publish_message``.
     """
 
     event_id: uuid.UUID

@@ -91,6 +91,12 @@ def _encode_extra(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
+# One encoder for every emit(): json.dumps() with options builds a new JSONEncoder per call.
+_ENCODER = json.JSONEncoder(
+    default=_encode_extra, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+)
+
+
 def serialise_data(data: object) -> tuple[dict[str, Any], str]:
     """Return the data as a dict and as compact JSON text, or raise with the offending path.
 
@@ -98,14 +104,15 @@ def serialise_data(data: object) -> tuple[dict[str, Any], str]:
     path. PostgreSQL's jsonb rejects NaN/Infinity and the NUL character (``\\u0000``), and
     a lone surrogate cannot be encoded as UTF-8, so those are refused here too.
     """
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
-    if type(data) is not dict and not isinstance(data, Mapping):
-        raise PayloadNotSerializableError("data", f"expected a mapping, got {type(data).__name__}")
+    if type(data) is not dict:
+        if isinstance(data, BaseModel):
+            data = data.model_dump(mode="json")
+        if not isinstance(data, Mapping):
+            raise PayloadNotSerializableError(
+                "data", f"expected a mapping, got {type(data).__name__}"
+            )
     try:
-        text = json.dumps(
-            data, default=_encode_extra, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        )
+        text = _ENCODER.encode(data)
         text.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError):
         _locate_problem(data, "data")
