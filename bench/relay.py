@@ -34,7 +34,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 import outbox
-from bench.common import check, scratch_database, write_result
+from bench.common import check, process_cpu_s, scratch_database, write_result
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
 from streams.keys import Keys
@@ -128,17 +128,26 @@ async def drain(url: str, client: aioredis.Redis, events: int, services: int) ->
     await _prefill(conn, events, services)
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     settings = _settings(url, prefix, relay_trim_interval_s=0)
+    # The relay runs in this process, so this process's CPU is the relay's; PostgreSQL and Redis
+    # from /proc (the relay's backends exit before the second reading: their postmaster's
+    # reaped-children time counts them).
+    servers = process_cpu_s("postgres", "redis-server")
+    relay_cpu = time.process_time()
     start = time.perf_counter()
     async with _running(settings) as relay:
         await _until(lambda: relay.status.published_count >= events, timeout_s=600)
         elapsed = time.perf_counter() - start
+    relay_cpu = time.process_time() - relay_cpu
+    servers = {k: v - servers[k] for k, v in process_cpu_s("postgres", "redis-server").items()}
     await _cleanup(client, prefix)
     await conn.close()
+    per_event = {"relay": relay_cpu, **servers}
     return {
         "events": events,
         "services": services,
         "seconds": round(elapsed, 3),
         "events_per_s": round(events / elapsed),
+        "cpu_us_per_event": {k: round(v / events * 1e6, 1) for k, v in per_event.items()},
     }
 
 
