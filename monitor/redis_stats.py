@@ -92,10 +92,15 @@ def _text(value: Any) -> Any:
 
 
 def _as_dict(reply: Any) -> dict[str, Any]:
+    """A ``[key, value, key, value, …]`` reply (or a RESP3 map) as a dict with str keys."""
     if isinstance(reply, dict):
-        return {_text(k): v for k, v in reply.items()}
-    items = list(reply)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+        pairs = reply
+    else:
+        it = iter(reply)
+        pairs = dict(zip(it, it, strict=False))  # C speed; an odd trailing item is dropped
+    if pairs and not isinstance(next(iter(pairs)), str):
+        return {_text(k): v for k, v in pairs.items()}
+    return pairs
 
 
 def _missing(error: Exception) -> bool:

@@ -7,7 +7,9 @@ error; only when every retry failed does :class:`~streams.errors.RedisUnavailabl
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,12 +98,20 @@ async def raw_pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...
         else:  # pragma: no cover
             packed = conn.pack_commands(commands)
         await conn.send_packed_command(packed)
+        # One deadline for the whole batch instead of a timer per reply (redis-py's own read
+        # arms one per call: hundreds per monitor snapshot); math.inf turns that per-read one off.
         replies: list[object] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except redis_errors.ResponseError as error:
-                replies.append(error)
+        try:
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except redis_errors.ResponseError as error:
+                        replies.append(error)
+        except TimeoutError:
+            raise redis_errors.TimeoutError(
+                f"Timeout reading {len(commands)} replies from Redis"
+            ) from None
         return replies
     except BaseException:
         # A reply left unread would be taken for the next command's: never reuse the socket.
