@@ -325,6 +325,9 @@ async def main(args: argparse.Namespace) -> None:
     await client.aclose()
     drain_rate = result["drain"]["events_per_s"]
     latency_ms = result["latency"]["entry_id_ms"]
+    # The rate the emitters reached: on a slow host 16 paced emitters may fall short of --rate.
+    achieved = result["latency"]["achieved_rate_per_s"]
+    at_rate = f"{achieved:g} ev/s" + (f" (of {args.rate:g} asked)" if achieved < args.rate else "")
     write_result(
         "relay",
         result,
@@ -337,8 +340,8 @@ async def main(args: argparse.Namespace) -> None:
                 25,
                 "x",
             ),
-            check(f"commit → XADD at {args.rate:g} ev/s, p50", latency_ms["p50"], "<=", 2, " ms"),
-            check(f"commit → XADD at {args.rate:g} ev/s, p99", latency_ms["p99"], "<=", 10, " ms"),
+            check(f"commit → XADD at {at_rate}, p50", latency_ms["p50"], "<=", 2, " ms"),
+            check(f"commit → XADD at {at_rate}, p99", latency_ms["p99"], "<=", 10, " ms"),
             check(
                 f"emit rate with relay / without, {args.connections} connections (median of "
                 f"{args.emit_repeats} pairs: {with_} / {without} tx/s)",

@@ -5,6 +5,7 @@ Each benchmark writes bench/results/<name>.json; this collects them into bench/r
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -43,22 +44,15 @@ def _host_line(result: dict[str, Any]) -> str:
     )
 
 
-def main() -> int:
-    RESULTS.mkdir(exist_ok=True)
-    failed = []
+def write_summary(names: list[str]) -> None:
+    """bench/results/SUMMARY.md from the results of ``names`` that exist."""
     rows: list[str] = []
     hosts: list[str] = []
-    for name in BENCHMARKS:
-        if not (BENCH / f"{name}.py").exists():
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
             continue
-        print(f"== bench/{name}.py", flush=True)
-        started = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", f"bench.{name}"], cwd=BENCH.parent)
-        print(f"== bench/{name}.py exit {code} in {time.monotonic() - started:.0f} s", flush=True)
-        if code != 0:
-            failed.append(name)
-            continue
-        result = json.loads((RESULTS / f"{name}.json").read_text())
+        result = json.loads(path.read_text())
         rows.extend(_summary_rows(name, result))
         hosts.append(_host_line(result))
     lines = [
@@ -78,6 +72,30 @@ def main() -> int:
     ]
     (RESULTS / "SUMMARY.md").write_text("\n".join(lines) + "\n")
     print(f"summary: {RESULTS / 'SUMMARY.md'}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="rewrite SUMMARY.md from the results already in bench/results, run nothing",
+    )
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    names = [name for name in BENCHMARKS if (BENCH / f"{name}.py").exists()]
+    if args.summary_only:
+        write_summary(names)
+        return 0
+    failed = []
+    for name in names:
+        print(f"== bench/{name}.py", flush=True)
+        started = time.monotonic()
+        code = subprocess.call([sys.executable, "-m", f"bench.{name}"], cwd=BENCH.parent)
+        print(f"== bench/{name}.py exit {code} in {time.monotonic() - started:.0f} s", flush=True)
+        if code != 0:
+            failed.append(name)
+    write_summary([name for name in names if name not in failed])
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -85,4 +103,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
