@@ -78,6 +78,8 @@ directory_users = sa.Table(
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.text("false")),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_NOW),
+    # Version of the last delete (0: never deleted); ``deleted`` is deleted_version > version.
+    sa.Column("deleted_version", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.PrimaryKeyConstraint("user_id", name="directory_users_pkey"),
 )
 
@@ -93,6 +95,7 @@ inventory_assets = sa.Table(
     sa.Column("scan_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("last_scanned_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_NOW),
+    sa.Column("deleted_version", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.PrimaryKeyConstraint("asset_id", name="inventory_assets_pkey"),
 )
 

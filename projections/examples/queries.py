@@ -1,8 +1,19 @@
 """SQL of the example read models (one set-based statement per run of events).
 
-Rows carry the outbox position of the last event applied (``version``); an event older than the
-row is ignored, so the result does not depend on the order in which consumers apply events of
-one aggregate (last writer wins by outbox position; deletes leave a tombstone).
+Several consumers may apply one aggregate's events in any order, so every statement converges
+to the same row whatever the order (the effect of DESIGN.md invariant 5 holds with any number
+of consumers):
+
+* ``version`` is the outbox position of the newest upsert applied; an older upsert is ignored.
+* ``deleted_version`` is the position of the newest delete, a register of its own; ``deleted``
+  is ``deleted_version > version``. An older upsert that arrives after a newer delete still
+  updates the data (the tombstone keeps the last data before it), and a re-create after a
+  delete clears the tombstone.
+* Counters (scans, job statistics) are sums and maxima, which commute.
+
+An upsert replaces every field it carries; a field it leaves out (NULL) keeps the stored value,
+which is only order-independent when events carry the full state (as the OpsConductor events
+do).
 """
 
 from __future__ import annotations
@@ -16,17 +27,19 @@ ON CONFLICT (user_id) DO UPDATE
    SET email = COALESCE(EXCLUDED.email, u.email),
        name = COALESCE(EXCLUDED.name, u.name),
        role = COALESCE(EXCLUDED.role, u.role),
-       deleted = false, version = EXCLUDED.version, updated_at = now()
+       deleted = u.deleted_version > EXCLUDED.version,
+       version = EXCLUDED.version, updated_at = now()
  WHERE u.version < EXCLUDED.version
 """
 
 DELETE_USERS = """
-INSERT INTO directory_users AS u (user_id, deleted, version, updated_at)
-SELECT e.user_id, true, e.version, now()
+INSERT INTO directory_users AS u (user_id, deleted, version, deleted_version, updated_at)
+SELECT e.user_id, true, 0, e.version, now()
   FROM unnest($1::text[], $2::bigint[]) AS e(user_id, version)
 ON CONFLICT (user_id) DO UPDATE
-   SET deleted = true, version = EXCLUDED.version, updated_at = now()
- WHERE u.version < EXCLUDED.version
+   SET deleted = EXCLUDED.deleted_version > u.version,
+       deleted_version = EXCLUDED.deleted_version, updated_at = now()
+ WHERE u.deleted_version < EXCLUDED.deleted_version
 """
 
 UPSERT_ASSETS = """
@@ -39,17 +52,19 @@ ON CONFLICT (asset_id) DO UPDATE
    SET hostname = COALESCE(EXCLUDED.hostname, a.hostname),
        ip_address = COALESCE(EXCLUDED.ip_address, a.ip_address),
        asset_type = COALESCE(EXCLUDED.asset_type, a.asset_type),
-       deleted = false, version = EXCLUDED.version, updated_at = now()
+       deleted = a.deleted_version > EXCLUDED.version,
+       version = EXCLUDED.version, updated_at = now()
  WHERE a.version < EXCLUDED.version
 """
 
 DELETE_ASSETS = """
-INSERT INTO inventory_assets AS a (asset_id, deleted, version, updated_at)
-SELECT e.asset_id, true, e.version, now()
+INSERT INTO inventory_assets AS a (asset_id, deleted, version, deleted_version, updated_at)
+SELECT e.asset_id, true, 0, e.version, now()
   FROM unnest($1::text[], $2::bigint[]) AS e(asset_id, version)
 ON CONFLICT (asset_id) DO UPDATE
-   SET deleted = true, version = EXCLUDED.version, updated_at = now()
- WHERE a.version < EXCLUDED.version
+   SET deleted = EXCLUDED.deleted_version > a.version,
+       deleted_version = EXCLUDED.deleted_version, updated_at = now()
+ WHERE a.deleted_version < EXCLUDED.deleted_version
 """
 
 # Scans are counted whatever the order (a sum commutes).
