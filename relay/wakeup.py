@@ -23,7 +23,8 @@ class AdaptivePoll:
         self.min_s = min_s
         self.max_s = max(min_s, max_s)
         self._idle_s = 0.0
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def after_poll(self, found_events: bool, full: bool = False) -> float:
         """Record a poll's outcome; return how long to wait before the next one.
@@ -43,21 +44,37 @@ class AdaptivePoll:
         return self._idle_s
 
     def wake(self) -> None:
-        """End the current wait now (a notification, a new lease, shutdown)."""
+        """End the current wait now (a notification, a new lease, shutdown); if none is under
+        way, the next wait returns at once."""
         self._idle_s = 0.0
-        self._wake.set()
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def wait(self, seconds: float) -> None:
-        """Sleep ``seconds`` unless :meth:`wake` is called first."""
-        if seconds <= 0:
-            self._wake.clear()
+        """Sleep ``seconds`` unless :meth:`wake` is called first.
+
+        One future and one timer: the relay waits after nearly every poll, and
+        ``asyncio.wait_for`` on an Event costs a task and several event-loop turns (each an
+        ``epoll_wait`` system call) per wait.
+        """
+        if seconds <= 0 or self._woken:
+            self._woken = False
             return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _release, waiter)
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
-            self._wake.clear()
+            timer.cancel()
+            self._waiter = None
+            self._woken = False
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Backoff:
