@@ -131,19 +131,9 @@ class GroupConsumer:
             except redis_errors.RedisError as error:
                 raise translate(error, key) from None
 
-    def _entries(self, response: Any) -> list[Entry]:
-        entries: list[Entry] = []
-        for stream, items in response or ():
-            key = _str(stream)
-            priority = self.priority_of.get(key, MessagePriority.NORMAL)
-            for entry_id, fields in items:
-                if entry_id is None:
-                    continue
-                entries.append(Entry(key, _str(entry_id), fields or {}, priority))
-        return entries
-
     def _read_entries(self, response: Any) -> dict[str, list[Entry]]:
-        """An XREADGROUP reply as the server sent it (see ``_reader``), per stream key."""
+        """Entries per stream key from an XREADGROUP reply as the server sent it (see
+        ``_reader``), or from ``[(stream, entries)]`` as redis-py parses XCLAIM/XAUTOCLAIM."""
         if not response:
             return {}
         # RESP3 replies with a map of stream -> entries, RESP2 with a list of [stream, entries].
@@ -266,7 +256,7 @@ class GroupConsumer:
         response = await self._call(
             [stream], lambda: self.redis.xclaim(stream, self.group, self.consumer, 0, list(ids))
         )
-        entries = self._entries([(stream, response)])
+        entries = self._read_entries([(stream, response)]).get(stream, [])
         returned = {entry.id for entry in entries}
         return Claimed(entries, [i for i in ids if i not in returned])
 
@@ -279,7 +269,7 @@ class GroupConsumer:
             ),
         )
         next_start = _str(response[0])
-        entries = self._entries([(stream, response[1])])
+        entries = self._read_entries([(stream, response[1])]).get(stream, [])
         deleted = [_str(i) for i in response[2]] if len(response) > 2 else []
         return Claimed(entries, deleted, next_start)
 
