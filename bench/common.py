@@ -137,6 +137,12 @@ def process_cpu_s(*names: str) -> dict[str, float]:
     return totals
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank, rounded to 2 decimals."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
 def check(measure: str, value: float, goal: str, target: float, unit: str = "") -> dict[str, Any]:
     """One goal of an issue, as measured: ``goal`` is ``">="`` or ``"<="``."""
     met = value >= target if goal == ">=" else value <= target

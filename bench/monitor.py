@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 import outbox
-from bench.common import check, scratch_database, write_result
+from bench.common import check, percentile, scratch_database, write_result
 from monitor.app import freeze_startup_heap
 from monitor.collector import Collector
 from outbox.settings import get_settings
@@ -130,9 +130,6 @@ async def main(services: int, groups: int, snapshots: int, per_stream: int) -> N
                 await r.delete(*keys)
             await r.aclose()
 
-    def pct(values: list[float], q: float) -> float:
-        return round(sorted(values)[min(len(values) - 1, int(q * len(values)))], 2)
-
     write_result(
         "monitor",
         {
@@ -141,13 +138,13 @@ async def main(services: int, groups: int, snapshots: int, per_stream: int) -> N
             "groups_seen": groups_seen,
             "snapshots": snapshots,
             "snapshot_wall_ms": {
-                "p50": pct(walls, 0.5),
-                "p95": pct(walls, 0.95),
+                "p50": percentile(walls, 0.5),
+                "p95": percentile(walls, 0.95),
                 "mean": round(statistics.mean(walls), 2),
             },
             "snapshot_monitor_cpu_ms": {
-                "p50": pct(cpus, 0.5),
-                "p95": pct(cpus, 0.95),
+                "p50": percentile(cpus, 0.5),
+                "p95": percentile(cpus, 0.95),
                 "mean": round(statistics.mean(cpus), 2),
             },
             "redis_round_trips_per_snapshot": sorted(set(sends)),
@@ -157,7 +154,7 @@ async def main(services: int, groups: int, snapshots: int, per_stream: int) -> N
         [
             check(
                 f"monitor CPU per snapshot, p95 ({services} streams x {groups} groups)",
-                pct(cpus, 0.95),
+                percentile(cpus, 0.95),
                 "<=",
                 50,
                 " ms",

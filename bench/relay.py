@@ -34,7 +34,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 import outbox
-from bench.common import check, process_cpu_s, scratch_database, write_result
+from bench.common import check, percentile, process_cpu_s, scratch_database, write_result
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
 from streams.keys import Keys
@@ -186,11 +186,6 @@ async def naive_drain(url: str, client: aioredis.Redis, events: int) -> dict[str
     return {"events": events, "seconds": round(elapsed, 3), "events_per_s": round(events / elapsed)}
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def latency(
     url: str, client: aioredis.Redis, rate: float, seconds: float, connections: int
 ) -> dict[str, Any]:
@@ -248,12 +243,12 @@ async def latency(
         "achieved_rate_per_s": round(len(committed) / seconds),
         "missing": len(committed) - len(by_consumer),
         "entry_id_ms": {
-            "p50": round(_percentile(by_entry_id, 0.5), 2),
-            "p99": round(_percentile(by_entry_id, 0.99), 2),
+            "p50": percentile(by_entry_id, 0.5),
+            "p99": percentile(by_entry_id, 0.99),
         },
         "consumer_receive_ms": {
-            "p50": round(_percentile(by_consumer, 0.5), 2),
-            "p99": round(_percentile(by_consumer, 0.99), 2),
+            "p50": percentile(by_consumer, 0.5),
+            "p99": percentile(by_consumer, 0.99),
             "mean": round(statistics.fmean(by_consumer), 2),
         },
     }
