@@ -24,7 +24,7 @@ from redis.asyncio.connection import Connection
 
 import outbox
 from bench.common import check, percentile, scratch_database, write_result
-from monitor.app import freeze_startup_heap
+from cli.heap import freeze_startup_heap
 from monitor.collector import Collector
 from outbox.settings import get_settings
 from streams.codec import encode_event

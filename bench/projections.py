@@ -34,6 +34,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.common import check, scratch_database, write_result
+from cli.heap import settle_for_batches
 from outbox.envelope import Event, MessagePriority, uuid7
 from outbox.settings import get_settings
 from projections.examples import user_directory
@@ -99,7 +100,7 @@ async def _projection_rate(count: int, workers: int) -> dict[str, float]:
         db = await asyncpg.connect(url)
         try:
             await _fill(redis, keys, _events(count))
-            gc.collect()
+            settle_for_batches()  # as `outbox project` does once it has started
             stop = asyncio.Event()
             cpu_started = time.process_time()
             task = asyncio.create_task(

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 
 import outbox
 from bench.common import check, percentile, process_cpu_s, scratch_database, write_result
+from cli.heap import settle_for_batches
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
 from streams.keys import Keys
@@ -131,6 +132,7 @@ async def drain(url: str, client: aioredis.Redis, events: int, services: int) ->
     # The relay runs in this process, so this process's CPU is the relay's; PostgreSQL and Redis
     # from /proc (the relay's backends exit before the second reading: their postmaster's
     # reaped-children time counts them).
+    settle_for_batches()  # as `outbox relay` does once it has started
     servers = process_cpu_s("postgres", "redis-server")
     relay_cpu = time.process_time()
     start = time.perf_counter()

@@ -9,7 +9,8 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from monitor.app import create_app, freeze_startup_heap
+    from cli.heap import freeze_startup_heap
+    from monitor.app import create_app
     from outbox.settings import get_settings
 
     settings = get_settings()

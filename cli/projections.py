@@ -31,6 +31,7 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def _project(args: argparse.Namespace) -> int:
+    from cli.heap import settle_for_batches
     from outbox.settings import get_settings
     from projections.projection import load, select
     from projections.runner import run_projections
@@ -38,6 +39,7 @@ def _project(args: argparse.Namespace) -> int:
     settings = get_settings()
     load(settings.projection_modules)
     projections = select(args.names)
+    settle_for_batches()
     return _run(
         lambda: run_projections(
             projections,

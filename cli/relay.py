@@ -85,6 +85,7 @@ def _relay(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from cli.heap import settle_for_batches
     from outbox.errors import ConfigurationError
     from outbox.settings import get_settings
     from relay.daemon import Relay, run_until_signalled
@@ -103,6 +104,7 @@ def _relay(args: argparse.Namespace) -> int:
     except ValidationError as error:
         raise ConfigurationError(f"invalid relay option: {error}") from None
     relay = Relay.from_settings(settings)
+    settle_for_batches()
     asyncio.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
     return 0
 

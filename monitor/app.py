@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import time
@@ -240,15 +239,6 @@ Filter = Annotated[DeadLetterFilter, Depends(dead_letter_filter)]
 
 
 CollectorDep = Annotated[Collector, Depends(get_collector)]
-
-
-def freeze_startup_heap() -> None:
-    """Move everything allocated so far (imported libraries, the app) out of the collector's
-    reach. A full collection otherwise walks hundreds of thousands of long-lived objects of
-    FastAPI, pydantic, redis-py and asyncpg, and the snapshot that triggers it pays ~100 ms
-    (https://docs.python.org/3/library/gc.html#gc.freeze)."""
-    gc.collect()
-    gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from streams.connection import raw_pipeline
 from streams.errors import is_busygroup, is_nogroup, translate
 
 log = logging.getLogger("streams.consumer")
@@ -64,6 +65,26 @@ def _str(value: Any) -> str:
 
 def _unparsed(response: Any, **options: Any) -> Any:
     return response
+
+
+def _fields(flat: Sequence[Any]) -> dict[Any, Any]:
+    """An entry's ``[field, value, …]`` reply as a dict, decoded to str in one pass.
+
+    Joining every part with NUL and decoding once costs about a third of decoding each part on
+    its own (about 1.2 µs an event of the 15-field entries the relay writes, measured). A part
+    that holds a NUL byte itself would split wrongly, and one that is not UTF-8 cannot be
+    decoded: both keep their bytes, which :func:`streams.codec.decode_entry` then decodes or
+    rejects as before.
+    """
+    try:
+        parts: Sequence[Any] = b"\0".join(flat).decode("utf-8").split("\0")
+    except (TypeError, UnicodeDecodeError):  # str parts (a decoding client), or not UTF-8
+        parts = flat
+    else:
+        if len(parts) != len(flat):
+            parts = flat
+    pairs = iter(parts)
+    return dict(zip(pairs, pairs, strict=False))
 
 
 class GroupConsumer:
@@ -150,8 +171,7 @@ class GroupConsumer:
                 if flat.__class__ is dict:  # a client with redis-py's reply parsing
                     fields = flat
                 elif flat:
-                    pairs_of = iter(flat)
-                    fields = dict(zip(pairs_of, pairs_of, strict=False))
+                    fields = _fields(flat)
                 else:  # nil: trimmed while pending
                     fields = {}
                 append(
@@ -240,13 +260,16 @@ class GroupConsumer:
         pending = {key: list(ids) for key, ids in ids_by_stream.items() if ids}
         if not pending:
             return
+        commands = [("XACK", key, self.group, *ids) for key, ids in pending.items()]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, ids in pending.items():
-                    pipe.xack(key, self.group, *ids)
-                await pipe.execute()
+            # Packed by hiredis: redis-py's own packing of a 500-id XACK costs more than Redis's
+            # work on it.
+            replies = await raw_pipeline(self.redis, commands)
         except redis_errors.RedisError as error:
             raise translate(error, ", ".join(pending)) from None
+        for key, reply in zip(pending, replies, strict=True):
+            if isinstance(reply, redis_errors.RedisError):
+                raise translate(reply, key) from None
 
     async def claim(self, stream: str, ids: Sequence[str]) -> Claimed:
         """Take ``ids`` into this consumer now (XCLAIM, min idle 0): a redelivery for a retry.

@@ -312,3 +312,33 @@ async def test_reconnects_after_the_connection_is_killed(
     info = await client.get_stream_info("system")
     assert info["length"] == 2
     await client.close()
+
+
+async def test_group_reads_keep_odd_field_values_and_ack_reports_errors(
+    doc_env: None, redis_client: aioredis.Redis
+) -> None:
+    client = await create_streams_client()
+    stream = client.keys.stream("assets")
+    consumer = GroupConsumer(client.redis, "g", "c", {MessagePriority.NORMAL: [stream]})
+    await consumer.ensure_groups()
+    plain = {"event_id": "e1", "note": "ünïcode"}
+    with_nul = {"event_id": "e2", "note": "a\0b", "after": "c"}
+    not_utf8 = {"event_id": "e3", "note": b"\xff\xfe"}
+    for fields in (plain, with_nul, not_utf8):
+        await redis_client.xadd(stream, fields)  # type: ignore[arg-type]
+    entries = await consumer.read_new(10, 0)
+    # Values come back whole, decoded where they can be, and paired with the right field.
+    assert [dict(entry.fields) for entry in entries] == [
+        plain,
+        {b"event_id": b"e2", b"note": b"a\0b", b"after": b"c"},
+        {b"event_id": b"e3", b"note": b"\xff\xfe"},
+    ]
+    await consumer.ack({stream: [entry.id for entry in entries]})
+    assert (await redis_client.xpending(stream, "g"))["pending"] == 0
+    # An XACK Redis refuses is a project error naming the key, not a silent no-op.
+    other = client.keys.stream("network")
+    await redis_client.set(other, "not a stream")
+    with pytest.raises(WrongTypeError) as raised:
+        await consumer.ack({other: ["1-1"]})
+    assert other in str(raised.value)
+    await client.close()
