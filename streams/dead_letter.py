@@ -156,10 +156,11 @@ class DeadLetters:
         """Entries older than DEAD_LETTER_TTL fall below this id and are trimmed."""
         return str(int((time.time() - self.ttl_s) * 1000))
 
-    def add_to(self, pipe: Any, fields: Mapping[str, str]) -> None:
-        """Queue one dead letter on a pipeline (so it travels with the XACK of its source)."""
-        entry: dict[Any, Any] = dict(fields)
-        pipe.xadd(self.keys.dead_letter, entry, minid=self.min_id(), approximate=True)
+    def add_command(self, fields: Mapping[str, str]) -> tuple[str, ...]:
+        """The XADD of one dead letter, to send in one round trip with the XACK of its source
+        (:func:`streams.connection.raw_pipeline`); the same command as :meth:`add`."""
+        flat = [part for pair in fields.items() for part in pair]
+        return ("XADD", self.keys.dead_letter, "MINID", "~", self.min_id(), "*", *flat)
 
     async def add(self, fields: Mapping[str, str]) -> str:
         entry: dict[Any, Any] = dict(fields)
