@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,15 +27,17 @@ def _asset_id(message: StreamMessage) -> str:
 @asset_inventory.on_batch("asset_created")
 @asset_inventory.on_batch("asset_updated")
 async def upsert_assets(events: Sequence[StreamMessage], db: Connection) -> None:
-    rows = latest(events, _asset_id)
-    await db.execute(
-        queries.UPSERT_ASSETS,
-        [_asset_id(m) for m in rows],
-        [text(m.data.get("hostname")) for m in rows],
-        [text(m.data.get("ip_address")) for m in rows],
-        [text(m.data.get("asset_type")) for m in rows],
-        [version(m) for m in rows],
-    )
+    rows = [
+        [
+            _asset_id(m),
+            text(m.data.get("hostname")),
+            text(m.data.get("ip_address")),
+            text(m.data.get("asset_type")),
+            version(m),
+        ]
+        for m in latest(events, _asset_id)
+    ]
+    await db.execute(queries.UPSERT_ASSETS, json.dumps(rows))
 
 
 @asset_inventory.on_batch("asset_deleted")

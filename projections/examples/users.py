@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from projections.examples import queries
@@ -24,15 +25,17 @@ def _user_id(message: StreamMessage) -> str:
 @user_directory.on_batch("user_created")
 @user_directory.on_batch("user_updated")
 async def upsert_users(events: Sequence[StreamMessage], db: Connection) -> None:
-    rows = latest(events, _user_id)
-    await db.execute(
-        queries.UPSERT_USERS,
-        [_user_id(m) for m in rows],
-        [text(m.data.get("email")) for m in rows],
-        [text(m.data.get("name")) for m in rows],
-        [text(m.data.get("role")) for m in rows],
-        [version(m) for m in rows],
-    )
+    rows = [
+        [
+            _user_id(m),
+            text(m.data.get("email")),
+            text(m.data.get("name")),
+            text(m.data.get("role")),
+            version(m),
+        ]
+        for m in latest(events, _user_id)
+    ]
+    await db.execute(queries.UPSERT_USERS, json.dumps(rows))
 
 
 @user_directory.on_batch("user_deleted")
