@@ -78,7 +78,7 @@ async def _claim(
     event_ids = [message.event_id for message in messages]
     distinct = len(set(event_ids))
     query = queries.INBOX_CLAIM_LOCKED if take_lock else queries.INBOX_CLAIM
-    row = await db.fetchrow(query.asyncpg_sql, projection.name, event_ids, distinct)
+    row = await db.fetchrow(query.asyncpg_sql, projection.name, ",".join(event_ids), distinct)
     if row["claimed"] == distinct and distinct == len(messages):
         return list(messages), []  # the usual case: every event is new and none repeats
     new_ids = set(row["new_ids"] or ()) if row["claimed"] < distinct else set(event_ids)

@@ -35,10 +35,13 @@ TRY_LOCK_CONSUMER = Query(
 # The inbox: one statement records the whole batch and says which events are new. It returns one
 # row, not a row per event: ``claimed`` (how many rows it inserted) and, only when that is fewer
 # than the ``expected`` distinct ids, the ids it inserted. Decoding 500 returned uuids cost the
-# consumer about 1.5 µs an event while, on the live path, almost every event is new.
+# consumer about 1.5 µs an event while, on the live path, almost every event is new. The ids go
+# in as one comma-separated text (a UUID never holds a comma): asyncpg encodes a uuid[]
+# parameter element by element, 0.56 µs an id against 0.21 for the joined text.
 _INBOX_INSERT = """
     INSERT INTO projection_inbox (projection, event_id)
-    SELECT :projection, e FROM {source}unnest(CAST(:event_ids AS uuid[])) AS e
+    SELECT :projection, e
+      FROM {source}unnest(CAST(string_to_array(:event_ids, ',') AS uuid[])) AS e
     ON CONFLICT (projection, event_id) DO NOTHING
     RETURNING event_id
 """
