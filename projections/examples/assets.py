@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
 from projections.examples import queries
-from projections.examples.common import latest, occurred_at, text, version
+from projections.examples.common import latest, occurred_at, upsert_rows, version
 from projections.projection import Connection, Projection
 from streams.codec import StreamMessage
 
@@ -27,17 +26,10 @@ def _asset_id(message: StreamMessage) -> str:
 @asset_inventory.on_batch("asset_created")
 @asset_inventory.on_batch("asset_updated")
 async def upsert_assets(events: Sequence[StreamMessage], db: Connection) -> None:
-    rows = [
-        [
-            _asset_id(m),
-            text(m.data.get("hostname")),
-            text(m.data.get("ip_address")),
-            text(m.data.get("asset_type")),
-            version(m),
-        ]
-        for m in latest(events, _asset_id)
-    ]
-    await db.execute(queries.UPSERT_ASSETS, json.dumps(rows))
+    await db.execute(
+        queries.UPSERT_ASSETS,
+        upsert_rows(events, _asset_id, ("hostname", "ip_address", "asset_type")),
+    )
 
 
 @asset_inventory.on_batch("asset_deleted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,3 +36,16 @@ def latest(
         if current is None or version(current) < version(message):
             newest[ident] = message
     return list(newest.values())
+
+
+def upsert_rows(
+    messages: Sequence[StreamMessage], key: Callable[[StreamMessage], str], fields: Sequence[str]
+) -> str:
+    """``[[key, data[field] …, version], …]`` for the newest event per key, as one JSON text for
+    ``json_array_elements`` (cheaper than an array parameter per column: see queries.py)."""
+    return json.dumps(
+        [
+            [key(m), *[text(m.data.get(name)) for name in fields], version(m)]
+            for m in latest(messages, key)
+        ]
+    )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from projections.examples import queries
-from projections.examples.common import latest, text, version
+from projections.examples.common import latest, upsert_rows, version
 from projections.projection import Connection, Projection
 from streams.codec import StreamMessage
 
@@ -25,17 +24,7 @@ def _user_id(message: StreamMessage) -> str:
 @user_directory.on_batch("user_created")
 @user_directory.on_batch("user_updated")
 async def upsert_users(events: Sequence[StreamMessage], db: Connection) -> None:
-    rows = [
-        [
-            _user_id(m),
-            text(m.data.get("email")),
-            text(m.data.get("name")),
-            text(m.data.get("role")),
-            version(m),
-        ]
-        for m in latest(events, _user_id)
-    ]
-    await db.execute(queries.UPSERT_USERS, json.dumps(rows))
+    await db.execute(queries.UPSERT_USERS, upsert_rows(events, _user_id, ("email", "name", "role")))
 
 
 @user_directory.on_batch("user_deleted")
