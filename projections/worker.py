@@ -543,10 +543,7 @@ class ProjectionWorker:
             try:
                 # Packed by hiredis (raw_pipeline): redis-py packs a 500-id XACK in Python, which
                 # cost the consumer more than Redis spends on it.
-                replies = await raw_pipeline(self.redis, commands)
-                refused = next((r for r in replies if isinstance(r, redis_errors.RedisError)), None)
-                if refused is not None:
-                    raise refused
+                await raw_pipeline(self.redis, commands, raise_on_error=True)
                 break
             except redis_errors.RedisError as error:
                 translated = translate(error, self.keys.dead_letter if letters else None)

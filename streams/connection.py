@@ -82,13 +82,16 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
     _pack_hiredis = None
 
 
-async def raw_pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[object]:
+async def raw_pipeline(
+    client: aioredis.Redis, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = False
+) -> list[object]:
     """Send every command in one write, then read every reply: one round trip.
 
-    Error replies are returned, not raised, and replies are the protocol's own (lists and
-    strings, no redis-py response callbacks); commands are packed by hiredis in C. For the hot
-    paths (the relay's publish, the monitor's snapshot), where redis-py's per-command packing
-    and parsing cost more than Redis itself.
+    Error replies are returned, not raised, unless ``raise_on_error``: then, once every reply is
+    read, the first error reply is raised (as a redis-py pipeline does). Replies are the
+    protocol's own (lists and strings, no redis-py response callbacks); commands are packed by
+    hiredis in C. For the hot paths (the relay's publish, the monitor's snapshot, the consumers'
+    XACKs), where redis-py's per-command packing and parsing cost more than Redis itself.
     """
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -112,10 +115,14 @@ async def raw_pipeline(client: aioredis.Redis, commands: Sequence[tuple[Any, ...
             raise redis_errors.TimeoutError(
                 f"Timeout reading {len(commands)} replies from Redis"
             ) from None
-        return replies
     except BaseException:
         # A reply left unread would be taken for the next command's: never reuse the socket.
         await conn.disconnect(nowait=True)
         raise
     finally:
         await pool.release(conn)
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, redis_errors.ResponseError):
+                raise reply
+    return replies

@@ -264,12 +264,9 @@ class GroupConsumer:
         try:
             # Packed by hiredis: redis-py's own packing of a 500-id XACK costs more than Redis's
             # work on it.
-            replies = await raw_pipeline(self.redis, commands)
+            await raw_pipeline(self.redis, commands, raise_on_error=True)
         except redis_errors.RedisError as error:
             raise translate(error, ", ".join(pending)) from None
-        for key, reply in zip(pending, replies, strict=True):
-            if isinstance(reply, redis_errors.RedisError):
-                raise translate(reply, key) from None
 
     async def claim(self, stream: str, ids: Sequence[str]) -> Claimed:
         """Take ``ids`` into this consumer now (XCLAIM, min idle 0): a redelivery for a retry.

@@ -157,17 +157,16 @@ class DeadLetters:
         return str(int((time.time() - self.ttl_s) * 1000))
 
     def add_command(self, fields: Mapping[str, str]) -> tuple[str, ...]:
-        """The XADD of one dead letter, to send in one round trip with the XACK of its source
-        (:func:`streams.connection.raw_pipeline`); the same command as :meth:`add`."""
+        """The XADD of one dead letter (trimming what is older than DEAD_LETTER_TTL): sent by
+        :meth:`add`, or by a consumer in one round trip with the XACK of its source
+        (:func:`streams.connection.raw_pipeline`)."""
         flat = [part for pair in fields.items() for part in pair]
         return ("XADD", self.keys.dead_letter, "MINID", "~", self.min_id(), "*", *flat)
 
     async def add(self, fields: Mapping[str, str]) -> str:
-        entry: dict[Any, Any] = dict(fields)
+        command = self.add_command(fields)
         try:
-            entry_id = await self.redis.xadd(
-                self.keys.dead_letter, entry, minid=self.min_id(), approximate=True
-            )
+            entry_id = await self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
         except redis_errors.RedisError as error:
             raise translate(error, self.keys.dead_letter) from None
         return _str(entry_id)

@@ -36,6 +36,20 @@ async def test_replies_come_back_in_order_with_errors_returned(
     assert replies[3] == 1
 
 
+async def test_raise_on_error_raises_the_first_error_after_every_command_ran(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    plain, after = f"{stream_prefix}:plain", f"{stream_prefix}:after"
+    await redis_client.set(plain, "x")
+    commands = [("XLEN", plain), ("XINFO", "STREAM", plain), ("SET", after, "ran")]
+    with pytest.raises(redis_errors.ResponseError) as raised:
+        await raw_pipeline(redis_client, commands, raise_on_error=True)
+    assert "WRONGTYPE" in str(raised.value) or "wrong kind" in str(raised.value).lower()
+    # Every reply was read (the connection stays usable) and the later command ran.
+    assert await redis_client.get(after) == b"ran"
+    assert await raw_pipeline(redis_client, [("GET", after)], raise_on_error=True) == [b"ran"]
+
+
 async def test_a_hung_server_times_out_once_and_the_connection_is_not_reused(
     own_redis: OwnRedis,
 ) -> None:
