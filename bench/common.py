@@ -25,6 +25,9 @@ import redis
 from migrations import runner
 from outbox.settings import get_settings
 
+# What XREAD / XREADGROUP return (redis-py types it loosely): [(stream, [(id, fields)])].
+ReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

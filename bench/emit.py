@@ -127,7 +127,7 @@ async def _client(
         await close()
 
 
-def _process_main(args: tuple[str, str, int, bool, float, float]) -> int:
+def _process_main(args: tuple[str, str, int, str, float, float]) -> int:
     return asyncio.run(_client(*args))
 
 

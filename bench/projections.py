@@ -28,12 +28,12 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from bench.common import check, scratch_database, write_result
+from bench.common import ReadReply, check, scratch_database, write_result
 from cli.heap import settle_for_batches
 from outbox.envelope import Event, MessagePriority, uuid7
 from outbox.settings import get_settings
@@ -144,7 +144,9 @@ async def _naive_rate(count: int) -> dict[str, float]:
             cpu_started = time.process_time()
             done = 0
             while done < count:
-                response = await redis.xreadgroup("naive", "c", {stream: ">"}, count=10)
+                response = cast(
+                    ReadReply, await redis.xreadgroup("naive", "c", {stream: ">"}, count=10)
+                )
                 for _, entries in response:
                     for entry_id, fields in entries:
                         message = decode_entry(stream, entry_id.decode(), fields)

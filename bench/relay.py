@@ -28,13 +28,20 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import redis.asyncio as aioredis
 
 import outbox
-from bench.common import check, percentile, process_cpu_s, scratch_database, write_result
+from bench.common import (
+    ReadReply,
+    check,
+    percentile,
+    process_cpu_s,
+    scratch_database,
+    write_result,
+)
 from cli.heap import settle_for_batches
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
@@ -204,7 +211,7 @@ async def latency(
         reader = aioredis.Redis.from_url(settings.redis_streams_url.get_secret_value())
         last = "0-0"
         while not stop_consumer.is_set():
-            reply = await reader.xread({stream: last}, block=200, count=1000)
+            reply = cast(ReadReply, await reader.xread({stream: last}, block=200, count=1000))
             now = time.time()
             for _, entries in reply:
                 for entry_id, fields in entries:
