@@ -16,7 +16,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 # In the order they should run; a benchmark whose module is absent is skipped.
-BENCHMARKS = ["emit", "relay", "projections", "monitor", "pipeline"]
+BENCHMARKS = ["emit", "emit_floor", "relay", "projections", "monitor", "pipeline"]
 
 
 def _summary_rows(name: str, result: dict[str, Any]) -> list[str]:
