@@ -2,7 +2,7 @@
 
 bench/emit.py measures emit() from Python. This benchmark takes the client out: ``pgbench`` (C,
 a few µs per statement) runs the business transaction of bench/emit.py at 16 connections in
-six variants and reports each one's rate, its cost beside its baseline, and WAL bytes per
+seven variants and reports each one's rate, its cost beside its baseline, and WAL bytes per
 transaction. With the prepared protocol (what asyncpg does), against ``business``:
 
 - ``business``: BEGIN; INSERT one business row; COMMIT.
@@ -11,6 +11,9 @@ transaction. With the prepared protocol (what asyncpg does), against ``business`
   bench/emit.py emits) as its own statement: what emit() asks of PostgreSQL.
 - ``row_without_indexes``: the same row into a copy of ``outbox_events`` without any index:
   what the indexes cost.
+- ``one_statement``: the business INSERT and emit()'s INSERT as one statement
+  (``WITH business AS (INSERT …) INSERT INTO outbox_events …``): no extra round trip, still
+  prepared.
 
 With the simple protocol, against ``business_simple`` (the same transaction as ``business``):
 
@@ -105,6 +108,10 @@ VARIANTS = {
     ),
     "row_without_indexes": Variant(
         "prepared", _transaction(f"{BUSINESS};", f"{_outbox_insert(FLOOR_TABLE)};"), "business"
+    ),
+    # Design 2 of decision 0008: the business row and its event in one statement.
+    "one_statement": Variant(
+        "prepared", _transaction(f"WITH business AS ({BUSINESS}) {_outbox_insert()};"), "business"
     ),
     "business_simple": Variant("simple", _transaction(f"{BUSINESS};"), "business_simple"),
     "outbox_with_commit": Variant(
@@ -247,8 +254,9 @@ async def main(seconds: float, connections: int, repeats: int) -> int:
                 f"outbox row riding on the COMMIT (no extra round trip), {connections} "
                 f"connections, pgbench, simple protocol "
                 f"({round(rate['business_simple'])} → {round(rate['outbox_with_commit'])} tx/s); "
-                f"prepared: as its own statement {cost('outbox_statement')}%, the row with no "
-                f"index {cost('row_without_indexes')}%, a second business INSERT "
+                f"prepared: as its own statement {cost('outbox_statement')}%, in one statement "
+                f"with the business INSERT {cost('one_statement')}%, the row with no index "
+                f"{cost('row_without_indexes')}%, a second business INSERT "
                 f"{cost('second_insert')}%",
                 cost("outbox_with_commit"),
                 "<=",
