@@ -131,38 +131,22 @@ def find_pgbench() -> str | None:
     return candidates[-1] if candidates else None
 
 
-async def _prepare(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(BUSINESS_DDL)
-        await conn.execute(
-            f"CREATE TABLE {FLOOR_TABLE} (LIKE outbox_events INCLUDING DEFAULTS INCLUDING IDENTITY)"
-        )
-    finally:
-        await conn.close()
+async def _prepare(conn: asyncpg.Connection) -> None:
+    await conn.execute(BUSINESS_DDL)
+    await conn.execute(
+        f"CREATE TABLE {FLOOR_TABLE} (LIKE outbox_events INCLUDING DEFAULTS INCLUDING IDENTITY)"
+    )
 
 
-async def _reset(url: str) -> int:
+async def _reset(conn: asyncpg.Connection) -> int:
     """Empty the tables and checkpoint, so each run starts alike; return the WAL position."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"TRUNCATE bench_users, outbox_events, {FLOOR_TABLE}")
-        await conn.execute("CHECKPOINT")
-        return await _wal_position(conn)
-    finally:
-        await conn.close()
+    await conn.execute(f"TRUNCATE bench_users, outbox_events, {FLOOR_TABLE}")
+    await conn.execute("CHECKPOINT")
+    return await _wal_position(conn)
 
 
 async def _wal_position(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT pg_current_wal_lsn()"))  # asyncpg: pg_lsn -> int
-
-
-async def _wal_since(url: str, lsn: int) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return await _wal_position(conn) - lsn
-    finally:
-        await conn.close()
 
 
 def _pgbench(
@@ -201,7 +185,9 @@ async def main(seconds: float, connections: int, repeats: int) -> int:
     runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
     wal: dict[str, list[float]] = {name: [] for name in VARIANTS}
     async with scratch_database("emit_floor") as url:
-        await _prepare(url)
+        # One connection for set-up, resets and WAL positions, idle while pgbench runs.
+        admin = await asyncpg.connect(url)
+        await _prepare(admin)
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}
             for name, variant in VARIANTS.items():
@@ -210,7 +196,7 @@ async def main(seconds: float, connections: int, repeats: int) -> int:
             # Interleaved, so drift (autovacuum, a neighbour on the host) hits all alike.
             for repeat in range(repeats):
                 for name in VARIANTS:
-                    lsn = await _reset(url)
+                    lsn = await _reset(admin)
                     tps, done = await asyncio.to_thread(
                         _pgbench,
                         pgbench,
@@ -221,8 +207,9 @@ async def main(seconds: float, connections: int, repeats: int) -> int:
                         seconds,
                     )
                     runs[name].append(tps)
-                    wal[name].append(await _wal_since(url, lsn) / max(1, done))
+                    wal[name].append((await _wal_position(admin) - lsn) / max(1, done))
                     print(f"run {repeat + 1}/{repeats} {name}: {tps:.0f} tx/s", flush=True)
+        await admin.close()
     rate = {name: statistics.median(values) for name, values in runs.items()}
 
     def cost(name: str) -> float:
