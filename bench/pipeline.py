@@ -8,6 +8,11 @@ transaction is delivered at its commit), p50/p99, and the backlog left at the en
 emitters are first run with nothing else running, for the ratio. Goal (issue 6): p50 <= 5 ms,
 p99 <= 25 ms, emit rate >= 90% of the baseline.
 
+The latency is also split at the XADD, to show which half to work on: the relay's (commit → XADD)
+and the projection's (XADD → projected). The XADD time is the entry id's millisecond (Redis's
+clock, the same host's as the emitters'), taken as the middle of that millisecond, so each half is
+good to about ±0.5 ms.
+
     python -m bench.pipeline [--seconds 20] [--connections 16]
 """
 
@@ -24,7 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -33,6 +38,7 @@ import outbox
 from bench.common import check, percentile, scratch_database, write_result
 from bench.pipeline_probe import CHANNEL
 from outbox.settings import get_settings
+from streams.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,6 +117,37 @@ async def wait_ready(url: str, committed: dict[str, float], applied: dict[str, f
     committed.clear()
 
 
+async def xadd_times(redis: aioredis.Redis, stream: str) -> dict[str, float]:
+    """When the relay added each event to ``stream``: the middle of its entry id's millisecond."""
+    added: dict[str, float] = {}
+    start = "-"
+    while True:
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await redis.xrange(stream, min=start, count=10_000),
+        )
+        for entry_id, fields in entries:
+            added[fields[b"event_id"].decode()] = (int(entry_id.split(b"-")[0]) + 0.5) / 1000
+        if len(entries) < 10_000:
+            return added
+        start = "(" + entries[-1][0].decode()
+
+
+def split_at_xadd(
+    committed: dict[str, float], added: dict[str, float], applied: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """p50/p99 of commit → XADD and XADD → projected over the events that went all the way."""
+    through = [e for e in committed if e in added and e in applied]
+    if not through:
+        return {}
+    relay = [(added[e] - committed[e]) * 1000 for e in through]
+    projection = [(applied[e] - added[e]) * 1000 for e in through]
+    return {
+        name: {"p50": percentile(values, 0.50), "p99": percentile(values, 0.99)}
+        for name, values in (("commit_to_xadd", relay), ("xadd_to_projected", projection))
+    }
+
+
 async def main(seconds: float, connections: int) -> None:
     settings = get_settings()
     prefix = f"pipe{uuid.uuid4().hex[:6]}"
@@ -149,6 +186,7 @@ async def main(seconds: float, connections: int) -> None:
             " WHERE c.stream IS NULL OR (e.txid, e.position) > (c.txid, c.position)"
         )
         await setup.close()
+    added = await xadd_times(redis, Keys(prefix).stream("bench"))
     keys = [k async for k in redis.scan_iter(match=f"*{prefix}:*")]
     if keys:
         await redis.delete(*keys)
@@ -171,6 +209,7 @@ async def main(seconds: float, connections: int) -> None:
                 "max": round(max(latencies), 2),
                 "mean": round(statistics.mean(latencies), 2),
             },
+            "latency_split_at_xadd_ms": split_at_xadd(committed, added, applied),
             "backlog_when_emitters_stopped": backlog_at_end,
             "drained_after_s": round(drained_s, 2),
             "never_projected": len(committed) - len(latencies),
