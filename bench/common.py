@@ -25,8 +25,10 @@ import redis
 from migrations import runner
 from outbox.settings import get_settings
 
-# What XREAD / XREADGROUP return (redis-py types it loosely): [(stream, [(id, fields)])].
-ReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+# What XRANGE returns (redis-py types it loosely): [(id, fields)].
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+# What XREAD / XREADGROUP return: [(stream, entries)].
+ReadReply = list[tuple[bytes, Entries]]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -45,6 +45,7 @@ from bench.common import (
 from cli.heap import settle_for_batches
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
+from streams.codec import entry_ms
 from streams.keys import Keys
 
 # Pre-fill in SQL: emit() one by one would make the fill, not the drain, the slow part.
@@ -216,7 +217,7 @@ async def latency(
             for _, entries in reply:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
-                    received[fields[b"event_id"].decode()] = (now, int(last.split("-")[0]))
+                    received[fields[b"event_id"].decode()] = (now, entry_ms(last))
         await reader.aclose()
 
     async def emitter(conn: asyncpg.Connection, per_s: float, deadline: float) -> None:

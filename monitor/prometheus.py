@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streams.codec import entry_ms
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LEVELS = {"OK": 0, "WARN": 1, "ERR": 2}
 
@@ -79,7 +81,7 @@ class SnapshotCollector(Collector):
             key = stream["key"]
             length.add_metric([db, key], stream["length"])
             groups.add_metric([db, key], len(stream["groups"]))
-            last_ms.add_metric([db, key], int(stream["last_generated_id"].split("-")[0]))
+            last_ms.add_metric([db, key], entry_ms(stream["last_generated_id"]))
             for group in stream["groups"]:
                 labels = [db, key, group["name"]]
                 pending.add_metric(labels, group["pending"])

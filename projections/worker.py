@@ -44,7 +44,7 @@ from outbox.settings import Settings
 from projections import store
 from projections.apply import Outcome, TransientError, apply_batch, is_transient
 from projections.projection import Projection
-from streams.codec import MalformedEntryError, StreamMessage, decode_entry
+from streams.codec import MalformedEntryError, StreamMessage, decode_entry, entry_ms
 from streams.connection import backoff_delay_s, raw_pipeline
 from streams.consumer import Entry, GroupConsumer
 from streams.dead_letter import DeadLetters, dead_letter_fields
@@ -117,10 +117,6 @@ class _Letter:
 
 
 _priority = attrgetter("priority")
-
-
-def _entry_ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
@@ -352,7 +348,7 @@ class ProjectionWorker:
             if parsed is None:
                 continue
             service, priority = parsed
-            until_s = max(_entry_ms(e.id) for e in entries) / 1000 + CLOCK_SKEW_S
+            until_s = max(entry_ms(e.id) for e in entries) / 1000 + CLOCK_SKEW_S
             async with self.pool.acquire() as db:
                 rows = await store.outbox_unapplied(
                     db,

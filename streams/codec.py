@@ -71,6 +71,11 @@ class StreamMessage:
     occurred_at: datetime | None = None
 
 
+def entry_ms(entry_id: str) -> int:
+    """The Unix time in milliseconds of a Redis-generated entry id (``<ms>-<seq>``)."""
+    return int(entry_id.split("-", 1)[0])
+
+
 def encode_fields(
     *,
     event_id: str,

@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from streams.codec import entry_ms
 from streams.errors import translate
 from streams.keys import Keys
 
@@ -128,7 +129,7 @@ def decode_dead_letter(entry_id: str, fields: Mapping[Any, Any]) -> DeadLetter:
     except ValueError:
         failed_at = None
     if failed_at is None:  # fall back to the entry id's milliseconds
-        failed_at = datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC)
+        failed_at = datetime.fromtimestamp(entry_ms(entry_id) / 1000, UTC)
     return DeadLetter(
         id=entry_id,
         source_stream=values.get("source_stream", ""),

@@ -13,6 +13,7 @@ from streams.codec import (
     MalformedEntryError,
     decode_entry,
     encode_event,
+    entry_ms,
     from_cloudevent,
     to_cloudevent,
 )
@@ -146,3 +147,10 @@ def test_stream_keys() -> None:
     assert keys.parse_stream("opsconductor:ai:events") == ("ai", MessagePriority.NORMAL)
     assert keys.parse_stream("other:ai:events") is None
     assert keys.parse_stream("opsconductor:ai:events:low") is None
+
+
+def test_entry_ms_is_the_time_part_of_an_entry_id() -> None:
+    assert entry_ms("1764220800123-7") == 1764220800123
+    assert entry_ms("0-0") == 0
+    with pytest.raises(ValueError, match="invalid literal"):
+        entry_ms("not-an-id")
