@@ -4,9 +4,18 @@
 "bench" service) while ``outbox relay`` and ``outbox project`` run as their own processes, as
 deployed. Reports the emit rate, end-to-end latency from the emitter's COMMIT returning to the
 projection's transaction committing the event into its read model (a NOTIFY sent in that
-transaction is delivered at its commit), p50/p99, and the backlog left at the end. The same
-emitters are first run with nothing else running, for the ratio. Goal (issue 6): p50 <= 5 ms,
-p99 <= 25 ms, emit rate >= 90% of the baseline.
+transaction is delivered at its commit), p50/p99, and the backlog left at the end.
+
+Where each end is stamped matters at this load (decision 0008, "Pipeline latency"):
+- the notification is stamped by ``bench.pipeline_listener``, a process of its own: in this
+  process's event loop it would wait behind the 16 emitters (about 0.8 ms at p50, measured);
+- the commit is stamped when ``COMMIT`` returns to the emitter, which that same busy loop also
+  delays: the latency is measured from the moment the application learns of its commit;
+- ``from_commit_sent_latency_ms`` measures from just before the ``COMMIT`` was sent instead, an
+  upper bound: it adds the COMMIT's own round trip.
+
+The same emitters are first run with nothing else running, for the ratio. Goal (issue 6):
+p50 <= 5 ms, p99 <= 25 ms, emit rate >= 90% of the baseline.
 
 The latency is also split at the XADD, to show which half to work on: the relay's (commit → XADD)
 and the projection's (XADD → projected). The XADD time is the entry id's millisecond (Redis's
@@ -29,14 +38,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 import redis.asyncio as aioredis
 
 import outbox
 from bench.common import Entries, check, percentile, scratch_database, write_result
-from bench.pipeline_probe import CHANNEL
 from outbox.settings import get_settings
 from streams.codec import entry_ms
 from streams.keys import Keys
@@ -45,9 +53,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def emit_for(
-    url: str, connections: int, seconds: float, committed: dict[str, float]
+    url: str,
+    connections: int,
+    seconds: float,
+    committed: dict[str, float],
+    sent: dict[str, float] | None = None,
 ) -> float:
-    """Emit one event per transaction on each connection for ``seconds``; return events/s."""
+    """Emit one event per transaction on each connection for ``seconds``; return events/s.
+
+    ``committed`` gets each event's time when its COMMIT returned, ``sent`` (if given) the time
+    just before the COMMIT went out.
+    """
     conns = [await asyncpg.connect(url) for _ in range(connections)]
     counts = [0] * connections
 
@@ -61,6 +77,8 @@ async def emit_for(
                     event_type="probe",
                     data={"key": f"{index}-{n % 100}", "n": n},
                 )
+                if sent is not None:
+                    sent[str(event.event_id)] = time.time()
             committed[str(event.event_id)] = time.time()
             n += 1
         counts[index] = n
@@ -104,6 +122,44 @@ async def pipeline(url: str, prefix: str) -> AsyncIterator[None]:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             await asyncio.wait_for(process.wait(), 60)
+
+
+@contextlib.asynccontextmanager
+async def notifications(url: str, applied: dict[str, float]) -> AsyncIterator[None]:
+    """Fill ``applied`` (event id → when its projection committed) from bench.pipeline_listener.
+
+    The stamps are taken in the listener's own process: this one's event loop is busy with the
+    emitters, and a notification waiting here would add that wait to the measured latency.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.pipeline_listener",
+        url,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdin, stdout = process.stdin, process.stdout
+    if stdin is None or stdout is None:
+        raise RuntimeError("bench.pipeline_listener was started without pipes")
+    if await asyncio.wait_for(stdout.readline(), 60) != b"ready\n":
+        raise RuntimeError("bench.pipeline_listener did not start")
+
+    async def read() -> None:
+        async for line in stdout:
+            stamp, _, payload = line.decode().rstrip("\n").partition(" ")
+            at = float(stamp)
+            for event_id in payload.split(","):
+                applied.setdefault(event_id, at)
+
+    reader = asyncio.create_task(read())
+    try:
+        yield
+    finally:
+        stdin.close()
+        await asyncio.wait_for(process.wait(), 60)
+        await reader
 
 
 async def wait_ready(url: str, committed: dict[str, float], applied: dict[str, float]) -> None:
@@ -159,18 +215,11 @@ async def main(seconds: float, connections: int) -> None:
         await setup.execute("TRUNCATE outbox_events")
 
         applied: dict[str, float] = {}
-
-        def on_notify(_: Any, __: int, ___: str, payload: str) -> None:
-            now = time.time()
-            for event_id in payload.split(","):
-                applied.setdefault(event_id, now)
-
-        listener = await asyncpg.connect(url)
-        await listener.add_listener(CHANNEL, on_notify)
         committed: dict[str, float] = {}
-        async with pipeline(url, prefix):
+        sent: dict[str, float] = {}
+        async with notifications(url, applied), pipeline(url, prefix):
             await wait_ready(url, committed, applied)
-            rate = await emit_for(url, connections, seconds, committed)
+            rate = await emit_for(url, connections, seconds, committed, sent)
             end = time.time()
             # Backlog the moment the emitters stop: not yet projected.
             backlog_at_end = sum(1 for e in committed if e not in applied)
@@ -178,7 +227,6 @@ async def main(seconds: float, connections: int) -> None:
             while set(committed) - set(applied) and time.monotonic() < drain_deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             drained_s = time.time() - end
-        await listener.close()
         unpublished = await setup.fetchval(
             "SELECT count(*) FROM outbox_events e LEFT JOIN relay_cursors c USING (stream)"
             " WHERE c.stream IS NULL OR (e.txid, e.position) > (c.txid, c.position)"
@@ -191,6 +239,7 @@ async def main(seconds: float, connections: int) -> None:
     await redis.aclose()
 
     latencies = [(applied[e] - t) * 1000 for e, t in committed.items() if e in applied]
+    from_sent = [(applied[e] - t) * 1000 for e, t in sent.items() if e in applied]
     write_result(
         "pipeline",
         {
@@ -207,6 +256,10 @@ async def main(seconds: float, connections: int) -> None:
                 "max": round(max(latencies), 2),
                 "mean": round(statistics.mean(latencies), 2),
             },
+            "from_commit_sent_latency_ms": {
+                "p50": percentile(from_sent, 0.50),
+                "p99": percentile(from_sent, 0.99),
+            },
             "latency_split_at_xadd_ms": split_at_xadd(committed, added, applied),
             "backlog_when_emitters_stopped": backlog_at_end,
             "drained_after_s": round(drained_s, 2),
@@ -221,8 +274,22 @@ async def main(seconds: float, connections: int) -> None:
                 ">=",
                 0.9,
             ),
-            check("commit → projected, p50", percentile(latencies, 0.50), "<=", 5, " ms"),
-            check("commit → projected, p99", percentile(latencies, 0.99), "<=", 25, " ms"),
+            check(
+                "commit returned → projected, p50 (from the COMMIT sent: "
+                f"{percentile(from_sent, 0.50)} ms)",
+                percentile(latencies, 0.50),
+                "<=",
+                5,
+                " ms",
+            ),
+            check(
+                "commit returned → projected, p99 (from the COMMIT sent: "
+                f"{percentile(from_sent, 0.99)} ms)",
+                percentile(latencies, 0.99),
+                "<=",
+                25,
+                " ms",
+            ),
             check("events never projected", len(committed) - len(latencies), "<=", 0),
         ],
     )
