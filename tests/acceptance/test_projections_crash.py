@@ -5,6 +5,7 @@ SIGTERM stops a process cleanly."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -185,6 +186,12 @@ async def _drained(redis: aioredis.Redis, keys: Keys) -> bool:
     return True
 
 
+async def _consumers_up(conn: asyncpg.Connection, pid: int) -> bool:
+    """Every consumer of the process ``pid`` (3 projections x PROCESSOR_WORKERS) registered."""
+    count = await conn.fetchval("SELECT count(*) FROM projection_consumers WHERE pid = $1", pid)
+    return int(count) == len(PROJECTIONS) * 2
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_sigkilled_consumers_end_with_the_exact_fold(
@@ -200,22 +207,30 @@ async def test_sigkilled_consumers_end_with_the_exact_fold(
     env = _env(settings, database_url, stream_prefix)
     processes.extend([_start(env), _start(env)])
 
-    async def feed() -> None:
-        for start in range(0, len(events), 1000):
-            await xadd_events(redis_client, keys, events[start : start + 1000])
-            await asyncio.sleep(0.1)
-
-    feeder = asyncio.create_task(feed())
+    # The events are fed in 22 bursts, one before each kill, so every kill lands while events
+    # flow: the victim's consumers are up (registered) and the burst is not yet applied.
+    kills = 22
+    bursts = [
+        events[i * len(events) // kills : (i + 1) * len(events) // kills] for i in range(kills)
+    ]
     rng = random.Random(11)
-    kills = 0
-    while kills < 22:
-        await asyncio.sleep(rng.uniform(0.3, 1.2))
+    fed = 0
+    unapplied_at_kill: list[int] = []
+    for burst in bursts:
+        await asyncio.sleep(rng.uniform(0.1, 0.6))
         index = rng.randrange(len(processes))
-        processes[index].send_signal(signal.SIGKILL)
-        processes[index].wait()
-        kills += 1
+        victim = processes[index]
+        await poll(functools.partial(_consumers_up, asyncpg_conn, victim.pid), timeout_s=30)
+        await xadd_events(redis_client, keys, burst)
+        fed += len(burst)
+        await asyncio.sleep(rng.uniform(0, 0.01))  # a random moment early in the burst
+        applied = int(await asyncpg_conn.fetchval("SELECT count(*) FROM projection_inbox"))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        unapplied_at_kill.append(fed - applied)
         processes[index] = _start(env)
-    await feeder
+    assert fed == len(events)
+    assert all(unapplied > 0 for unapplied in unapplied_at_kill), unapplied_at_kill
     await poll(lambda: _drained(redis_client, keys), timeout_s=150, interval_s=0.5)
 
     for proc in processes:
