@@ -27,6 +27,7 @@ from projections import queries
 from projections.apply import apply_batch
 from projections.projection import Connection, Projection
 from projections.store import fields_of_message, message_from_row
+from streams.codec import StreamMessage
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.keys import Keys
 
@@ -50,6 +51,29 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+async def _failed(
+    name: str, message: StreamMessage, error: BaseException, letters: DeadLetters | None
+) -> None:
+    log.error(
+        "event=rebuild_event_failed projection=%s event_id=%s error=%r",
+        name,
+        message.event_id,
+        error,
+    )
+    if letters is not None:
+        await letters.add(
+            dead_letter_fields(
+                source_stream=message.stream,
+                group=name,
+                entry_id="",
+                attempts=1,
+                error=f"rebuild: {error.__class__.__name__}: {error}",
+                payload=fields_of_message(message),
+                consumer="rebuild",
+            )
+        )
+
+
 async def rebuild(
     db: Connection,
     projection: Projection,
@@ -62,7 +86,8 @@ async def rebuild(
     """Rebuild ``projection`` on connection ``db`` (see the module doc).
 
     An event whose handler fails is left out and, given ``letters``, dead-lettered so it can be
-    replayed once the handler is fixed.
+    replayed once the handler is fixed; the later events of its aggregate are still applied,
+    in order.
     """
     name = projection.name
     await db.execute(queries.LOCK_PROJECTION.asyncpg_sql, name)
@@ -97,31 +122,20 @@ async def rebuild(
             )
             if not rows:
                 break
-            messages = [message_from_row(row, keys) for row in rows]
-            # The exclusive lock is ours (same session): no shared lock per batch.
-            outcome = await apply_batch(db, projection, messages, take_lock=False)
-            applied += len(outcome.applied)
-            skipped += len(outcome.skipped)
-            for message, error in outcome.failed:
-                failed += 1
-                log.error(
-                    "event=rebuild_event_failed projection=%s event_id=%s error=%r",
-                    name,
-                    message.event_id,
-                    error,
-                )
-                if letters is not None:
-                    await letters.add(
-                        dead_letter_fields(
-                            source_stream=message.stream,
-                            group=name,
-                            entry_id="",
-                            attempts=1,
-                            error=f"rebuild: {error.__class__.__name__}: {error}",
-                            payload=fields_of_message(message),
-                            consumer="rebuild",
-                        )
-                    )
+            pending = [message_from_row(row, keys) for row in rows]
+            while pending:
+                # The exclusive lock is ours (same session): no shared lock per batch.
+                outcome = await apply_batch(db, projection, pending, take_lock=False)
+                applied += len(outcome.applied)
+                skipped += len(outcome.skipped)
+                for message, error in outcome.failed:
+                    failed += 1
+                    await _failed(name, message, error, letters)
+                # Events held behind a failed event of their aggregate: that one is left out
+                # (dead-lettered) now, as live consumption does once its retries are spent, so
+                # they are applied after it, in order. Dropping them would lose them for good:
+                # replaying the dead letter brings back only the failed event.
+                pending = outcome.deferred
             after = int(rows[-1]["position"])
             done += len(rows)
             if progress:

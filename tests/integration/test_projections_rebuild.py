@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from outbox import EventSpec
 from outbox.settings import Settings
 from projections.examples import user_directory
+from projections.projection import Projection
 from projections.rebuild import rebuild
+from streams.codec import StreamMessage
+from streams.dead_letter import DeadLetters
 from streams.keys import Keys
 from tests.acceptance.test_projections_crash import _events, expected_users, read_models
 from tests.fixtures_projections import Runner, emit_events, poll, xadd_events
@@ -74,3 +79,57 @@ async def test_rebuild_equals_live_and_hands_over_without_loss_or_double_apply(
 
 async def _count_is(conn: asyncpg.Connection, expected: int) -> bool:
     return (await _inbox(conn))[0] == expected
+
+
+async def test_rebuild_applies_events_held_behind_a_failed_one_in_order(
+    database_url: str,
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    keys: Keys,
+) -> None:
+    """A failing event is dead-lettered; the later events of its aggregate are still applied,
+    after it and in order, in its batch and in the batches after it."""
+    await asyncpg_conn.execute("CREATE TABLE rebuild_steps (seq serial, aggregate text, n int)")
+    projection = Projection("steps", streams=["identity"], tables=["rebuild_steps"])
+
+    @projection.on("step")
+    async def step(message: StreamMessage, db: Any) -> None:
+        if message.data["fail"]:
+            raise ValueError(f"step {message.data['n']} fails")
+        await db.execute(
+            "INSERT INTO rebuild_steps (aggregate, n) VALUES ($1, $2)",
+            message.aggregate_id,
+            message.data["n"],
+        )
+
+    # Replay batches of 4: a1 0, 1 (fails), 2, 3 | a1 4, 5, a2 0, 1 | a2 2 … 5.
+    specs = [
+        EventSpec(
+            "identity",
+            "step",
+            {"n": n, "fail": aggregate == "a1" and n == 1},
+            aggregate_id=aggregate,
+        )
+        for aggregate in ("a1", "a2")
+        for n in range(6)
+    ]
+    await emit_events(database_url, specs)
+    db = await asyncpg.connect(database_url)
+    try:
+        result = await rebuild(
+            db, projection, keys, batch_size=4, letters=DeadLetters(redis_client, keys, 3600)
+        )
+    finally:
+        await db.close()
+
+    assert (result.events, result.applied, result.failed) == (12, 11, 1)
+    rows = await asyncpg_conn.fetch("SELECT aggregate, n FROM rebuild_steps ORDER BY seq")
+    order = {a: [r["n"] for r in rows if r["aggregate"] == a] for a in ("a1", "a2")}
+    assert order == {"a1": [0, 2, 3, 4, 5], "a2": [0, 1, 2, 3, 4, 5]}
+    letters = await redis_client.xrange(keys.dead_letter)
+    assert len(letters) == 1
+    assert b"step 1 fails" in letters[0][1][b"error"]
+    inbox = await asyncpg_conn.fetchval(
+        "SELECT count(*) FROM projection_inbox WHERE projection = 'steps'"
+    )
+    assert inbox == 11
