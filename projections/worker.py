@@ -119,6 +119,19 @@ class _Letter:
 _priority = attrgetter("priority")
 
 
+def _held_back(message: StreamMessage, waiting: dict[str, int | None]) -> bool:
+    """Whether ``message`` must wait: an earlier event of its aggregate waits for a retry.
+
+    Only an earlier one holds it back. The events deferred behind a failed event wait for
+    retries too; were they to hold back that failed event when it comes due first, each would
+    wait for the other, a redelivery at a time.
+    """
+    if message.aggregate_id not in waiting:
+        return False
+    lowest = waiting[message.aggregate_id]
+    return lowest is None or message.position is None or message.position > lowest
+
+
 def _entry_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -156,6 +169,11 @@ class ProjectionWorker:
         self.redis = redis
         self.letters = DeadLetters(redis, keys, config.dead_letter_ttl_s)
         self.retries: dict[tuple[str, str], _Retry] = {}
+        # Deliveries of an entry in which it was only held behind a failed event of its
+        # aggregate (see _defer): the delivery counter counts them, but they are not attempts.
+        # Without this, an event held through a few retries was dead-lettered on its own first
+        # failure, never retried (tests/integration/test_projections_semantics.py).
+        self.held: dict[tuple[str, str], int] = {}
         self.counters = store.Counters()
         self.claim_cursor: dict[str, str] = {}
         self.batches = 0
@@ -393,14 +411,10 @@ class ProjectionWorker:
         ready = messages
         deferred: list[StreamMessage] = []
         if self.retries:
-            blocked = {
-                retry.message.aggregate_id
-                for retry in self.retries.values()
-                if retry.message.aggregate_id is not None
-            }
+            waiting = self._waiting_aggregates()
             ready = []
             for message in messages:
-                (deferred if message.aggregate_id in blocked else ready).append(message)
+                (deferred if _held_back(message, waiting) else ready).append(message)
         # Higher priorities first; the sort is stable (also reversed), so stream order holds
         # within a priority.
         ready.sort(key=_priority, reverse=True)
@@ -411,6 +425,9 @@ class ProjectionWorker:
             for message in done:
                 if message.id:
                     acks[message.stream].append(message.id)
+        if self.held:
+            for message in outcome.done:
+                self.held.pop((message.stream, message.id), None)
         for entry in trimmed:  # their events were applied from the outbox (or already were)
             acks[entry.stream].append(entry.id)
         self.counters.processed += len(outcome.applied)
@@ -469,7 +486,10 @@ class ProjectionWorker:
             text = f"{error.__class__.__name__}: {error}"
             self.counters.failures += 1
             self.counters.last_error = text
-            attempts = counts.get((message.stream, message.id), 1) if message.id else 1
+            attempts = 1
+            if message.id:
+                delivered = counts.get((message.stream, message.id), 1)
+                attempts = max(1, delivered - self.held.get((message.stream, message.id), 0))
             log.warning(
                 "event=handler_failed projection=%s stream=%s id=%s event_type=%s attempts=%d "
                 "error=%r",
@@ -481,6 +501,7 @@ class ProjectionWorker:
                 text,
             )
             if not message.id or attempts > self.config.max_retries:
+                self.held.pop((message.stream, message.id), None)
                 letters.append(
                     _Letter(
                         message.stream, message.id, attempts, text, store.fields_of_message(message)
@@ -489,6 +510,20 @@ class ProjectionWorker:
                 continue
             delay = backoff_delay_s(attempts, self.config.retry_base_s, self.config.retry_cap_s)
             self.retries[(message.stream, message.id)] = _Retry(message, now + delay, attempts)
+
+    def _waiting_aggregates(self) -> dict[str, int | None]:
+        """Aggregates with an event waiting for a retry, and the lowest outbox position waiting
+        (None when an event without a position waits: then every event of it is held)."""
+        waiting: dict[str, int | None] = {}
+        for retry in self.retries.values():
+            aggregate, position = retry.message.aggregate_id, retry.message.position
+            if aggregate is None:
+                continue
+            if aggregate in waiting:
+                lowest = waiting[aggregate]
+                position = None if lowest is None or position is None else min(lowest, position)
+            waiting[aggregate] = position
+        return waiting
 
     def _defer(self, message: StreamMessage, letters: list[_Letter]) -> None:
         """Hold ``message`` until the earlier failed event of its aggregate is resolved."""
@@ -503,6 +538,8 @@ class ProjectionWorker:
                 )
             )
             return
+        key = (message.stream, message.id)
+        self.held[key] = self.held.get(key, 0) + 1  # this delivery was no attempt
         blockers = [
             retry.due
             for retry in self.retries.values()
