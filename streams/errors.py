@@ -83,6 +83,12 @@ def translate(error: redis_errors.RedisError, key: str | None = None) -> Streams
     if isinstance(error, (redis_errors.AuthenticationError, redis_errors.NoPermissionError)):
         return RedisAuthError(f"Redis refused access: {message} (check credentials and ACL)")
     if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        if "certificate verify failed" in message.lower():
+            return RedisUnavailableError(
+                f"Redis's TLS certificate was not accepted: {message} (trust its CA with "
+                "?ssl_ca_certs=/path/ca.pem in REDIS_STREAMS_URL, and connect by a name the "
+                "certificate holds)"
+            )
         return RedisUnavailableError(f"Redis is unreachable: {error.__class__.__name__}: {message}")
     if message.startswith("NOGROUP"):
         return GroupMissingError(f"{message} (stream {key})" if key else message)
