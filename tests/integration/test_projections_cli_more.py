@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import redis.asyncio as aioredis
 
 from cli.main import main
 from outbox import EventSpec
-from outbox.envelope import Event
 from outbox.settings import Settings, get_settings
 from projections.examples import user_directory
 from projections.projection import Projection
@@ -30,6 +28,7 @@ from streams.codec import StreamMessage
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.keys import Keys
 from tests.fixtures_projections import Runner, emit_events, poll, xadd_events
+from tests.integration.test_projections_runtime import _fold_users
 
 ROOT = Path(__file__).resolve().parents[2]
 RETENTION_S = 3600
@@ -156,18 +155,6 @@ def _identity_specs(count: int) -> list[EventSpec]:
         data = {"user_id": user, "email": f"{user}-{i}@example.com", "name": f"n{i}"}
         specs.append(EventSpec("identity", kind, data, aggregate_id=user))
     return specs
-
-
-def _fold_users(events: Sequence[Event]) -> dict[str, tuple[str | None, bool]]:
-    """The expected directory, (email, deleted) per user: events in outbox position order."""
-    state: dict[str, tuple[str | None, bool]] = {}
-    for event in sorted(events, key=lambda e: e.position or 0):
-        user = event.data["user_id"]
-        if event.event_type == "user_deleted":
-            state[user] = (state.get(user, (None, True))[0], True)
-        elif event.event_type in ("user_created", "user_updated"):
-            state[user] = (event.data["email"], False)
-    return state
 
 
 async def _directory(conn: asyncpg.Connection) -> dict[str, tuple[str | None, bool]]:

@@ -38,13 +38,14 @@ def _user_specs(count: int, *, service: str = "identity") -> list[EventSpec]:
 
 
 def _fold_users(events: Sequence[Event]) -> dict[str, tuple[str | None, bool]]:
-    """The expected directory: last event per user by outbox position."""
+    """The expected directory, (email, deleted) per user: events in outbox position order;
+    types user_directory does not handle change nothing."""
     state: dict[str, tuple[str | None, bool]] = {}
     for event in sorted(events, key=lambda e: e.position or 0):
         user = event.data["user_id"]
         if event.event_type == "user_deleted":
             state[user] = (state.get(user, (None, True))[0], True)
-        else:
+        elif event.event_type in ("user_created", "user_updated"):
             state[user] = (event.data["email"], False)
     return state
 
