@@ -66,6 +66,24 @@ async def xadd_events(
     return ids
 
 
+async def async_eq(value: Awaitable[Any], expected: Any) -> bool:
+    """``await value == expected``, for ``poll(lambda: async_eq(...))``."""
+    return bool(await value == expected)
+
+
+async def group_settled(redis: aioredis.Redis, stream: str, group: str) -> bool:
+    """``group`` has read everything on ``stream`` and has nothing pending."""
+    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)}
+    info = groups.get(group)
+    return info is not None and info["pending"] == 0 and info["lag"] == 0
+
+
+async def directory(conn: asyncpg.Connection) -> dict[str, tuple[str | None, bool]]:
+    """The user_directory read model: (email, deleted) per user."""
+    rows = await conn.fetch("SELECT user_id, email, deleted FROM directory_users")
+    return {row["user_id"]: (row["email"], row["deleted"]) for row in rows}
+
+
 @pytest.fixture
 def projection_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with short waits, so tests run fast: small blocks, quick retries and claims."""

@@ -27,7 +27,14 @@ from projections.store import prune_inbox
 from streams.codec import StreamMessage
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.keys import Keys
-from tests.fixtures_projections import Runner, emit_events, poll, xadd_events
+from tests.fixtures_projections import (
+    Runner,
+    directory,
+    emit_events,
+    group_settled,
+    poll,
+    xadd_events,
+)
 from tests.integration.test_projections_runtime import _fold_users
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,11 +164,6 @@ def _identity_specs(count: int) -> list[EventSpec]:
     return specs
 
 
-async def _directory(conn: asyncpg.Connection) -> dict[str, tuple[str | None, bool]]:
-    rows = await conn.fetch("SELECT user_id, email, deleted FROM directory_users")
-    return {row["user_id"]: (row["email"], row["deleted"]) for row in rows}
-
-
 async def _inbox_ids(conn: asyncpg.Connection, projection: str) -> list[uuid.UUID]:
     rows = await conn.fetch(
         "SELECT event_id FROM projection_inbox WHERE projection = $1 ORDER BY event_id", projection
@@ -222,7 +224,7 @@ async def test_rebuild_command_resets_and_replays_with_progress(
     await asyncpg_conn.execute(
         "INSERT INTO inventory_assets (asset_id, hostname, version) VALUES ('a0', 'h', 1)"
     )
-    stale = await _directory(asyncpg_conn)
+    stale = await directory(asyncpg_conn)
     assert stale != expected
 
     # Without --yes and with no terminal to ask on, it refuses and changes nothing.
@@ -232,7 +234,7 @@ async def test_rebuild_command_resets_and_replays_with_progress(
     assert refused.returncode == 2, refused.stderr
     assert "pass --yes to confirm" in refused.stderr
     assert "rebuilt" not in refused.stdout
-    assert await _directory(asyncpg_conn) == stale
+    assert await directory(asyncpg_conn) == stale
     assert len(await _inbox_ids(asyncpg_conn, "user_directory")) == 2501
 
     done = await asyncio.to_thread(
@@ -245,7 +247,7 @@ async def test_rebuild_command_resets_and_replays_with_progress(
     ) in done.stdout
     assert "2500/2500 events" in done.stderr  # the progress bar's last state
 
-    assert await _directory(asyncpg_conn) == expected
+    assert await directory(asyncpg_conn) == expected
     # Each replayed event once (ignored types too: they were handled), nothing else.
     assert await _inbox_ids(asyncpg_conn, "user_directory") == sorted(e.event_id for e in identity)
     assert await _inbox_ids(asyncpg_conn, "asset_inventory") == sorted(e.event_id for e in assets)
@@ -271,18 +273,11 @@ async def test_rebuild_command_resets_and_replays_with_progress(
     assert quiet.returncode == 0, quiet.stderr
     assert "2500 events replayed" in quiet.stdout
     assert "/2500 events" not in quiet.stderr
-    assert await _directory(asyncpg_conn) == expected
+    assert await directory(asyncpg_conn) == expected
     assert len(await _inbox_ids(asyncpg_conn, "user_directory")) == 2500
 
 
 # --- outbox dlq replay ID, dlq list filters ---
-
-
-async def _group_settled(redis: aioredis.Redis, stream: str, group: str) -> bool:
-    """``group`` has read everything on ``stream`` and has nothing pending."""
-    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)}
-    info = groups.get(group)
-    return info is not None and info["pending"] == 0 and info["lag"] == 0
 
 
 async def test_replaying_one_dead_letter_by_id_redelivers_only_that_one(
@@ -324,7 +319,7 @@ async def test_replaying_one_dead_letter_by_id_redelivers_only_that_one(
     async with running([projection], projection_settings):
         # Both fail past MAX_RETRIES and are dead-lettered for real by the worker.
         await poll(two_letters)
-        await poll(lambda: _group_settled(redis_client, source, "dlq_cli"))
+        await poll(lambda: group_settled(redis_client, source, "dlq_cli"))
         failing["on"] = False  # the bug is fixed
         by_event = {letter.event_id: letter for letter in await letters.select()}
         first, second = (by_event[str(event.event_id)] for event in events)
@@ -338,7 +333,7 @@ async def test_replaying_one_dead_letter_by_id_redelivers_only_that_one(
         assert out == "replayed 1 dead letter(s) to their source streams\n"
 
         await poll(applied)
-        await poll(lambda: _group_settled(redis_client, source, "dlq_cli"))
+        await poll(lambda: group_settled(redis_client, source, "dlq_cli"))
 
     assert await applied() == [("ua", events[0].event_id)]
     assert await _inbox_ids(asyncpg_conn, "dlq_cli") == [events[0].event_id]

@@ -18,7 +18,14 @@ from projections.examples import user_directory
 from projections.projection import Projection
 from streams.codec import StreamMessage, encode_event
 from streams.keys import Keys
-from tests.fixtures_projections import Runner, emit_events, poll, xadd_events
+from tests.fixtures_projections import (
+    Runner,
+    async_eq,
+    directory,
+    emit_events,
+    poll,
+    xadd_events,
+)
 
 
 def _user_specs(count: int, *, service: str = "identity") -> list[EventSpec]:
@@ -48,11 +55,6 @@ def _fold_users(events: Sequence[Event]) -> dict[str, tuple[str | None, bool]]:
         elif event.event_type in ("user_created", "user_updated"):
             state[user] = (event.data["email"], False)
     return state
-
-
-async def _directory(conn: asyncpg.Connection) -> dict[str, tuple[str | None, bool]]:
-    rows = await conn.fetch("SELECT user_id, email, deleted FROM directory_users")
-    return {row["user_id"]: (row["email"], row["deleted"]) for row in rows}
 
 
 async def _inbox(conn: asyncpg.Connection, projection: str) -> int:
@@ -91,7 +93,7 @@ async def test_example_projection_applies_each_event_once(
     async with running([user_directory], projection_settings, workers=2):
         await poll(lambda: _pending_zero(redis_client, keys.stream("identity"), "user_directory"))
     assert await _inbox(asyncpg_conn, "user_directory") == 600
-    assert await _directory(asyncpg_conn) == _fold_users(events)
+    assert await directory(asyncpg_conn) == _fold_users(events)
     beats = await asyncpg_conn.fetch(
         "SELECT consumer, processed, stopped_at FROM projection_consumers ORDER BY consumer"
     )
@@ -164,10 +166,6 @@ async def test_failing_handler_is_retried_then_succeeds(
 
 async def _async(value: Any) -> Any:
     return value
-
-
-async def _async_eq(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
 
 
 async def test_handler_failing_past_max_retries_goes_to_dead_letters(
@@ -262,7 +260,7 @@ async def test_reclaims_entries_of_a_dead_consumer_then_removes_it(
     # A consumer reads everything and dies without acking.
     await redis_client.xreadgroup("reclaim", "dead-consumer", {stream: ">"}, count=100)
     async with running([projection], projection_settings, consumer_stem="alive"):
-        await poll(lambda: _async_eq(applied.count(), 20), timeout_s=20)
+        await poll(lambda: async_eq(applied.count(), 20), timeout_s=20)
 
         async def dead_removed() -> bool:
             names = {c["name"] for c in await redis_client.xinfo_consumers(stream, "reclaim")}
@@ -294,7 +292,7 @@ async def test_entries_trimmed_while_pending_are_refetched_from_the_outbox(
     async with running([user_directory], projection_settings, consumer_stem="w"):
         await poll(lambda: _pending_zero(redis_client, stream, "user_directory"), timeout_s=20)
     assert await _inbox(asyncpg_conn, "user_directory") == 50
-    assert await _directory(asyncpg_conn) == _fold_users(own + other)
+    assert await directory(asyncpg_conn) == _fold_users(own + other)
 
 
 async def test_critical_event_overtakes_a_normal_backlog(
@@ -361,7 +359,7 @@ async def test_replaying_a_dead_letter_twice_applies_it_once(
         assert letter.event_id == str(event.event_id)
         await letters.replay([letter], keep=True)
         await letters.replay([letter])
-        await poll(lambda: _async_eq(redis_client.xlen(keys.stream("identity")), 3))
+        await poll(lambda: async_eq(redis_client.xlen(keys.stream("identity")), 3))
         await poll(lambda: _pending_zero(redis_client, keys.stream("identity"), "replayed"))
     # Both copies were read and acked (lag and pending 0); the event was applied once.
     rows = await asyncpg_conn.fetch("SELECT key, event_id FROM test_applied")

@@ -20,7 +20,14 @@ from outbox.settings import Settings, get_settings
 from projections.projection import Projection
 from streams.codec import StreamMessage
 from streams.keys import Keys
-from tests.fixtures_projections import Runner, emit_events, poll, xadd_events
+from tests.fixtures_projections import (
+    Runner,
+    async_eq,
+    emit_events,
+    group_settled,
+    poll,
+    xadd_events,
+)
 
 #: Long enough that XAUTOCLAIM never takes an entry, and no consumer is removed, during a test:
 #: what these tests observe is the worker's own retry and start-up logic, not the reclaim.
@@ -96,12 +103,6 @@ async def _pending(redis: aioredis.Redis, stream: str, group: str) -> dict[str, 
     }
 
 
-async def _drained(redis: aioredis.Redis, stream: str, group: str) -> bool:
-    groups = await redis.xinfo_groups(stream)
-    mine = [g for g in groups if g["name"].decode() == group]
-    return bool(mine) and mine[0]["pending"] == 0 and mine[0]["lag"] == 0
-
-
 async def _letters(redis: aioredis.Redis, keys: Keys) -> list[dict[str, str]]:
     entries: Any = await redis.xrange(keys.dead_letter)
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
@@ -157,7 +158,7 @@ async def test_failing_event_does_not_hold_back_the_healthy_events_of_its_batch(
 
         broken.discard("flaky")
         letters = await poll(lambda: _letters(redis_client, keys), timeout_s=10)
-        await poll(lambda: _drained(redis_client, stream, "isolation"), timeout_s=10)
+        await poll(lambda: group_settled(redis_client, stream, "isolation"), timeout_s=10)
 
     assert await model.keys() == [*healthy, "flaky"]
     assert await model.inbox("isolation") == {event_ids[key] for key in [*healthy, "flaky"]}
@@ -212,7 +213,7 @@ async def test_events_after_a_failed_event_of_the_same_aggregate_wait_for_it(
         assert a5_id in await _pending(redis_client, stream, "aggregate_order")
 
         broken.clear()
-        await poll(lambda: _drained(redis_client, stream, "aggregate_order"), timeout_s=10)
+        await poll(lambda: group_settled(redis_client, stream, "aggregate_order"), timeout_s=10)
 
     rows = await asyncpg_conn.fetch("SELECT key, aggregate FROM semantics_applied ORDER BY seq")
     order: dict[str, list[str]] = {}
@@ -277,7 +278,7 @@ async def test_deliveries_spent_waiting_behind_a_failed_event_are_not_counted_as
     events = await emit_events(database_url, [_spec(key, key[0]) for key in names])
     await xadd_events(redis_client, keys, events)
     async with running([projection], settings):
-        await poll(lambda: _drained(redis_client, stream, "held_attempts"), timeout_s=10)
+        await poll(lambda: group_settled(redis_client, stream, "held_attempts"), timeout_s=10)
 
     assert len(failed["a2"]) == max_retries
     assert len(failed["a3"]) == 1
@@ -323,7 +324,7 @@ async def test_retries_back_off_exponentially_up_to_the_cap_then_dead_letter(
     (entry_id,) = await xadd_events(redis_client, keys, events)
     async with running([projection], settings):
         letters = await poll(lambda: _letters(redis_client, keys), timeout_s=10)
-        await poll(lambda: _drained(redis_client, stream, "backoff"), timeout_s=10)
+        await poll(lambda: group_settled(redis_client, stream, "backoff"), timeout_s=10)
 
     (letter,) = letters
     assert letter["entry_id"] == entry_id
@@ -375,7 +376,7 @@ async def test_consumer_rereads_its_own_pending_entries_on_start(
     }
 
     async with running([projection], settings, consumer_stem="boot", workers=1):
-        await poll(lambda: _async_eq(model.keys(), [*own, *new]), timeout_s=5)
+        await poll(lambda: async_eq(model.keys(), [*own, *new]), timeout_s=5)
         # The control: XAUTOCLAIM could not take entries that idle for milliseconds, so the
         # ghost's entries are still where they were. boot-0's came back by its start-up re-read.
         pending = await _pending(redis_client, stream, "startup")
@@ -384,10 +385,6 @@ async def test_consumer_rereads_its_own_pending_entries_on_start(
         }
     # Own pending entries were applied before anything new.
     assert await model.keys() == [*own, *new]
-
-
-async def _async_eq(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
 
 
 async def _consumers(conn: asyncpg.Connection, projection: str) -> dict[str, bool]:
@@ -421,8 +418,8 @@ async def test_a_restarted_projection_reuses_its_consumer_names(
     names = {"st-0": True, "st-1": True}
 
     async with running([projection], settings, consumer_stem="st", workers=2):
-        await poll(lambda: _async_eq(_consumers(asyncpg_conn, "stable"), names), timeout_s=5)
-        await poll(lambda: _async_eq(_group_consumers(redis_client, stream, "stable"), set(names)))
+        await poll(lambda: async_eq(_consumers(asyncpg_conn, "stable"), names), timeout_s=5)
+        await poll(lambda: async_eq(_group_consumers(redis_client, stream, "stable"), set(names)))
     assert await _consumers(asyncpg_conn, "stable") == {"st-0": False, "st-1": False}
 
     # While it is down, st-1 is handed an entry it does not ack (as if it crashed mid-batch).
@@ -431,10 +428,10 @@ async def test_a_restarted_projection_reuses_its_consumer_names(
     await redis_client.xreadgroup("stable", "st-1", {stream: ">"}, count=1)
 
     async with running([projection], settings, consumer_stem="st", workers=2):
-        await poll(lambda: _async_eq(_consumers(asyncpg_conn, "stable"), names), timeout_s=5)
+        await poll(lambda: async_eq(_consumers(asyncpg_conn, "stable"), names), timeout_s=5)
         # The new st-1 is the old one: it got the entry back at once (XAUTOCLAIM cannot here).
-        await poll(lambda: _async_eq(model.keys(), ["left"]), timeout_s=5)
-        await poll(lambda: _drained(redis_client, stream, "stable"), timeout_s=5)
+        await poll(lambda: async_eq(model.keys(), ["left"]), timeout_s=5)
+        await poll(lambda: group_settled(redis_client, stream, "stable"), timeout_s=5)
         assert await _group_consumers(redis_client, stream, "stable") == set(names)
 
 
@@ -461,8 +458,8 @@ async def test_concurrent_runners_never_share_a_consumer_name(
             running([projection], settings, consumer_stem="pr", workers=2)
         )
         async with running([projection], settings, consumer_stem="pr", workers=2):
-            await poll(lambda: _async_eq(live(), four), timeout_s=5)
-            await poll(lambda: _async_eq(_group_consumers(redis_client, stream, "pair"), four))
+            await poll(lambda: async_eq(live(), four), timeout_s=5)
+            await poll(lambda: async_eq(_group_consumers(redis_client, stream, "pair"), four))
 
             await first.aclose()  # the first runner stops cleanly and releases its names
             released = await poll(lambda: _released(asyncpg_conn, "pair"), timeout_s=5)
@@ -471,7 +468,7 @@ async def test_concurrent_runners_never_share_a_consumer_name(
 
             # A third runner takes the lowest free names: exactly the ones released.
             async with running([projection], settings, consumer_stem="pr", workers=2):
-                await poll(lambda: _async_eq(live(), four), timeout_s=5)
+                await poll(lambda: async_eq(live(), four), timeout_s=5)
                 assert await _group_consumers(redis_client, stream, "pair") == four
             assert await live() == kept
     assert await _consumers(asyncpg_conn, "pair") == dict.fromkeys(four, False)
