@@ -3,6 +3,8 @@
 A lost connection is retried with exponential backoff and full jitter by redis-py itself
 (``Retry`` on ConnectionError/TimeoutError), so a Redis restart costs callers a delay, not an
 error; only when every retry failed does :class:`~streams.errors.RedisUnavailableError` surface.
+Refusals that a reconnect cannot cure (wrong credentials, an untrusted certificate) are not
+retried (:class:`ReconnectRetry`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -20,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from outbox.settings import redact_url
-from streams.errors import translate
+from streams.errors import is_refusal, translate
 
 log = logging.getLogger("streams.connection")
 
@@ -41,13 +43,34 @@ def backoff_delay_s(
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
+_T = TypeVar("_T")
+
+
+class ReconnectRetry(Retry):
+    """redis-py's Retry, except for refusals a reconnect cannot cure (wrong password, missing
+    ACL permission, untrusted TLS certificate): those surface at once instead of after every
+    backoff (~5-10 s), since AuthenticationError is a ConnectionError to redis-py."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        def retryable(error: Exception) -> bool:
+            return not is_refusal(error) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def redis_from_url(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:
     """A redis.asyncio client; a password in the URL wins over ``password``.
 
     ``rediss://`` selects redis-py's SSLConnection; ``redis://user@host`` authenticates as that
     ACL user (AUTH user password, https://redis.io/docs/latest/operate/oss_and_stack/management/security/acl/).
     """
-    retry = Retry(
+    retry = ReconnectRetry(
         ExponentialWithJitterBackoff(cap=RECONNECT_CAP_S, base=RECONNECT_BASE_S),
         RECONNECT_RETRIES,
         (redis_errors.ConnectionError, redis_errors.TimeoutError),

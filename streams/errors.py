@@ -72,6 +72,22 @@ def _text(error: BaseException) -> str:
     return str(error).strip()
 
 
+def is_tls_untrusted(error: BaseException) -> bool:
+    """True when the TLS handshake failed because the server's certificate was not accepted
+    (unknown CA, wrong host name): redis-py reports it as a ConnectionError."""
+    return isinstance(error, redis_errors.ConnectionError) and (
+        "certificate verify failed" in _text(error).lower()
+    )
+
+
+def is_refusal(error: BaseException) -> bool:
+    """True for a failure that a reconnect cannot cure: wrong credentials, a missing ACL
+    permission, an untrusted certificate. Retrying these only delays the error."""
+    return isinstance(
+        error, (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
+    ) or is_tls_untrusted(error)
+
+
 def translate(error: redis_errors.RedisError, key: str | None = None) -> StreamsError:
     """The project error for a redis-py error; ``key`` names the key the command concerned."""
     message = _text(error)
@@ -83,7 +99,7 @@ def translate(error: redis_errors.RedisError, key: str | None = None) -> Streams
     if isinstance(error, (redis_errors.AuthenticationError, redis_errors.NoPermissionError)):
         return RedisAuthError(f"Redis refused access: {message} (check credentials and ACL)")
     if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
-        if "certificate verify failed" in message.lower():
+        if is_tls_untrusted(error):
             return RedisUnavailableError(
                 f"Redis's TLS certificate was not accepted: {message} (trust its CA with "
                 "?ssl_ca_certs=/path/ca.pem in REDIS_STREAMS_URL, and connect by a name the "

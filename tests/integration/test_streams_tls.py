@@ -32,8 +32,9 @@ from streams.consumer import GroupConsumer
 HOST = "127.0.0.1"
 #: How long redis-server may take to answer over TLS after it was started.
 START_TIMEOUT_S = 15.0
-#: A failed TLS connect must surface well within this: the client's reconnect budget is about
-#: 10 s (streams.connection.RECONNECT_RETRIES with backoff), so more than this is a hang.
+#: A refused TLS connect must surface well within this. Refusals are not retried
+#: (streams.connection.ReconnectRetry); even the whole reconnect budget is about 10 s, so more
+#: than this is a hang.
 FAIL_FAST_TIMEOUT_S = 30.0
 
 
@@ -261,5 +262,19 @@ async def test_wrong_password_over_tls_is_an_auth_error(
         "not-the-password",
         prefix=stream_prefix,
     )
-    with pytest.raises(RedisAuthError):
-        await asyncio.wait_for(client.initialize(), FAIL_FAST_TIMEOUT_S)
+    admin = RedisStreamsClient(
+        tls_redis.url(password=tls_redis.user_password, ca_file=tls_redis.ca_file),
+        prefix=stream_prefix,
+    )
+    async with admin:
+        before = await _connections_received(admin)
+        with pytest.raises(RedisAuthError):
+            await asyncio.wait_for(client.initialize(), FAIL_FAST_TIMEOUT_S)
+        # One connection: a refusal is not retried (it used to be, 8 times, about 7 s).
+        assert await _connections_received(admin) - before == 1
+
+
+async def _connections_received(client: RedisStreamsClient) -> int:
+    stats = await client.redis.info("stats")
+    received: int = stats["total_connections_received"]
+    return received

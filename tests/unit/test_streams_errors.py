@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from redis import exceptions as redis_errors
+from redis.backoff import NoBackoff
 
 from outbox.settings import redact_url as redact
 from streams.client import with_oom_backoff
-from streams.connection import backoff_delay_s
+from streams.connection import ReconnectRetry, backoff_delay_s
 from streams.errors import (
     GroupMissingError,
     RedisAuthError,
@@ -16,6 +17,7 @@ from streams.errors import (
     StreamsError,
     WrongTypeError,
     is_busygroup,
+    is_refusal,
     translate,
 )
 
@@ -71,3 +73,41 @@ async def test_oom_is_retried_then_reported() -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:6379"), True),
+        (redis_errors.TimeoutError("Timeout reading from socket"), True),
+        (redis_errors.AuthenticationError("invalid username-password pair"), False),
+        (redis_errors.AuthorizationError("NOPERM no permission"), False),
+        (
+            redis_errors.ConnectionError(
+                "Error 1 connecting to 127.0.0.1:6380. [SSL: CERTIFICATE_VERIFY_FAILED] "
+                "certificate verify failed: unable to get local issuer certificate (_ssl.c:992)."
+            ),
+            False,
+        ),
+    ],
+)
+async def test_reconnects_retry_what_a_reconnect_can_cure(
+    error: redis_errors.RedisError, retried: bool
+) -> None:
+    """A lost connection is retried; wrong credentials and an untrusted certificate are not,
+    so they surface at once instead of after the whole backoff (about 5-10 s)."""
+    retry = ReconnectRetry(NoBackoff(), 3)
+    calls = 0
+
+    async def attempt() -> None:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    async def on_failure(_error: Exception) -> None:
+        return None
+
+    with pytest.raises(type(error)):
+        await retry.call_with_retry(attempt, on_failure)
+    assert calls == (4 if retried else 1)
+    assert is_refusal(error) is not retried
