@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -231,13 +232,25 @@ def _dlq_show(args: argparse.Namespace) -> int:
     return _with_dead_letters(action)
 
 
-async def _chosen(letters: Any, args: argparse.Namespace) -> list[Any] | None:
+@dataclass
+class _Chosen:
+    """The dead letters a replay or purge acts on; ``missing`` counts given ids that are not
+    dead letters (already replayed or purged, or mistyped): the command then exits 1."""
+
+    letters: list[Any]
+    missing: int = 0
+
+    def exit_code(self) -> int:
+        return 1 if self.missing else 0
+
+
+async def _chosen(letters: Any, args: argparse.Namespace) -> _Chosen | None:
     if args.id:
         found = [letter for letter in [await letters.get(i) for i in args.id] if letter]
         missing = len(args.id) - len(found)
         if missing:
             print(f"outbox: {missing} of the given ids are not dead letters", file=sys.stderr)
-        return found
+        return _Chosen(found, missing)
     if not _has_filter(args) and not args.all:
         print(
             "outbox: give dead-letter ids, a filter (--stream/--group/--event-type/--older-than/"
@@ -245,7 +258,7 @@ async def _chosen(letters: Any, args: argparse.Namespace) -> list[Any] | None:
             file=sys.stderr,
         )
         return None
-    return list(await letters.select(_filter(args)))
+    return _Chosen(list(await letters.select(_filter(args))))
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
@@ -253,13 +266,13 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
-        print(f"{len(chosen)} dead letter(s) to replay", file=sys.stderr)
-        if len(chosen) > 1 and not args.yes:
+        print(f"{len(chosen.letters)} dead letter(s) to replay", file=sys.stderr)
+        if len(chosen.letters) > 1 and not args.yes:
             print("outbox: add --yes to replay them", file=sys.stderr)
             return 1
-        new_ids = await letters.replay(chosen, keep=args.keep)
+        new_ids = await letters.replay(chosen.letters, keep=args.keep)
         print(f"replayed {len(new_ids)} dead letter(s) to their source streams")
-        return 0
+        return chosen.exit_code()
 
     return _with_dead_letters(action)
 
@@ -269,13 +282,13 @@ def _dlq_purge(args: argparse.Namespace) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
-        print(f"{len(chosen)} dead letter(s) to purge", file=sys.stderr)
+        print(f"{len(chosen.letters)} dead letter(s) to purge", file=sys.stderr)
         if not args.yes:
             print("outbox: add --yes to purge them", file=sys.stderr)
             return 1
-        deleted = await letters.delete([letter.id for letter in chosen])
+        deleted = await letters.delete([letter.id for letter in chosen.letters])
         print(f"purged {deleted} dead letter(s)")
-        return 0
+        return chosen.exit_code()
 
     return _with_dead_letters(action)
 
@@ -336,14 +349,24 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="re-add dead letters to their source streams (idempotent: projections skip events "
         "they already applied)",
     )
-    replay.add_argument("id", nargs="*", help="dead-letter ids (else use filters or --all)")
+    replay.add_argument(
+        "id",
+        nargs="*",
+        help="dead-letter ids (else use filters or --all); the found ones are replayed, and the "
+        "command exits 1 if any id is not a dead letter",
+    )
     _add_filters(replay)
     replay.add_argument("--all", action="store_true", help="every dead letter")
     replay.add_argument("--yes", action="store_true", help="confirm replaying more than one")
     replay.add_argument("--keep", action="store_true", help="keep the dead letters after replay")
     replay.set_defaults(handler=_dlq_replay)
     purge = actions.add_parser("purge", help="delete dead letters")
-    purge.add_argument("id", nargs="*", help="dead-letter ids (else use filters or --all)")
+    purge.add_argument(
+        "id",
+        nargs="*",
+        help="dead-letter ids (else use filters or --all); the found ones are purged, and the "
+        "command exits 1 if any id is not a dead letter",
+    )
     _add_filters(purge)
     purge.add_argument("--all", action="store_true", help="every dead letter")
     purge.add_argument("--yes", action="store_true", help="confirm")

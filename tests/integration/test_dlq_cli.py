@@ -76,3 +76,25 @@ def test_dlq_commands(
     assert main(["dlq", "purge", "--all"]) == 1
     assert main(["dlq", "purge", "--all", "--yes"]) == 0
     assert sync_redis.xlen(keys.dead_letter) == 0
+
+
+def test_an_id_that_is_not_a_dead_letter_fails_the_command(
+    settings: Settings, sync_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ids that are dead letters are acted on; a mistyped or already handled one makes the
+    command exit 1, so a script sees that not everything it named was done."""
+    keys = Keys(settings.stream_prefix)
+    kept, purged = (_letter(sync_redis, keys, "identity", "user_created", n) for n in range(2))
+
+    assert main(["dlq", "purge", purged, "1-1", "--yes"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of the given ids are not dead letters" in captured.err
+    assert captured.out == "purged 1 dead letter(s)\n"
+    assert [entry_id.decode() for entry_id, _ in sync_redis.xrange(keys.dead_letter)] == [kept]
+
+    assert main(["dlq", "replay", kept, "--keep"]) == 0
+    assert main(["dlq", "replay", purged]) == 1
+    captured = capsys.readouterr()
+    assert "1 of the given ids are not dead letters" in captured.err
+    assert captured.out.endswith("replayed 0 dead letter(s) to their source streams\n")
+    assert sync_redis.xlen(keys.stream("identity")) == 1

@@ -346,8 +346,8 @@ async def test_replaying_one_dead_letter_by_id_redelivers_only_that_one(
         str(events[0].event_id),
     ]
 
-    # The replayed id is gone: replaying it again adds nothing and says so.
-    assert await _cli("dlq", "replay", first.id) == 0
+    # The replayed id is gone: replaying it again adds nothing, says so and exits 1.
+    assert await _cli("dlq", "replay", first.id) == 1
     out, err = capsys.readouterr()
     assert "1 of the given ids are not dead letters" in err
     assert out == "replayed 0 dead letter(s) to their source streams\n"
