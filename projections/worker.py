@@ -174,6 +174,9 @@ class ProjectionWorker:
         # Without this, an event held through a few retries was dead-lettered on its own first
         # failure, never retried (tests/integration/test_projections_semantics.py).
         self.held: dict[tuple[str, str], int] = {}
+        # Ids of applied entries whose XACK rides on the next XREADGROUP (one round trip for
+        # both); any other ack or dead letter sent first takes them along (_flush).
+        self.unacked: dict[str, list[str]] = defaultdict(list)
         self.counters = store.Counters()
         self.claim_cursor: dict[str, str] = {}
         self.batches = 0
@@ -207,14 +210,20 @@ class ProjectionWorker:
                     if time.monotonic() >= next_claim:
                         await self._reclaim()
                         next_claim = time.monotonic() + self.config.claim_interval_s
-                    entries = await self.group.read_new(self.config.batch_size, self._block_ms())
+                    entries = await self.group.read_new(
+                        self.config.batch_size, self._block_ms(), ack=self.unacked
+                    )
+                    self.unacked = defaultdict(list)
                 else:
                     task, ahead = ahead, None
                     entries = await task
                 if len(entries) >= self.config.batch_size and not self.stop.is_set():
                     ahead = asyncio.create_task(self.group.read_new(self.config.batch_size, 0))
                 if entries:
-                    await self._process(entries)
+                    # The acks wait for the next read only when it is the next round trip: not
+                    # when a read-ahead is already under way, nor when stopping.
+                    defer = ahead is None and not self.stop.is_set()
+                    await self._process(entries, defer_acks=defer)
                 if time.monotonic() >= next_beat:
                     await self._heartbeat()
                     next_beat = time.monotonic() + self.config.heartbeat_s
@@ -236,6 +245,10 @@ class ProjectionWorker:
                     # takes them, and the inbox absorbs any repeat.
                     ahead.cancel()
                     ahead = None
+        try:
+            await self._flush({}, [])  # acks still waiting for a read
+        except StreamsError as error:  # the entries stay pending; redelivery is harmless
+            log.warning("event=final_ack_failed consumer=%s error=%r", self.consumer, error)
         try:
             await self._heartbeat()
             await self._db(
@@ -390,8 +403,17 @@ class ProjectionWorker:
 
     # --- processing ---
 
-    async def _process(self, entries: Sequence[Entry], extra: Sequence[StreamMessage] = ()) -> None:
-        """Apply a delivered batch, then ack, dead-letter or schedule retries."""
+    async def _process(
+        self,
+        entries: Sequence[Entry],
+        extra: Sequence[StreamMessage] = (),
+        *,
+        defer_acks: bool = False,
+    ) -> None:
+        """Apply a delivered batch, then ack, dead-letter or schedule retries.
+
+        ``defer_acks``: leave the acks to the next read (:attr:`unacked`) unless there are dead
+        letters, which go out at once, before their entries' acks."""
         acks: dict[str, list[str]] = defaultdict(list)
         letters: list[_Letter] = []
         messages: list[StreamMessage] = []
@@ -441,6 +463,10 @@ class ProjectionWorker:
         await self._failed(outcome, letters, acks)
         for message in deferred + outcome.deferred:
             self._defer(message, letters)
+        if defer_acks and not letters:
+            for stream, ids in acks.items():
+                self.unacked[stream] += ids
+            return
         await self._flush(acks, letters)
 
     async def _apply(self, batch: Sequence[StreamMessage]) -> Outcome:
@@ -549,7 +575,13 @@ class ProjectionWorker:
         self.retries[(message.stream, message.id)] = _Retry(message, due, 0)
 
     async def _flush(self, acks: dict[str, list[str]], letters: Sequence[_Letter]) -> None:
-        """Dead letters first, then every XACK, in one pipelined round trip."""
+        """Dead letters first, then every XACK (those waiting in :attr:`unacked` too), in one
+        pipelined round trip."""
+        if self.unacked:
+            acks = {
+                stream: [*self.unacked.get(stream, ()), *acks.get(stream, ())]
+                for stream in {*self.unacked, *acks}
+            }
         if not letters and not acks:
             return
         commands = [
@@ -577,6 +609,7 @@ class ProjectionWorker:
                 # Packed by hiredis (raw_pipeline): redis-py packs a 500-id XACK in Python, which
                 # cost the consumer more than Redis spends on it.
                 await raw_pipeline(self.redis, commands, raise_on_error=True)
+                self.unacked = defaultdict(list)
                 break
             except redis_errors.RedisError as error:
                 translated = translate(error, self.keys.dead_letter if letters else None)
