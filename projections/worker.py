@@ -177,6 +177,11 @@ class ProjectionWorker:
         # Ids of applied entries whose XACK rides on the next XREADGROUP (one round trip for
         # both); any other ack or dead letter sent first takes them along (_flush).
         self.unacked: dict[str, list[str]] = defaultdict(list)
+        # The connection batches are applied on, kept from one batch to the next. Handing it
+        # back to the pool after every batch cost a round trip per batch: asyncpg resets a
+        # released connection (pg_advisory_unlock_all, CLOSE ALL, UNLISTEN *, RESET ALL). It is
+        # handed back, and so reset, after any error and when the worker ends.
+        self.batch_db: Any = None
         self.counters = store.Counters()
         self.claim_cursor: dict[str, str] = {}
         self.batches = 0
@@ -185,6 +190,12 @@ class ProjectionWorker:
 
     async def run(self) -> None:
         """Run until ``stop`` is set; in-flight work is finished and acked first."""
+        try:
+            await self._serve()
+        finally:
+            await self._release_batch_db()
+
+    async def _serve(self) -> None:
         await self._until_done(self.group.ensure_groups)
         await self._db(
             lambda db: store.register_consumer(
@@ -282,6 +293,17 @@ class ProjectionWorker:
                     return None
                 log.warning("event=consumer_start_retry consumer=%s error=%r", self.consumer, error)
                 await self._pause(backoff_delay_s(failures, 0.1, 5.0))
+
+    async def _release_batch_db(self) -> None:
+        """Hand the batch connection back to the pool, which resets it (or drops it if broken)."""
+        db, self.batch_db = self.batch_db, None
+        if db is None:
+            return
+        try:
+            await self.pool.release(db)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+            # The pool has terminated it and opens a new one on the next acquire.
+            log.debug("event=batch_connection_dropped consumer=%s error=%r", self.consumer, error)
 
     async def _db(self, action: Callable[[Any], Awaitable[T]]) -> T:
         async with self.pool.acquire() as db:
@@ -473,14 +495,20 @@ class ProjectionWorker:
         attempt = 0
         while True:
             try:
-                async with self.pool.acquire() as db:
-                    return await apply_batch(db, self.projection, batch)
+                if self.batch_db is None:
+                    self.batch_db = await self.pool.acquire()
+                return await apply_batch(self.batch_db, self.projection, batch)
             except TransientError as error:
                 failure: BaseException = error
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                await self._release_batch_db()
                 if not is_transient(error):
                     raise
                 failure = error
+            except BaseException:
+                await self._release_batch_db()
+                raise
+            await self._release_batch_db()
             attempt += 1
             if self.stop.is_set() and attempt > 3:
                 # Nothing was acked: the entries stay pending and are redelivered later.
