@@ -66,7 +66,9 @@ async def _run(timeout_s: float) -> list[tuple[str, str, str | None, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = asyncio.run(_run(args.timeout))
+    from cli import eventloop
+
+    results = eventloop.run(_run(args.timeout))
     failed = False
     for name, where, problem, hint in results:
         if problem is None:

@@ -279,7 +279,9 @@ async def produce(rate: float, duration_s: float | None, connections: int, seed:
 
 
 def run(args: argparse.Namespace) -> int:
-    asyncio.run(produce(args.rate, args.duration, args.connections, args.seed))
+    from cli import eventloop
+
+    eventloop.run(produce(args.rate, args.duration, args.connections, args.seed))
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from cli.eventloop import loop_name
     from cli.heap import freeze_startup_heap
     from monitor.app import create_app
     from outbox.settings import get_settings
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        loop=loop_name(),
         ws_ping_interval=20,
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -25,7 +24,9 @@ def duration_s(text: str) -> float:
 
 
 def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    return asyncio.run(coro())
+    from cli import eventloop
+
+    return eventloop.run(coro())
 
 
 # --- outbox project ---

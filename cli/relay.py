@@ -81,10 +81,9 @@ def _relay(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: early.append(received))
 
-    import asyncio
-
     from pydantic import ValidationError
 
+    from cli import eventloop
     from cli.heap import settle_for_batches
     from outbox.errors import ConfigurationError
     from outbox.settings import get_settings
@@ -105,13 +104,12 @@ def _relay(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"invalid relay option: {error}") from None
     relay = Relay.from_settings(settings)
     settle_for_batches()
-    asyncio.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
+    eventloop.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from cli import eventloop
     from outbox.errors import ConfigurationError
     from outbox.settings import get_settings
     from relay.prune import PruneProgress, parse_duration, prune
@@ -127,7 +125,7 @@ def _prune(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    total = asyncio.run(
+    total = eventloop.run(
         prune(get_settings().libpq_url(), older_than, chunk_size=args.chunk_size, progress=show)
     )
     print(f"done: {total.deleted} published events older than {args.older_than} deleted")

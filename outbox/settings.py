@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=_env("OUTBOX_MAX_PAYLOAD_BYTES"),
         description="Largest serialised event data emit() accepts.",
+    )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        validation_alias=_env("OUTBOX_EVENT_LOOP"),
+        description="Event loop of the outbox commands: auto (uvloop when installed), uvloop, "
+        "asyncio.",
     )
     processor_workers: int = Field(
         default=4, ge=1, le=256, validation_alias=_env("PROCESSOR_WORKERS")
