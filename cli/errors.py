@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from pydantic import ValidationError
+
 from outbox.errors import OutboxError
 
 
@@ -25,6 +27,16 @@ def report_failure(error: BaseException) -> int | None:
     """Print a one-line explanation and return the exit code, or None for a real bug."""
     if isinstance(error, OutboxError):
         print(f"outbox: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, ValidationError) and error.title == "Settings":
+        # A bad value in the environment or .env: name each variable and what it should be.
+        for problem in error.errors():
+            variable = ".".join(str(part) for part in problem["loc"])
+            print(
+                f"outbox: invalid setting {variable}={problem.get('input')!r}: {problem['msg']}",
+                file=sys.stderr,
+            )
+        print("  (README, Configuration, lists every setting and its default)", file=sys.stderr)
         return 2
     if _is_connection_refused(error):
         print(
