@@ -3,7 +3,7 @@
 uvloop (libuv) makes fewer system calls per loop turn and per socket write than asyncio's
 selector loop, and on this project's daemons the system calls are most of the cost. Measured
 with 16 emitters flat out on 2 cores (docs/decisions/0009-uvloop.md): the relay's CPU, its own
-plus what its PostgreSQL backend and Redis spend for it, fell from 0.40-0.43 to 0.30-0.31 of a
+plus what its PostgreSQL backend and Redis spend for it, fell from 0.37-0.42 to 0.32-0.34 of a
 core while it published more batches.
 
 ``OUTBOX_EVENT_LOOP`` chooses: ``auto`` (default: uvloop when importable), ``uvloop`` (an error
