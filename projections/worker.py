@@ -498,17 +498,11 @@ class ProjectionWorker:
                 if self.batch_db is None:
                     self.batch_db = await self.pool.acquire()
                 return await apply_batch(self.batch_db, self.projection, batch)
-            except TransientError as error:
-                failure: BaseException = error
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                await self._release_batch_db()
-                if not is_transient(error):
+            except BaseException as error:
+                await self._release_batch_db()  # the pool resets it, or drops it if broken
+                if not (isinstance(error, TransientError) or is_transient(error)):
                     raise
                 failure = error
-            except BaseException:
-                await self._release_batch_db()
-                raise
-            await self._release_batch_db()
             attempt += 1
             if self.stop.is_set() and attempt > 3:
                 # Nothing was acked: the entries stay pending and are redelivered later.
