@@ -80,12 +80,19 @@ def is_tls_untrusted(error: BaseException) -> bool:
     )
 
 
+#: Redis refused the credentials or a permission (AuthorizationError is a ConnectionError to
+#: redis-py, NoPermissionError a ResponseError): reported as RedisAuthError, never retried.
+_AUTH_ERRORS = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+    redis_errors.NoPermissionError,
+)
+
+
 def is_refusal(error: BaseException) -> bool:
     """True for a failure that a reconnect cannot cure: wrong credentials, a missing ACL
     permission, an untrusted certificate. Retrying these only delays the error."""
-    return isinstance(
-        error, (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
-    ) or is_tls_untrusted(error)
+    return isinstance(error, _AUTH_ERRORS) or is_tls_untrusted(error)
 
 
 def translate(error: redis_errors.RedisError, key: str | None = None) -> StreamsError:
@@ -96,7 +103,7 @@ def translate(error: redis_errors.RedisError, key: str | None = None) -> Streams
             f"Redis is out of memory (OOM) while writing {key or 'a key'}: {message}; consume "
             "and trim streams or raise maxmemory"
         )
-    if isinstance(error, (redis_errors.AuthenticationError, redis_errors.NoPermissionError)):
+    if isinstance(error, _AUTH_ERRORS):
         return RedisAuthError(f"Redis refused access: {message} (check credentials and ACL)")
     if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
         if is_tls_untrusted(error):

@@ -34,6 +34,7 @@ def test_translations() -> None:
     assert isinstance(translate(nogroup, "x"), GroupMissingError)
     assert isinstance(translate(redis_errors.ConnectionError("refused")), RedisUnavailableError)
     assert isinstance(translate(redis_errors.AuthenticationError("WRONGPASS")), RedisAuthError)
+    assert isinstance(translate(redis_errors.AuthorizationError("NOPERM")), RedisAuthError)
     assert type(translate(redis_errors.ResponseError("ERR other"))) is StreamsError
     assert is_busygroup(redis_errors.ResponseError("BUSYGROUP Consumer Group name already exists"))
     assert not is_busygroup(nogroup)
