@@ -98,6 +98,13 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
                 # PostgreSQL would JIT-compile every poll (hundreds of ms, measured on the
                 # monitor's backlog count) for a query that takes a few ms.
                 "jit": "off",
+                # FETCH_BATCH is prepared once but, left to itself, planned again at every poll:
+                # PostgreSQL keeps choosing a custom plan (its generic estimate assumes ten
+                # services per unnest). The generic plan is the same index scan per service,
+                # whatever the parameters, and saves about 125 µs of the backend's CPU per poll
+                # (303 → 177 µs a call, measured). Every statement on this connection is a
+                # lookup by key or that scan, so no plan here depends on the values.
+                "plan_cache_mode": "force_generic_plan",
             },
         )
     except CONNECTION_ERRORS as error:
