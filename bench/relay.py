@@ -4,8 +4,8 @@
    (batches of RELAY_BATCH_SIZE, one Redis round trip per batch); beside it a naive relay (one
    row per round trip: select one, XADD one, update the cursor) on ``--naive-events`` events.
    Goal (issue 3): >= 50,000 ev/s and >= 25x naive.
-2. **latency**: 16 connections emit ``--rate`` events/s in total (one event per transaction)
-   while the relay runs. Commit time is ``time.time()`` right after COMMIT returns. Publish time
+2. **latency**: 16 connections emit ``--rate`` events/s in total (one event per transaction,
+   the connections' turns staggered so that the rate is steady) while the relay runs. Commit time is ``time.time()`` right after COMMIT returns. Publish time
    is measured two ways: the entry id's millisecond (Redis's clock at XADD; same host, so the
    clocks agree, but only to the millisecond: the XADD is taken at the middle of it, good to
    ±0.5 ms, as bench/pipeline.py does) and the moment a consumer blocked in XREAD receives the
@@ -221,9 +221,12 @@ async def latency(
                     received[fields[b"event_id"].decode()] = (now, entry_ms(last))
         await reader.aclose()
 
-    async def emitter(conn: asyncpg.Connection, per_s: float, deadline: float) -> None:
-        interval = 1 / per_s
-        next_at = time.perf_counter()
+    async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
+        # Emitter i starts i/rate seconds in, so the 16 together emit at a steady rate instead
+        # of all committing at the same moments, every connections/rate seconds (bursts of 16).
+        interval = connections / rate
+        next_at = time.perf_counter() + index / rate
+        await asyncio.sleep(index / rate)
         while time.perf_counter() < deadline:
             async with conn.transaction():
                 event = await outbox.emit(
@@ -239,7 +242,7 @@ async def latency(
         consumer = asyncio.create_task(consume())
         await asyncio.sleep(0.5)
         deadline = time.perf_counter() + seconds
-        await asyncio.gather(*(emitter(c, rate / connections, deadline) for c in conns))
+        await asyncio.gather(*(emitter(i, c, deadline) for i, c in enumerate(conns)))
         await _until(lambda: len(received) >= len(committed), timeout_s=5)
         stop_consumer.set()
         await consumer
