@@ -5,12 +5,13 @@
    row per round trip: select one, XADD one, update the cursor) on ``--naive-events`` events.
    Goal (issue 3): >= 50,000 ev/s and >= 25x naive.
 2. **latency**: 16 connections emit ``--rate`` events/s in total (one event per transaction,
-   the connections' turns staggered so that the rate is steady) while the relay runs. Commit time is ``time.time()`` right after COMMIT returns. Publish time
-   is measured two ways: the entry id's millisecond (Redis's clock at XADD; same host, so the
-   clocks agree, but only to the millisecond: the XADD is taken at the middle of it, good to
-   ±0.5 ms, as bench/pipeline.py does) and the moment a consumer blocked in XREAD receives the
-   entry (microsecond clock, but includes delivery to the consumer: an upper bound). Goal:
-   p50 <= 2 ms, p99 <= 10 ms, on the first.
+   the connections' turns staggered so that the rate is steady) while the relay runs. Commit
+   time is ``time.time()`` right after COMMIT returns. Publish time is measured two ways: the
+   entry id's millisecond (Redis's clock at XADD; same host, so the clocks agree, but only to
+   the millisecond: the XADD is taken at the middle of it, good to ±0.5 ms, as
+   bench/pipeline.py does) and the moment a consumer blocked in XREAD receives the entry
+   (microsecond clock, but includes delivery to the consumer: an upper bound). Goal: p50 <= 2
+   ms, p99 <= 10 ms, on the first.
 3. **emit cost**: 16 connections emit as fast as they can, with the relay running and stopped.
    Goal: with >= 90% of without.
 
