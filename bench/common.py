@@ -24,6 +24,7 @@ import redis
 
 from migrations import runner
 from outbox.settings import get_settings
+from streams.codec import entry_ms
 
 # What XRANGE returns (redis-py types it loosely): [(id, fields)].
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -140,6 +141,12 @@ def process_cpu_s(*names: str) -> dict[str, float]:
             if comm.startswith(name):
                 totals[name] += sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
     return totals
+
+
+def xadd_ms(entry_id: str) -> float:
+    """When Redis added an entry, in Unix milliseconds, from its id (``<ms>-<seq>``): the id
+    holds the millisecond truncated, so the middle of it, good to ±0.5 ms."""
+    return entry_ms(entry_id) + 0.5
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -44,9 +44,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 import outbox
-from bench.common import Entries, check, percentile, scratch_database, write_result
+from bench.common import Entries, check, percentile, scratch_database, write_result, xadd_ms
 from outbox.settings import get_settings
-from streams.codec import entry_ms
 from streams.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +180,7 @@ async def xadd_times(redis: aioredis.Redis, stream: str) -> dict[str, float]:
     while True:
         entries = cast(Entries, await redis.xrange(stream, min=start, count=10_000))
         for entry_id, fields in entries:
-            added[fields[b"event_id"].decode()] = (entry_ms(entry_id.decode()) + 0.5) / 1000
+            added[fields[b"event_id"].decode()] = xadd_ms(entry_id.decode()) / 1000
         if len(entries) < 10_000:
             return added
         start = "(" + entries[-1][0].decode()

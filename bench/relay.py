@@ -43,11 +43,11 @@ from bench.common import (
     process_cpu_s,
     scratch_database,
     write_result,
+    xadd_ms,
 )
 from cli.heap import settle_for_batches
 from outbox.settings import Settings, get_settings
 from relay.daemon import Relay
-from streams.codec import entry_ms
 from streams.keys import Keys
 
 # Pre-fill in SQL: emit() one by one would make the fill, not the drain, the slow part.
@@ -207,7 +207,7 @@ async def latency(
     settings = _settings(url, prefix, relay_trim_interval_s=0)
     conns = [await asyncpg.connect(url) for _ in range(connections)]
     committed: dict[str, float] = {}
-    received: dict[str, tuple[float, int]] = {}
+    received: dict[str, tuple[float, float]] = {}
     stop_consumer = asyncio.Event()
 
     async def consume() -> None:
@@ -219,15 +219,15 @@ async def latency(
             for _, entries in reply:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
-                    received[fields[b"event_id"].decode()] = (now, entry_ms(last))
+                    received[fields[b"event_id"].decode()] = (now, xadd_ms(last))
         await reader.aclose()
 
     async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
         # Emitter i starts i/rate seconds in, so the 16 together emit at a steady rate instead
         # of all committing at the same moments, every connections/rate seconds (bursts of 16).
         interval = connections / rate
-        next_at = time.perf_counter() + index / rate
         await asyncio.sleep(index / rate)
+        next_at = time.perf_counter()
         while time.perf_counter() < deadline:
             async with conn.transaction():
                 event = await outbox.emit(
@@ -251,9 +251,7 @@ async def latency(
         await conn.close()
     await _cleanup(client, prefix)
     by_consumer = [(received[e][0] - t) * 1000 for e, t in committed.items() if e in received]
-    # The entry id holds the XADD's millisecond, truncated: the middle of it, not its start
-    # (which read 0.5 ms low on average, flattering the goal).
-    by_entry_id = [received[e][1] + 0.5 - t * 1000 for e, t in committed.items() if e in received]
+    by_entry_id = [received[e][1] - t * 1000 for e, t in committed.items() if e in received]
     return {
         "target_rate_per_s": rate,
         "events": len(committed),
