@@ -44,7 +44,9 @@ class Cursor(NamedTuple):
 
 START = Cursor(0, 0)
 
-#: One outbox row as the relay reads it (an asyncpg Record or any mapping with these keys).
+#: One outbox row as the relay reads it (an asyncpg Record or any mapping with these keys):
+#: ``stream``, ``txid``, ``position``, ``priority`` and ``fields``, the stream entry's
+#: ``[field, value, …]`` as a JSON array (relay.queries.ENTRY_FIELDS).
 OutboxRow = Mapping[str, Any]
 
 
@@ -60,7 +62,8 @@ class OutboxStore(Protocol):
         ...
 
     async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
-        """Up to ``limit`` committed events per service after its cursor, in cursor order."""
+        """Up to ``limit`` committed events per service after its cursor, in cursor order, each
+        with its stream entry's fields."""
         ...
 
     async def advance(self, cursors: Mapping[str, Cursor]) -> None:
@@ -112,11 +115,15 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
 
 
 class PgOutboxStore:
-    """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure."""
+    """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure.
 
-    def __init__(self, url: str, application_name: str) -> None:
+    ``max_retries`` is the value every entry carries in its ``max_retries`` field (MAX_RETRIES).
+    """
+
+    def __init__(self, url: str, application_name: str, max_retries: int) -> None:
         self._url = url
         self._application_name = application_name
+        self._max_retries = str(max_retries)
         self._conn: asyncpg.Connection | None = None
 
     async def _connection(self) -> asyncpg.Connection:
@@ -151,6 +158,7 @@ class PgOutboxStore:
             [cursors[s].txid for s in services],
             [cursors[s].position for s in services],
             limit,
+            self._max_retries,
         )
         batches: dict[str, list[OutboxRow]] = {}
         for row in rows:  # already in cursor order per service (FETCH_BATCH's ORDER BY)

@@ -123,8 +123,10 @@ class Relay:
         )
         relay = cls(
             settings,
-            store=PgOutboxStore(settings.libpq_url(), f"outbox-relay {instance}"),
-            publisher=RedisPublisher(client, keys, settings.max_retries),
+            store=PgOutboxStore(
+                settings.libpq_url(), f"outbox-relay {instance}", settings.max_retries
+            ),
+            publisher=RedisPublisher(client, keys),
             leases=leases,
             keys=keys,
             instance_id=instance,

@@ -1,4 +1,7 @@
-"""Publisher: turns outbox rows into stream entries and publishes them idempotently.
+"""Publisher: routes outbox rows to their streams and publishes them idempotently.
+
+Each row comes with its entry's fields already encoded by PostgreSQL (``fields``, a JSON array;
+see relay.queries.ENTRY_FIELDS), so the relay only routes and forwards them.
 
 A service's events go to up to three streams (``…:events``, ``…:events:high``,
 ``…:events:critical``); each stream gets its events in cursor order, and the batches of every
@@ -18,7 +21,6 @@ import redis.asyncio as aioredis
 from outbox.envelope import MessagePriority
 from outbox.settings import Settings
 from relay.cursor import OutboxRow
-from streams import codec
 from streams.errors import StreamRefusedError
 from streams.keys import Keys
 from streams.publish import StreamBatch, publish_batches
@@ -47,32 +49,6 @@ class Publisher(Protocol):
     async def close(self) -> None: ...
 
 
-def entry_fields(row: OutboxRow, max_retries: str) -> list[str]:
-    """One outbox row as stream entry fields ``[field, value, …]`` (:mod:`streams.codec`)."""
-    fields: list[str] = []
-    codec.encode_flat(
-        fields,
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        service=row["stream"],
-        source=row["source"],
-        data_json=row["payload"],
-        priority=_PRIORITIES[row["priority"]],
-        occurred_at_iso=row["occurred_at_iso"],
-        timestamp=row["epoch"],
-        correlation_id=row["correlation_id"],
-        position=row["position"],
-        max_retries=max_retries,
-        causation_id=row["causation_id"],
-        user_id=row["user_id"],
-        aggregate_id=row["aggregate_id"],
-        dedup_key=row["dedup_key"],
-        traceparent=row["traceparent"],
-        headers_json=row["headers"],
-    )
-    return fields
-
-
 def connect_redis(settings: Settings) -> aioredis.Redis:
     """A Redis client for the relay. Timeouts bound a hung server; the relay's own backoff,
     not the client's, decides when to try again."""
@@ -90,10 +66,9 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
 class RedisPublisher:
     """:class:`Publisher` on a redis-py asyncio client."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, max_retries: int) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self._client = client
         self._keys = keys
-        self._max_retries = str(max_retries)
         self._streams: dict[tuple[str, int], str] = {}  # (service, priority) -> stream key
 
     async def publish(
@@ -113,7 +88,7 @@ class RedisPublisher:
                     batch = by_stream[stream] = StreamBatch(stream)
                     stream_batches.append(batch)
                     owners.append(service)
-                batch.add(row["txid"], row["position"], entry_fields(row, self._max_retries))
+                batch.add(row["txid"], row["position"], row["fields"])
         results = await publish_batches(self._client, self._keys, stream_batches)
         outcomes: dict[str, ServiceOutcome] = {service: ServiceOutcome() for service in batches}
         for service, result in zip(owners, results, strict=True):

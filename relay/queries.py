@@ -6,6 +6,8 @@ connection) and :mod:`relay.prune`.
 
 from __future__ import annotations
 
+from outbox.envelope import MessagePriority
+
 # Advisory-lock namespaces (first key of the two-int4 form, which never collides with the
 # one-bigint lock of the migrations): one lock per service lease, one per live relay.
 LEASE_LOCK_SPACE = 0x52454C41  # "RELA"
@@ -40,6 +42,40 @@ LOAD_CURSORS = """
 SELECT stream, txid, position FROM relay_cursors WHERE stream = ANY($1::text[])
 """
 
+# Each event's stream entry, formatted by the backend (C) rather than by the relay (Python):
+# the fields ``[field, value, …]`` as one JSON array of strings, exactly what
+# streams.codec.encode_flat writes (tests/integration/test_relay_store.py holds the two equal).
+# The relay passes the text through and the publish script decodes it (streams.keys.PUBLISH_LUA):
+# one argument per event instead of about thirty, which was most of the relay's CPU per event
+# (docs/decisions/0010-entries-encoded-by-postgresql.md). An optional field is left out when
+# NULL or empty: array_remove drops its name and value together. $5 is MAX_RETRIES.
+# (The ELSE never happens, a CHECK constraint keeps priority in range; it keeps names and
+# values paired whatever the row holds.)
+_PRIORITY_LABEL = "CASE o.priority {} ELSE o.priority::text END".format(
+    " ".join(f"WHEN {int(p)} THEN '{p.label}'" for p in MessagePriority)
+)
+_OPTIONAL_PAIRS = ",\n           ".join(
+    f"CASE WHEN o.{c} <> '' THEN '{c}' END, nullif(o.{c}, '')"
+    for c in ("causation_id", "user_id", "aggregate_id", "dedup_key", "traceparent")
+)
+ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
+           'event_id', o.event_id::text,
+           'event_type', o.event_type,
+           'service', o.stream,
+           'source', o.source,
+           'data', o.payload::text,
+           'priority', {_PRIORITY_LABEL},
+           'timestamp', extract(epoch FROM o.occurred_at)::text,
+           'occurred_at', to_char(o.occurred_at AT TIME ZONE 'UTC',
+                                  'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+           'correlation_id', o.correlation_id,
+           'retry_count', '0',
+           'max_retries', $5::text,
+           'position', o.position::text,
+           {_OPTIONAL_PAIRS},
+           CASE WHEN o.headers IS NOT NULL THEN 'headers' END, o.headers::text
+       ], NULL))::text"""
+
 # The next batch of each service, strictly after its cursor, in cursor order. Only rows whose
 # transaction is older than every running one are read: a transaction still in progress can
 # commit later with a lower txid and lower positions than rows already visible, and a cursor
@@ -47,14 +83,8 @@ SELECT stream, txid, position FROM relay_cursors WHERE stream = ANY($1::text[])
 # pg_current_snapshot() is the statement's own snapshot (GetActiveSnapshot), so the xmin horizon
 # and the rows read agree: every transaction below the horizon is finished, and its rows are
 # visible to this very statement (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
-FETCH_BATCH = """
-SELECT o.stream, o.txid, o.position, o.event_id::text AS event_id, o.event_type, o.source,
-       o.aggregate_id, o.priority, o.payload::text AS payload, o.headers::text AS headers,
-       o.correlation_id, o.causation_id, o.user_id, o.traceparent, o.dedup_key,
-       -- Times as the entry carries them, formatted here in C rather than per event in Python.
-       to_char(o.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
-           AS occurred_at_iso,
-       extract(epoch FROM o.occurred_at)::text AS epoch
+FETCH_BATCH = f"""
+SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields
   FROM unnest($1::text[], $2::xid8[], $3::bigint[]) AS c(stream, txid, position)
   CROSS JOIN LATERAL (
         SELECT * FROM outbox_events e

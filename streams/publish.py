@@ -6,14 +6,16 @@ written to the socket together and their replies read back in order (a pipeline)
 same events again (a relay restarted before it committed its cursor, two relays on one stream)
 therefore adds nothing, and entry ids stay Redis's time-based ``*`` ids.
 
-A batch of 500 events is about 15,000 arguments. redis-py's asyncio client packs arguments in
-pure Python, which costs more than the whole Redis side of the call, so the commands are packed
-with hiredis (C) when it is installed and sent on a connection of the client's own pool.
+Each event is three arguments, its entry's fields one JSON text that the script decodes: packing
+about thirty arguments per event cost the relay more CPU than everything else it does. redis-py's
+asyncio client packs arguments in pure Python, so the commands are packed with hiredis (C) when
+it is installed and sent on a connection of the client's own pool.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -31,16 +33,21 @@ PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
 @dataclass(slots=True)
 class StreamBatch:
     """Events for one stream in cursor order, as the script's arguments:
-    ``txid, position, n, field, value, …`` per event (see :meth:`add`)."""
+    ``txid, position, fields`` per event (see :meth:`add`)."""
 
     stream: str
     args: list[str] = field(default_factory=list)
     count: int = 0
 
-    def add(self, txid: int, position: int, fields: Sequence[str]) -> None:
-        self.args += (str(txid), str(position), str(len(fields)))
-        self.args += fields
+    def add(self, txid: int, position: int, fields_json: str) -> None:
+        """One event: its cursor and its entry's ``[field, value, …]`` as a JSON array of
+        strings (the relay gets it ready-made from PostgreSQL, see relay.queries)."""
+        self.args += (str(txid), str(position), fields_json)
         self.count += 1
+
+    def add_fields(self, txid: int, position: int, fields: Sequence[str]) -> None:
+        """:meth:`add` with the fields as a list."""
+        self.add(txid, position, json.dumps(fields, ensure_ascii=False))
 
 
 @dataclass(frozen=True, slots=True)

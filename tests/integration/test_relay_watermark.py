@@ -12,7 +12,7 @@ from streams.publish import StreamBatch, publish_batches
 def _batch(stream: str, *cursors: tuple[int, int]) -> StreamBatch:
     batch = StreamBatch(stream)
     for txid, position in cursors:
-        batch.add(txid, position, ["position", str(position), "txid", str(txid)])
+        batch.add_fields(txid, position, ["position", str(position), "txid", str(txid)])
     return batch
 
 
@@ -90,3 +90,37 @@ async def test_publish_survives_an_empty_script_cache(
     [result] = await publish_batches(redis_client, keys, [_batch(stream, (1, 1))])
     assert not isinstance(result, StreamRefusedError)
     assert result.published == 1
+
+
+async def test_fields_that_are_not_a_json_array_stop_the_batch_where_they_are(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    """The events before the bad one are added and the watermark says so; the bad one and the
+    rest are refused, so a retry with good fields adds each of them once."""
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    batch = _batch(stream, (1, 1))
+    batch.add(1, 2, '{"not": "an array"')
+    batch.add_fields(1, 3, ["position", "3"])
+    [refused] = await publish_batches(redis_client, keys, [batch])
+    assert isinstance(refused, StreamRefusedError)
+    assert "not a JSON array" in refused.reason
+    assert await _positions(redis_client, stream) == [1]
+    assert await redis_client.get(keys.watermark(stream)) == b"1:1"
+    [result] = await publish_batches(redis_client, keys, [_batch(stream, (1, 1), (1, 2), (1, 3))])
+    assert not isinstance(result, StreamRefusedError)
+    assert (result.published, result.skipped) == (2, 1)
+    assert await _positions(redis_client, stream) == [1, 2, 3]
+
+
+async def test_entry_fields_keep_every_character(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    text = 'q"uote \\back\\slash \n\t\r\x01 Zoë 日本 \u2028 😀 \\u0041'
+    batch = StreamBatch(stream)
+    batch.add_fields(1, 1, ["data", text, "empty", ""])
+    await publish_batches(redis_client, keys, [batch])
+    [(_, fields)] = await redis_client.xrange(stream)
+    assert fields == {b"data": text.encode(), b"empty": b""}

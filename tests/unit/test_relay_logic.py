@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import random
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
-from outbox.envelope import MessagePriority
 from relay.cursor import Cursor
 from relay.leases import fair_share
 from relay.prune import parse_duration
-from relay.publisher import entry_fields
 from relay.wakeup import AdaptivePoll, Backoff
-from streams.codec import decode_entry, encode_fields
 
 
 def test_cursor_orders_by_txid_before_position() -> None:
@@ -94,51 +90,3 @@ def test_fair_share_covers_every_service() -> None:
     for services in range(20):
         for relays in range(1, 6):
             assert fair_share(services, relays) * relays >= services
-
-
-def test_relay_entry_fields_match_the_codec() -> None:
-    occurred_at = datetime(2026, 11, 26, 9, 58, 14, 120000, tzinfo=UTC)
-    event_id = str(uuid.uuid4())
-    row = {
-        "stream": "identity",
-        "txid": 900,
-        "position": 42,
-        "event_id": event_id,
-        "event_type": "user_created",
-        "source": "identity",
-        "aggregate_id": "user-7",
-        "priority": 2,
-        "payload": '{"user_id": 7}',
-        "headers": '{"x": "y"}',
-        "correlation_id": "corr",
-        "causation_id": None,
-        "user_id": "admin",
-        "traceparent": None,
-        "dedup_key": "k",
-        # As FETCH_BATCH formats them in PostgreSQL.
-        "occurred_at_iso": "2026-11-26T09:58:14.120000+00:00",
-        "epoch": "1795687094.120000",
-    }
-    flat = entry_fields(row, "3")
-    expected = encode_fields(
-        event_id=event_id,
-        event_type="user_created",
-        service="identity",
-        source="identity",
-        data_json='{"user_id": 7}',
-        priority=MessagePriority.HIGH,
-        occurred_at=occurred_at,
-        correlation_id="corr",
-        position=42,
-        max_retries=3,
-        user_id="admin",
-        aggregate_id="user-7",
-        dedup_key="k",
-        headers_json='{"x": "y"}',
-    )
-    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    assert fields.keys() == expected.keys()
-    # Same instant, possibly other digits (PostgreSQL's numeric text vs Python's float repr).
-    assert float(fields.pop("timestamp")) == float(expected.pop("timestamp"))
-    assert fields == expected
-    assert decode_entry("s", "1-0", fields).occurred_at == occurred_at
