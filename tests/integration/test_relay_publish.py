@@ -101,6 +101,46 @@ async def test_entries_carry_the_whole_envelope(
     assert to_cloudevent(fields)["id"] == str(event.event_id)
 
 
+async def test_text_that_json_must_escape_arrives_unchanged(
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    relay_settings: Settings,
+    start_relay: StartRelay,
+) -> None:
+    """PostgreSQL encodes the entry as JSON and the publish script decodes it with cjson
+    (docs/decisions/0010-entries-encoded-by-postgresql.md): every character must survive both."""
+    keys = Keys(relay_settings.stream_prefix)
+    printable = 'q"uote \\back\\slash / Zoë 日本 😀 \\u0041 {"x": 1}'
+    data = {"text": printable + " \n\t\r\x01\x1f \u2028\u2029", "nested": [None, True, 1.5]}
+    async with asyncpg_conn.transaction():
+        event = await outbox.emit(
+            asyncpg_conn,
+            service="identity",
+            event_type="user_created",
+            data=data,
+            correlation_id=printable,
+            causation_id=printable,
+            user_id=printable,
+            aggregate_id=printable,
+            dedup_key=printable,
+            headers={"note": printable},
+        )
+    stream = keys.stream("identity")
+    async with start_relay():
+
+        async def done() -> bool:
+            return bool(await redis_client.xlen(stream))
+
+        await wait_until(done, what="the event")
+    [(entry_id, fields)] = await redis_client.xrange(stream)
+    for name in ("correlation_id", "causation_id", "user_id", "aggregate_id", "dedup_key"):
+        assert fields[name.encode()] == printable.encode()
+    message = decode_entry(stream, entry_id.decode(), fields)
+    assert message.data == data
+    assert message.headers == {"note": printable}
+    assert message.event_id == str(event.event_id)
+
+
 async def test_watermark_and_cursor_agree_after_a_graceful_stop(
     asyncpg_conn: asyncpg.Connection,
     redis_client: aioredis.Redis,
