@@ -79,8 +79,9 @@ async def prune_inbox(db: Connection, retention_s: int, limit: int = 10_000) -> 
             return total
 
 
-def fields_from_row(row: Any) -> dict[str, str]:
-    """The stream entry the relay would have written for an outbox row."""
+def fields_from_row(row: Any, max_retries: int = 0) -> dict[str, str]:
+    """The stream entry the relay writes for an outbox row (``SELECT *``), in Python; the relay
+    has PostgreSQL encode the same (relay.queries.ENTRY_FIELDS, held equal by a test)."""
     return encode_fields(
         event_id=str(row["event_id"]),
         event_type=row["event_type"],
@@ -91,13 +92,13 @@ def fields_from_row(row: Any) -> dict[str, str]:
         occurred_at=row["occurred_at"],
         correlation_id=row["correlation_id"],
         position=row["position"],
-        max_retries=0,
+        max_retries=max_retries,
         causation_id=row["causation_id"],
         user_id=row["user_id"],
         aggregate_id=row["aggregate_id"],
         dedup_key=row["dedup_key"],
         traceparent=row["traceparent"],
-        headers_json=row["headers"] if row["headers"] and json.loads(row["headers"]) else None,
+        headers_json=row["headers"],
     )
 
 

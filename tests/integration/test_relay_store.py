@@ -8,10 +8,10 @@ from typing import Any
 
 import asyncpg
 
-from outbox.envelope import MessagePriority
+from projections.store import fields_from_row
 from relay import queries
 from relay.cursor import START, PgOutboxStore
-from streams.codec import decode_entry, encode_fields
+from streams.codec import decode_entry
 from tests.fixtures_relay import emit_events
 
 
@@ -104,24 +104,7 @@ async def test_fetched_fields_are_the_codecs_entry(
         assert all(isinstance(value, str) for value in flat)
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         assert len(fields) * 2 == len(flat)  # no field twice
-        expected = encode_fields(
-            event_id=str(row["event_id"]),
-            event_type=row["event_type"],
-            service=row["stream"],
-            source=row["source"],
-            data_json=row["payload"],
-            priority=MessagePriority(row["priority"]),
-            occurred_at=row["occurred_at"],
-            correlation_id=row["correlation_id"],
-            position=row["position"],
-            max_retries=7,
-            causation_id=row["causation_id"],
-            user_id=row["user_id"],
-            aggregate_id=row["aggregate_id"],
-            dedup_key=row["dedup_key"],
-            traceparent=row["traceparent"],
-            headers_json=row["headers"],
-        )
+        expected = fields_from_row(row, max_retries=7)
         assert list(fields) == list(expected)
         # Same instant, possibly other digits (PostgreSQL's numeric text vs Python's float repr).
         assert float(fields.pop("timestamp")) == float(expected.pop("timestamp"))
