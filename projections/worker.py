@@ -46,7 +46,7 @@ from projections.apply import Outcome, TransientError, apply_batch, is_transient
 from projections.projection import Projection
 from streams.codec import MalformedEntryError, StreamMessage, decode_entry, entry_ms
 from streams.connection import backoff_delay_s, raw_pipeline
-from streams.consumer import Entry, GroupConsumer
+from streams.consumer import Entry, GroupConsumer, ack_commands
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.errors import StreamsError, translate
 from streams.keys import Keys
@@ -620,7 +620,7 @@ class ProjectionWorker:
             )
             for letter in letters
         ]
-        commands += [("XACK", stream, self.projection.name, *ids) for stream, ids in acks.items()]
+        commands += ack_commands(self.projection.name, acks)
         commands += [
             ("XACK", letter.stream, self.projection.name, letter.entry_id)
             for letter in letters

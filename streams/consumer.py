@@ -87,7 +87,8 @@ def _fields(flat: Sequence[Any]) -> dict[Any, Any]:
     return dict(zip(pairs, pairs, strict=False))
 
 
-def _ack_commands(group: str, ids_by_stream: Mapping[str, Sequence[str]]) -> list[tuple[Any, ...]]:
+def ack_commands(group: str, ids_by_stream: Mapping[str, Sequence[str]]) -> list[tuple[Any, ...]]:
+    """One XACK per stream that has ids (for :func:`streams.connection.raw_pipeline`)."""
     return [("XACK", key, group, *ids) for key, ids in ids_by_stream.items() if ids]
 
 
@@ -201,7 +202,7 @@ class GroupConsumer:
         if block_ms is not None:
             args += ("BLOCK", block_ms)
         args += ("STREAMS", *keys, *ids)
-        acks = _ack_commands(self.group, ack or {})
+        acks = ack_commands(self.group, ack or {})
         if acks:
             response = await self._call(keys, lambda: self._ack_then_read(acks, args))
         else:
@@ -284,7 +285,7 @@ class GroupConsumer:
 
     async def ack(self, ids_by_stream: Mapping[str, Sequence[str]]) -> None:
         """XACK every id, one pipelined round trip for all streams."""
-        commands = _ack_commands(self.group, ids_by_stream)
+        commands = ack_commands(self.group, ids_by_stream)
         if not commands:
             return
         try:
