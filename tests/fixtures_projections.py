@@ -84,23 +84,29 @@ async def directory(conn: asyncpg.Connection) -> dict[str, tuple[str | None, boo
     return {row["user_id"]: (row["email"], row["deleted"]) for row in rows}
 
 
-@pytest.fixture
-def projection_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings with short waits, so tests run fast: small blocks, quick retries and claims."""
-    for name, value in {
-        "PROJECTION_BLOCK_MS": "100",
-        "RETRY_BASE_DELAY_MS": "20",
-        "RETRY_MAX_DELAY_MS": "200",
-        "CLAIM_INTERVAL": "0.2",
-        "CLAIM_MIN_IDLE_MS": "500",
-        "DEAD_CONSUMER_IDLE_MS": "1000",
-        "PROJECTION_HEARTBEAT_INTERVAL": "0.2",
-        "PROCESSOR_WORKERS": "1",
-        "SHUTDOWN_GRACE": "10",
-    }.items():
+def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    """The settings with ``env`` set on top of the test's environment."""
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     return get_settings()
+
+
+@pytest.fixture
+def projection_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings with short waits, so tests run fast: small blocks, quick retries and claims."""
+    return configure(
+        monkeypatch,
+        PROJECTION_BLOCK_MS="100",
+        RETRY_BASE_DELAY_MS="20",
+        RETRY_MAX_DELAY_MS="200",
+        CLAIM_INTERVAL="0.2",
+        CLAIM_MIN_IDLE_MS="500",
+        DEAD_CONSUMER_IDLE_MS="1000",
+        PROJECTION_HEARTBEAT_INTERVAL="0.2",
+        PROCESSOR_WORKERS="1",
+        SHUTDOWN_GRACE="10",
+    )
 
 
 @pytest.fixture

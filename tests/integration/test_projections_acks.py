@@ -12,12 +12,19 @@ import redis.asyncio as aioredis
 
 from outbox import EventSpec
 from outbox.envelope import MessagePriority
-from outbox.settings import Settings, get_settings
+from outbox.settings import Settings
 from projections.projection import Projection
 from streams.codec import StreamMessage
 from streams.consumer import GroupConsumer
 from streams.keys import Keys
-from tests.fixtures_projections import Runner, async_eq, emit_events, poll, xadd_events
+from tests.fixtures_projections import (
+    Runner,
+    async_eq,
+    configure,
+    emit_events,
+    poll,
+    xadd_events,
+)
 
 #: The consumer's blocking read: far longer than the tests' polls, so an ack that waited for the
 #: read to end would be seen pending.
@@ -76,9 +83,7 @@ async def test_a_waiting_worker_has_acked_what_it_applied(
     keys: Keys,
     running: Runner,
 ) -> None:
-    monkeypatch.setenv("PROJECTION_BLOCK_MS", str(LONG_BLOCK_MS))
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = configure(monkeypatch, PROJECTION_BLOCK_MS=str(LONG_BLOCK_MS))
     await asyncpg_conn.execute("CREATE TABLE acks_applied (event_id uuid PRIMARY KEY)")
     projection = Projection("acks_worker", streams=["identity"])
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from cli.main import main
 from outbox import EventSpec
-from outbox.settings import Settings, get_settings
+from outbox.settings import Settings
 from projections.examples import user_directory
 from projections.projection import Projection
 from projections.store import prune_inbox
@@ -29,6 +29,7 @@ from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.keys import Keys
 from tests.fixtures_projections import (
     Runner,
+    configure,
     directory,
     emit_events,
     group_settled,
@@ -112,9 +113,7 @@ async def test_running_projections_prune_the_inbox_with_inbox_retention(
     caplog: pytest.LogCaptureFixture,
     running: Runner,
 ) -> None:
-    monkeypatch.setenv("INBOX_RETENTION", str(RETENTION_S))
-    get_settings.cache_clear()
-    run_settings = get_settings()
+    run_settings = configure(monkeypatch, INBOX_RETENTION=str(RETENTION_S))
     assert run_settings.inbox_retention_s == RETENTION_S
     # More than one chunk of store.prune_inbox's default 10,000.
     await _seed_inbox(asyncpg_conn, 12_345)
@@ -137,8 +136,7 @@ async def test_prune_inbox_command(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("INBOX_RETENTION", str(RETENTION_S))
-    get_settings.cache_clear()
+    configure(monkeypatch, INBOX_RETENTION=str(RETENTION_S))
     await _seed_inbox(asyncpg_conn, 25_000)  # three chunks of the command's 10,000
 
     assert await _cli("projections", "prune-inbox") == 0

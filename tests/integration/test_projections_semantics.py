@@ -16,13 +16,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from outbox import EventSpec
-from outbox.settings import Settings, get_settings
+from outbox.settings import Settings
 from projections.projection import Projection
 from streams.codec import StreamMessage
 from streams.keys import Keys
 from tests.fixtures_projections import (
     Runner,
     async_eq,
+    configure,
     emit_events,
     group_settled,
     poll,
@@ -32,14 +33,6 @@ from tests.fixtures_projections import (
 #: Long enough that XAUTOCLAIM never takes an entry, and no consumer is removed, during a test:
 #: what these tests observe is the worker's own retry and start-up logic, not the reclaim.
 NEVER_MS = "600000"
-
-
-def _configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    """The ``projection_settings`` environment, with ``env`` on top."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    return get_settings()
 
 
 class ReadModel:
@@ -118,7 +111,7 @@ async def test_failing_event_does_not_hold_back_the_healthy_events_of_its_batch(
     running: Runner,
 ) -> None:
     # One retry, due 1-2 s after the first failure: a wide window in which to look.
-    settings = _configure(
+    settings = configure(
         monkeypatch,
         MAX_RETRIES="1",
         RETRY_BASE_DELAY_MS="2000",
@@ -176,7 +169,7 @@ async def test_events_after_a_failed_event_of_the_same_aggregate_wait_for_it(
     keys: Keys,
     running: Runner,
 ) -> None:
-    settings = _configure(
+    settings = configure(
         monkeypatch,
         MAX_RETRIES="50",  # a2 is fixed by the test long before it could be dead-lettered
         RETRY_BASE_DELAY_MS="300",
@@ -237,7 +230,7 @@ async def test_deliveries_spent_waiting_behind_a_failed_event_are_not_counted_as
     running: Runner,
 ) -> None:
     max_retries = 3
-    settings = _configure(
+    settings = configure(
         monkeypatch,
         MAX_RETRIES=str(max_retries),
         RETRY_BASE_DELAY_MS="100",
@@ -297,7 +290,7 @@ async def test_retries_back_off_exponentially_up_to_the_cap_then_dead_letter(
     running: Runner,
 ) -> None:
     base_s, cap_s, max_retries = 0.2, 0.5, 5
-    settings = _configure(
+    settings = configure(
         monkeypatch,
         MAX_RETRIES=str(max_retries),
         RETRY_BASE_DELAY_MS=str(int(base_s * 1000)),
@@ -353,7 +346,7 @@ async def test_consumer_rereads_its_own_pending_entries_on_start(
     keys: Keys,
     running: Runner,
 ) -> None:
-    settings = _configure(monkeypatch, CLAIM_MIN_IDLE_MS=NEVER_MS, DEAD_CONSUMER_IDLE_MS=NEVER_MS)
+    settings = configure(monkeypatch, CLAIM_MIN_IDLE_MS=NEVER_MS, DEAD_CONSUMER_IDLE_MS=NEVER_MS)
     model = ReadModel(asyncpg_conn)
     await model.create()
     projection = _recording_projection("startup", set())
@@ -410,7 +403,7 @@ async def test_a_restarted_projection_reuses_its_consumer_names(
     keys: Keys,
     running: Runner,
 ) -> None:
-    settings = _configure(monkeypatch, CLAIM_MIN_IDLE_MS=NEVER_MS, DEAD_CONSUMER_IDLE_MS=NEVER_MS)
+    settings = configure(monkeypatch, CLAIM_MIN_IDLE_MS=NEVER_MS, DEAD_CONSUMER_IDLE_MS=NEVER_MS)
     model = ReadModel(asyncpg_conn)
     await model.create()
     projection = _recording_projection("stable", set())
@@ -443,7 +436,7 @@ async def test_concurrent_runners_never_share_a_consumer_name(
     keys: Keys,
     running: Runner,
 ) -> None:
-    settings = _configure(monkeypatch, CLAIM_MIN_IDLE_MS=NEVER_MS, DEAD_CONSUMER_IDLE_MS=NEVER_MS)
+    settings = configure(monkeypatch, CLAIM_MIN_IDLE_MS=NEVER_MS, DEAD_CONSUMER_IDLE_MS=NEVER_MS)
     await ReadModel(asyncpg_conn).create()
     projection = _recording_projection("pair", set())
     stream = keys.stream("identity")
