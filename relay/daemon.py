@@ -183,7 +183,7 @@ class Relay:
         self.status.streams = []
         self.status.stopped_at = datetime.now(UTC)
         with contextlib.suppress(LeaseLostError):
-            await self.leases.write_status(self.status)
+            await self._write_status()
         await self.leases.close()
         await self.publisher.close()
         await self.store.close()
@@ -256,7 +256,6 @@ class Relay:
             for s in sorted(active)
             if s not in self._paused or self._paused[s].until <= now
         }
-        self.status.cursors = {s: str(c) for s, c in self._cursors.items()}
         if not ready:
             self._read_ahead = {}
             return False, False
@@ -315,7 +314,6 @@ class Relay:
                 outcome.skipped,
                 self._cursors[service],
             )
-        self.status.cursors = {s: str(c) for s, c in self._cursors.items()}
 
     def _refuse(self, service: str, reason: str) -> None:
         paused = self._paused.get(service)
@@ -397,6 +395,11 @@ class Relay:
             log.info("event=lease_acquired services=%s", ",".join(sorted(acquired)))
             self.poll.wake()
         self.status.streams = sorted(self.leases.held)
+        await self._write_status()
+
+    async def _write_status(self) -> None:
+        # The cursors are formatted here, once a heartbeat, rather than after every batch.
+        self.status.cursors = {s: str(c) for s, c in self._cursors.items()}
         await self.leases.write_status(self.status)
 
     async def _trim(self) -> None:

@@ -155,6 +155,17 @@ async def test_watermark_and_cursor_agree_after_a_graceful_stop(
             return await redis_client.xlen(keys.stream("identity")) == 500
 
         await wait_until(done, what="500 entries")
+        published = (await redis_client.get(keys.watermark(keys.stream("identity")))).decode()
+
+        async def reported() -> bool:
+            # A running relay's heartbeat reports the cursor it has published up to.
+            cursors = await asyncpg_conn.fetchval(
+                "SELECT cursors FROM relay_instances WHERE instance_id = $1",
+                relay.status.instance_id,
+            )
+            return cursors is not None and json.loads(cursors) == {"identity": published}
+
+        await wait_until(reported, what="the heartbeat's cursor")
     row = await asyncpg_conn.fetchrow("SELECT txid, position FROM relay_cursors")
     assert row is not None
     mark = await redis_client.get(keys.watermark(keys.stream("identity")))
