@@ -22,6 +22,7 @@ import asyncpg
 import psycopg
 import redis
 
+import outbox
 from migrations import runner
 from outbox.settings import get_settings
 from streams.codec import entry_ms
@@ -184,3 +185,47 @@ def write_result(name: str, result: dict[str, Any], checks: list[dict[str, Any]]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(text + "\n")
     print(text)
+
+
+async def emit_flat_out(
+    url: str,
+    connections: int,
+    seconds: float,
+    *,
+    service: str = "bench",
+    committed: dict[str, float] | None = None,
+    sent: dict[str, float] | None = None,
+) -> float:
+    """Emit one event per transaction on each connection, as fast as it goes, for ``seconds``.
+
+    Returns events/s. ``committed`` (if given) gets each event's time when its COMMIT returned,
+    ``sent`` the time just before the COMMIT went out. A ratio compares two runs, so give both
+    runs the same arguments: the stamps cost the emitting process CPU too.
+    """
+    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    counts = [0] * connections
+
+    async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
+        n = 0
+        while time.perf_counter() < deadline:
+            async with conn.transaction():
+                event = await outbox.emit(
+                    conn,
+                    service=service,
+                    event_type="probe",
+                    data={"key": f"{index}-{n % 100}", "n": n},
+                )
+                if sent is not None:
+                    sent[str(event.event_id)] = time.time()
+            if committed is not None:
+                committed[str(event.event_id)] = time.time()
+            n += 1
+        counts[index] = n
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(emitter(i, c, start + seconds) for i, c in enumerate(conns)))
+        return sum(counts) / (time.perf_counter() - start)
+    finally:
+        for conn in conns:
+            await conn.close()

@@ -43,52 +43,19 @@ from typing import cast
 import asyncpg
 import redis.asyncio as aioredis
 
-import outbox
-from bench.common import Entries, check, percentile, scratch_database, write_result, xadd_ms
+from bench.common import (
+    Entries,
+    check,
+    emit_flat_out,
+    percentile,
+    scratch_database,
+    write_result,
+    xadd_ms,
+)
 from outbox.settings import get_settings
 from streams.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-async def emit_for(
-    url: str,
-    connections: int,
-    seconds: float,
-    committed: dict[str, float],
-    sent: dict[str, float] | None = None,
-) -> float:
-    """Emit one event per transaction on each connection for ``seconds``; return events/s.
-
-    ``committed`` gets each event's time when its COMMIT returned, ``sent`` (if given) the time
-    just before the COMMIT went out.
-    """
-    conns = [await asyncpg.connect(url) for _ in range(connections)]
-    counts = [0] * connections
-
-    async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
-        n = 0
-        while time.perf_counter() < deadline:
-            async with conn.transaction():
-                event = await outbox.emit(
-                    conn,
-                    service="bench",
-                    event_type="probe",
-                    data={"key": f"{index}-{n % 100}", "n": n},
-                )
-                if sent is not None:
-                    sent[str(event.event_id)] = time.time()
-            committed[str(event.event_id)] = time.time()
-            n += 1
-        counts[index] = n
-
-    try:
-        start = time.perf_counter()
-        await asyncio.gather(*(emitter(i, c, start + seconds) for i, c in enumerate(conns)))
-        return sum(counts) / (time.perf_counter() - start)
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -165,7 +132,7 @@ async def wait_ready(url: str, committed: dict[str, float], applied: dict[str, f
     """One event through the whole pipeline: relay and projection are up and connected."""
     deadline = time.monotonic() + 60
     warm: dict[str, float] = {}
-    await emit_for(url, 1, 0.05, warm)
+    await emit_flat_out(url, 1, 0.05, committed=warm)
     while not set(warm) <= set(applied):
         if time.monotonic() > deadline:
             raise TimeoutError("the pipeline did not start within 60 s")
@@ -209,8 +176,9 @@ async def main(seconds: float, connections: int) -> None:
         setup = await asyncpg.connect(url)
         await setup.execute("CREATE TABLE bench_probe (key text PRIMARY KEY, version bigint)")
 
-        baseline_committed: dict[str, float] = {}
-        baseline = await emit_for(url, connections, seconds, baseline_committed)
+        # The baseline stamps its events as the measured run does, so that both runs cost the
+        # emitting process the same.
+        baseline = await emit_flat_out(url, connections, seconds, committed={}, sent={})
         await setup.execute("TRUNCATE outbox_events")
 
         applied: dict[str, float] = {}
@@ -218,7 +186,7 @@ async def main(seconds: float, connections: int) -> None:
         sent: dict[str, float] = {}
         async with notifications(url, applied), pipeline(url, prefix):
             await wait_ready(url, committed, applied)
-            rate = await emit_for(url, connections, seconds, committed, sent)
+            rate = await emit_flat_out(url, connections, seconds, committed=committed, sent=sent)
             end = time.time()
             # Backlog the moment the emitters stop: not yet projected.
             backlog_at_end = sum(1 for e in committed if e not in applied)

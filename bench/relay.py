@@ -39,6 +39,7 @@ import outbox
 from bench.common import (
     ReadReply,
     check,
+    emit_flat_out,
     percentile,
     process_cpu_s,
     scratch_database,
@@ -275,37 +276,18 @@ async def emit_rate(
     url: str, client: aioredis.Redis, seconds: float, connections: int, with_relay: bool
 ) -> float:
     prefix = f"emit{uuid.uuid4().hex[:6]}"
-    conns = [await asyncpg.connect(url) for _ in range(connections)]
+    conn = await asyncpg.connect(url)
     # Each run starts from an empty outbox. Otherwise a run with the relay would first drain
     # every event of the runs before it (the relay's cursor is per service, not per prefix):
     # tens of thousands of events published in its timed window, a backlog drain that is not
     # the relay keeping up with the emitters it is measured against.
-    await conns[0].execute("TRUNCATE outbox_events, relay_cursors")
-    counts = [0] * connections
-
-    async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
-        while time.perf_counter() < deadline:
-            async with conn.transaction():
-                await outbox.emit(
-                    conn, service="identity", event_type="user_created", data={"user_id": index}
-                )
-            counts[index] += 1
-
-    async def run() -> float:
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
-        await asyncio.gather(*(emitter(i, c, deadline) for i, c in enumerate(conns)))
-        return sum(counts) / (time.perf_counter() - start)
-
+    await conn.execute("TRUNCATE outbox_events, relay_cursors")
     if with_relay:
-        async with conns[0].transaction():
-            await outbox.emit(conns[0], service="identity", event_type="warm_up", data={})
-        async with _relay_process(url, prefix):
-            rate = await run()
-    else:
-        rate = await run()
-    for conn in conns:
-        await conn.close()
+        async with conn.transaction():
+            await outbox.emit(conn, service="identity", event_type="warm_up", data={})
+    await conn.close()
+    async with _relay_process(url, prefix) if with_relay else contextlib.nullcontext():
+        rate = await emit_flat_out(url, connections, seconds, service="identity")
     await _cleanup(client, prefix)
     return rate
 
