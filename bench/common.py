@@ -75,6 +75,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def code_revision() -> dict[str, Any]:
+    """Which code a result came from: the commit, and whether files other than bench/results
+    differed from it (a probe on a modified tree)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=RESULTS.parent.parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    except OSError:
+        return {"commit": "unknown", "modified": None}
+    return {"commit": commit or "unknown", "modified": bool(changed) if commit else None}
+
+
 def _round_trip_us(call: Callable[[], object], times: int = 300) -> dict[str, float]:
     """Median wall and mean client CPU of one call, in µs."""
     for _ in range(20):
@@ -177,6 +194,7 @@ def write_result(name: str, result: dict[str, Any], checks: list[dict[str, Any]]
     result = {
         "benchmark": name,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": code_revision(),
         "machine": {**machine(), "calibration": calibration()},
         "checks": checks,
         **result,

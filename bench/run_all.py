@@ -33,10 +33,16 @@ def _summary_rows(name: str, result: dict[str, Any]) -> list[str]:
 def _host_line(result: dict[str, Any]) -> str:
     machine = result.get("machine", {})
     cal = machine.get("calibration", {})
+    code = result.get("code", {})
+    revision = (
+        f" (code {code['commit'][:10]}{', modified' if code.get('modified') else ''})"
+        if code.get("commit")
+        else ""
+    )
     if not cal:
-        return f"- {result['benchmark']}: {result.get('at', '?')}"
+        return f"- {result['benchmark']}: {result.get('at', '?')}{revision}"
     return (
-        f"- {result['benchmark']} at {result.get('at', '?')}: "
+        f"- {result['benchmark']} at {result.get('at', '?')}{revision}: "
         f"`sum(range(1000))` {cal['python_sum_range_1000_us']} µs, "
         f"PostgreSQL `SELECT 1` {cal['postgres_select_1']['wall_us_p50']} µs "
         f"({cal['postgres_select_1']['client_cpu_us']} µs client CPU), "

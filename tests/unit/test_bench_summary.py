@@ -43,4 +43,9 @@ def test_host_line_names_the_calibration() -> None:
     line = _host_line(result)
     for figure in ("14.9 µs", "180.0 µs", "120.0 µs"):
         assert figure in line
+    assert "code" not in line
+    commit = "6a21bab4282599428710f881336e8ad8703ad2c9"
+    assert "(code 6a21bab428):" in _host_line({**result, "code": {"commit": commit}})
+    modified = _host_line({**result, "code": {"commit": commit, "modified": True}})
+    assert "(code 6a21bab428, modified):" in modified
     assert _host_line({"benchmark": "old", "at": "then"}) == "- old: then"
