@@ -142,7 +142,10 @@ class SnapshotCollector(Collector):
             "outbox_relay_published_events", "Events published by the relay", labels=["relay"]
         )
         for relay in snap.get("relays", []):
-            heartbeat.add_metric([relay["instance"]], relay["heartbeat_age_s"])
+            # A relay that stopped cleanly has no heartbeat to age: its series ends, so an alert
+            # on the age means "died", not "was stopped by a deploy".
+            if not relay.get("stopped"):
+                heartbeat.add_metric([relay["instance"]], relay["heartbeat_age_s"])
             published.add_metric([relay["instance"]], relay["published"])
         yield from (heartbeat, published)
 
@@ -177,6 +180,8 @@ class SnapshotCollector(Collector):
             retries.add_metric([projection["name"]], projection["retries"])
             dead_lettered.add_metric([projection["name"]], projection["dead_lettered"])
             for consumer in projection["consumers"]:
+                if consumer.get("stopped"):
+                    continue  # as for relays: stopped cleanly, no heartbeat to age
                 consumer_heartbeat.add_metric(
                     [projection["name"], consumer["consumer"]], consumer["heartbeat_age_s"]
                 )

@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from outbox.settings import Settings
 from projections.examples import user_directory
@@ -17,6 +18,15 @@ from tests.fixtures_relay import StartRelay, emit_events, wait_until
 async def snapshot(http: httpx.AsyncClient) -> dict[str, Any]:
     body: dict[str, Any] = (await http.get("/api/snapshot")).json()
     return body
+
+
+async def prometheus(http: httpx.AsyncClient) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Each metric family of /metrics → its samples' (labels, value)."""
+    text = (await http.get("/metrics")).text
+    return {
+        family.name: [(sample.labels, sample.value) for sample in family.samples]
+        for family in text_string_to_metric_families(text)
+    }
 
 
 async def test_relay_projection_and_monitor_agree(
@@ -79,9 +89,25 @@ async def test_relay_projection_and_monitor_agree(
             assert consumers
             assert all(c["heartbeat_age_s"] < 5 for c in consumers)
             assert await asyncpg_conn.fetchval("SELECT count(*) FROM directory_users") == 300
+            metrics = await prometheus(live.http)
+            relays = [
+                labels["relay"] for labels, _ in metrics["outbox_relay_heartbeat_age_seconds"]
+            ]
+            assert relays == [relay.status.instance_id]
+            assert {
+                (labels["projection"], labels["consumer"])
+                for labels, _ in metrics["projection_consumer_heartbeat_age_seconds"]
+            } == {("user_directory", c["consumer"]) for c in consumers}
 
         async def relay_stopped() -> bool:
             return [r["stopped"] for r in (await snapshot(live.http))["relays"]] == [True]
 
         await wait_until(relay_stopped, what="the relay shown as stopped")
+        # Stopped cleanly: no heartbeat age that would fire a "died" alert; counters stay.
+        metrics = await prometheus(live.http)
+        assert metrics["outbox_relay_heartbeat_age_seconds"] == []
+        assert metrics["projection_consumer_heartbeat_age_seconds"] == []
+        assert metrics["outbox_relay_published_events"] == [
+            ({"relay": relay.status.instance_id}, 300)
+        ]
     assert len(ids) == 300
