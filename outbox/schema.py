@@ -81,6 +81,9 @@ relay_cursors = sa.Table(
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
     ),
+    # {stream key: "<txid>:<position>"}: the watermark each of the service's streams was seen to
+    # take, committed with the cursor (migration 0005, decision 0011).
+    sa.Column("marks", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.PrimaryKeyConstraint("stream", name="relay_cursors_pkey"),
 )
 

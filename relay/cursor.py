@@ -12,6 +12,7 @@ publishing idempotent (see :mod:`streams.publish`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -44,6 +45,15 @@ class Cursor(NamedTuple):
 
 START = Cursor(0, 0)
 
+
+class Stored(NamedTuple):
+    """A service's row of ``relay_cursors``: its cursor, and ``marks``, the watermark each of
+    its streams was seen to take when that cursor was committed (stream key → cursor)."""
+
+    cursor: Cursor
+    marks: dict[str, Cursor]
+
+
 #: One outbox row as the relay reads it (an asyncpg Record or any mapping with these keys):
 #: ``stream``, ``txid``, ``position``, ``priority`` and ``fields``, the stream entry's
 #: ``[field, value, …]`` as a JSON array (relay.queries.ENTRY_FIELDS).
@@ -57,8 +67,8 @@ def cursor_of(row: OutboxRow) -> Cursor:
 class OutboxStore(Protocol):
     """What the relay needs from PostgreSQL (one connection, used by one task)."""
 
-    async def load(self, services: Sequence[str]) -> dict[str, Cursor]:
-        """The stored cursor of each service."""
+    async def load(self, services: Sequence[str]) -> dict[str, Stored]:
+        """The stored cursor and marks of each service."""
         ...
 
     async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
@@ -66,8 +76,10 @@ class OutboxStore(Protocol):
         with its stream entry's fields."""
         ...
 
-    async def advance(self, cursors: Mapping[str, Cursor]) -> None:
-        """Store the cursors (never moving one back)."""
+    async def advance(
+        self, cursors: Mapping[str, Cursor], marks: Mapping[str, Mapping[str, Cursor]]
+    ) -> None:
+        """Store the cursors, each with its service's ``marks`` (never moving a cursor back)."""
         ...
 
     async def close(self) -> None: ...
@@ -144,10 +156,16 @@ class PgOutboxStore:
         if conn is not None:
             conn.terminate()
 
-    async def load(self, services: Sequence[str]) -> dict[str, Cursor]:
+    async def load(self, services: Sequence[str]) -> dict[str, Stored]:
         rows = await self._call("fetch", queries.LOAD_CURSORS, list(services))
-        found = {row["stream"]: Cursor(row["txid"], row["position"]) for row in rows}
-        return {service: found.get(service, START) for service in services}
+        found = {
+            row["stream"]: Stored(
+                Cursor(row["txid"], row["position"]),
+                {key: Cursor.parse(mark) for key, mark in json.loads(row["marks"]).items()},
+            )
+            for row in rows
+        }
+        return {service: found.get(service, Stored(START, {})) for service in services}
 
     async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
         services = list(cursors)
@@ -165,7 +183,9 @@ class PgOutboxStore:
             batches.setdefault(row["stream"], []).append(row)
         return batches
 
-    async def advance(self, cursors: Mapping[str, Cursor]) -> None:
+    async def advance(
+        self, cursors: Mapping[str, Cursor], marks: Mapping[str, Mapping[str, Cursor]]
+    ) -> None:
         if not cursors:
             return
         services = list(cursors)
@@ -175,6 +195,10 @@ class PgOutboxStore:
             services,
             [cursors[s].txid for s in services],
             [cursors[s].position for s in services],
+            [
+                json.dumps({key: str(mark) for key, mark in marks.get(s, {}).items()})
+                for s in services
+            ],
         )
 
     async def close(self) -> None:

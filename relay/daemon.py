@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from outbox.settings import Settings
-from relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
+from relay.cursor import START, Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
 from relay.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
@@ -101,6 +101,8 @@ class Relay:
         self._releasing: set[str] = set()
         self._cursors: dict[str, Cursor] = {}
         self._committed: dict[str, Cursor] = {}
+        # Stream key -> the watermark that stream was last seen to take (decision 0011).
+        self._marks: dict[str, Cursor] = {}
         self._paused: dict[str, _Paused] = {}
         self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
         self._committed_at = 0.0
@@ -245,11 +247,13 @@ class Relay:
             self._committed.pop(service, None)
             self._paused.pop(service, None)
             self.status.stream_errors.pop(service, None)
+            for stream in self.keys.streams_of(service):
+                self._marks.pop(stream, None)
         new = sorted(active - self._cursors.keys())
         if new:
-            loaded = await self.store.load(new)
-            self._cursors.update(loaded)
-            self._committed.update(loaded)
+            for service, stored in (await self.store.load(new)).items():
+                self._cursors[service] = self._committed[service] = stored.cursor
+                self._marks.update(stored.marks)
         now = time.monotonic()
         ready = {
             s: self._cursors[s]
@@ -297,8 +301,12 @@ class Relay:
         return batches
 
     async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
-        outcomes = await self.publisher.publish(batches)
+        outcomes = await self.publisher.publish(batches, self._marks)
         for service, outcome in outcomes.items():
+            self._marks.update(outcome.marks)
+            if outcome.behind:
+                self._rewind(service, outcome.behind)
+                continue
             if outcome.refused is not None:
                 self._refuse(service, str(outcome.refused))
                 continue
@@ -314,6 +322,38 @@ class Relay:
                 outcome.skipped,
                 self._cursors[service],
             )
+
+    def _rewind(self, service: str, behind: Mapping[str, str]) -> None:
+        """Redis no longer holds events it took: re-read the service from what it still holds.
+
+        A stream's watermark behind what this relay (or the one before it, through the stored
+        marks) saw it take means Redis lost acknowledged writes: a failover to a replica that
+        had not received them, a crash with ``appendfsync everysec``, a restart without
+        persistence, a deleted key. The script added nothing, so no later event went past the
+        gap; the cursor goes back to the lowest watermark found (the start when a stream has
+        none) and the events from there are sent again. Streams that still hold them skip them
+        by their watermark; consumers' inboxes absorb any they had already applied.
+        """
+        found = {stream: Cursor.parse(mark) if mark else START for stream, mark in behind.items()}
+        back_to = min(found.values())
+        self._cursors[service] = min(self._cursors[service], back_to)
+        for stream, mark in found.items():
+            if mark == START:
+                self._marks.pop(stream, None)
+            else:
+                self._marks[stream] = mark
+        lost = ", ".join(
+            f"{stream} holds {behind[stream] or 'nothing'}" for stream in sorted(found)
+        )
+        self.status.record_error(
+            f"{service}: Redis lost published events ({lost}); re-publishing from {back_to}"
+        )
+        log.warning(
+            "event=redis_lost_events service=%s streams=%r republish_from=%s",
+            service,
+            lost,
+            back_to,
+        )
 
     def _refuse(self, service: str, reason: str) -> None:
         paused = self._paused.get(service)
@@ -341,7 +381,15 @@ class Relay:
             return
         dirty = {s: c for s, c in self._cursors.items() if self._committed.get(s) != c}
         if dirty:
-            await self.store.advance(dirty)
+            marks = {
+                service: {
+                    stream: self._marks[stream]
+                    for stream in self.keys.streams_of(service)
+                    if stream in self._marks
+                }
+                for service in dirty
+            }
+            await self.store.advance(dirty, marks)
             self._committed.update(dirty)
         self._committed_at = now
 

@@ -13,14 +13,14 @@ streams that did take it skip it by their watermark (never a later event before 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
 from outbox.envelope import MessagePriority
 from outbox.settings import Settings
-from relay.cursor import OutboxRow
+from relay.cursor import Cursor, OutboxRow
 from streams.errors import StreamRefusedError
 from streams.keys import Keys
 from streams.publish import StreamBatch, publish_batches
@@ -28,22 +28,30 @@ from streams.publish import StreamBatch, publish_batches
 _PRIORITIES = {int(p): p for p in MessagePriority}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceOutcome:
-    """The result of one service's batch: entries added and skipped, or the refusal."""
+    """The result of one service's batch: entries added and skipped, or the refusal.
+
+    ``marks``: for each stream that took its part of the batch, the cursor of its last event
+    (its watermark is at least that now). ``behind``: streams whose watermark Redis holds behind
+    what it had taken before (it lost writes), with the watermark found (``""``: none).
+    """
 
     published: int = 0
     skipped: int = 0
     refused: StreamRefusedError | None = None
+    marks: dict[str, Cursor] = field(default_factory=dict)
+    behind: dict[str, str] = field(default_factory=dict)
 
 
 class Publisher(Protocol):
     """The Redis boundary as the daemon sees it."""
 
     async def publish(
-        self, batches: Mapping[str, Sequence[OutboxRow]]
+        self, batches: Mapping[str, Sequence[OutboxRow]], seen: Mapping[str, Cursor]
     ) -> dict[str, ServiceOutcome]:
-        """Publish each service's rows (in cursor order). Raises RedisUnavailableError."""
+        """Publish each service's rows (in cursor order). ``seen``: the watermark each stream
+        was last seen to take (stream key → cursor). Raises RedisUnavailableError."""
         ...
 
     async def close(self) -> None: ...
@@ -72,7 +80,7 @@ class RedisPublisher:
         self._streams: dict[tuple[str, int], str] = {}  # (service, priority) -> stream key
 
     async def publish(
-        self, batches: Mapping[str, Sequence[OutboxRow]]
+        self, batches: Mapping[str, Sequence[OutboxRow]], seen: Mapping[str, Cursor]
     ) -> dict[str, ServiceOutcome]:
         stream_batches: list[StreamBatch] = []
         owners: list[str] = []
@@ -85,22 +93,25 @@ class RedisPublisher:
                     self._streams[(service, row["priority"])] = stream
                 batch = by_stream.get(stream)
                 if batch is None:
-                    batch = by_stream[stream] = StreamBatch(stream)
+                    mark = seen.get(stream)
+                    batch = by_stream[stream] = StreamBatch(
+                        stream, "" if mark is None else str(mark)
+                    )
                     stream_batches.append(batch)
                     owners.append(service)
                 batch.add(row["txid"], row["position"], row["fields"])
         results = await publish_batches(self._client, self._keys, stream_batches)
         outcomes: dict[str, ServiceOutcome] = {service: ServiceOutcome() for service in batches}
-        for service, result in zip(owners, results, strict=True):
-            current = outcomes[service]
-            if current.refused is not None:
-                continue
+        for service, batch, result in zip(owners, stream_batches, results, strict=True):
+            outcome = outcomes[service]
             if isinstance(result, StreamRefusedError):
-                outcomes[service] = ServiceOutcome(current.published, current.skipped, result)
+                outcome.refused = outcome.refused or result
+            elif result.behind is not None:
+                outcome.behind[result.stream] = result.behind
             else:
-                outcomes[service] = ServiceOutcome(
-                    current.published + result.published, current.skipped + result.skipped
-                )
+                outcome.published += result.published
+                outcome.skipped += result.skipped
+                outcome.marks[result.stream] = Cursor(*batch.last_cursor())
         return outcomes
 
     async def close(self) -> None:

@@ -39,7 +39,7 @@ SELECT stream FROM relay_cursors UNION SELECT stream FROM added
 """
 
 LOAD_CURSORS = """
-SELECT stream, txid, position FROM relay_cursors WHERE stream = ANY($1::text[])
+SELECT stream, txid, position, marks::text FROM relay_cursors WHERE stream = ANY($1::text[])
 """
 
 # Each event's stream entry, formatted by the backend (C) rather than by the relay (Python):
@@ -98,11 +98,12 @@ SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields
 """
 
 # Cursors only move forward, so a relay that lost its lease (or a test relay without leases)
-# can never move one back.
+# can never move one back. The marks (the watermark each of the service's streams was seen to
+# take, as JSON) move with them.
 ADVANCE_CURSORS = """
 UPDATE relay_cursors c
-   SET txid = v.txid, position = v.position, updated_at = now()
-  FROM unnest($1::text[], $2::xid8[], $3::bigint[]) AS v(stream, txid, position)
+   SET txid = v.txid, position = v.position, marks = v.marks::jsonb, updated_at = now()
+  FROM unnest($1::text[], $2::xid8[], $3::bigint[], $4::text[]) AS v(stream, txid, position, marks)
  WHERE c.stream = v.stream AND (c.txid, c.position) < (v.txid, v.position)
 """
 

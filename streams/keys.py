@@ -73,7 +73,8 @@ class Keys:
 # before it runs instead of failing half-way, https://redis.io/docs/latest/develop/interact/programmability/eval-intro/#eval-flags)
 
 #: Idempotent batch publish. KEYS: the stream, its watermark (:meth:`Keys.watermark`).
-#: ARGV: the events in cursor order, each as ``txid, position, fields`` (txid and position as
+#: ARGV[1]: the watermark the caller last saw this stream take (``"txid:position"``), or ``""``.
+#: Then the events in cursor order, each as ``txid, position, fields`` (txid and position as
 #: decimal strings, ``fields`` the entry's ``[field, value, …]`` as a JSON array of strings: one
 #: argument per event, which costs the caller far less to send than thirty).
 #: An event is added (entry id ``*``) only when its cursor ``(txid, position)`` is after the
@@ -82,6 +83,9 @@ class Keys:
 #: ``{published, skipped}``. A key of the wrong type is refused before anything is written; if
 #: an event's fields are not a JSON array or XADD fails half-way, the watermark still records
 #: what was added, so a retry neither repeats nor loses an entry.
+#: A watermark behind ARGV[1] (or gone) means Redis lost writes it had acknowledged, events
+#: with them: nothing is added, so no later event lands beyond the gap, and the reply is
+#: ``{0, 0, watermark}`` (``""`` when there is none), for the caller to re-send from there.
 PUBLISH_LUA = """#!lua
 local function after(t, p, wt, wp)
   if #t ~= #wt then return #t > #wt end
@@ -106,8 +110,18 @@ if mark then
   end
   wt, wp = string.sub(mark, 1, sep - 1), string.sub(mark, sep + 1)
 end
+local seen = ARGV[1]
+if seen ~= '' then
+  local sep = string.find(seen, ':', 1, true)
+  if not sep then
+    return redis.error_reply('BADMARK the expected watermark is malformed: ' .. seen)
+  end
+  if wt == nil or after(string.sub(seen, 1, sep - 1), string.sub(seen, sep + 1), wt, wp) then
+    return {0, 0, mark or ''}
+  end
+end
 local published, skipped = 0, 0
-local i = 1
+local i = 2
 while i <= #ARGV do
   local t, p = ARGV[i], ARGV[i + 1]
   if wt == nil or after(t, p, wt, wp) then

@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -33,9 +33,14 @@ PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
 @dataclass(slots=True)
 class StreamBatch:
     """Events for one stream in cursor order, as the script's arguments:
-    ``txid, position, fields`` per event (see :meth:`add`)."""
+    ``txid, position, fields`` per event (see :meth:`add`).
+
+    ``seen`` is the watermark the caller last saw the stream take (``"txid:position"``, ``""``
+    for none): if Redis holds less, it lost acknowledged writes, and the batch is refused with
+    :attr:`PublishResult.behind` set instead of being added beyond the gap."""
 
     stream: str
+    seen: str = ""
     args: list[str] = field(default_factory=list)
     count: int = 0
 
@@ -45,6 +50,10 @@ class StreamBatch:
         self.args += (str(txid), str(position), fields_json)
         self.count += 1
 
+    def last_cursor(self) -> tuple[int, int]:
+        """``(txid, position)`` of the last event added."""
+        return int(self.args[-3]), int(self.args[-2])
+
     def add_fields(self, txid: int, position: int, fields: Sequence[str]) -> None:
         """:meth:`add` with the fields as a list."""
         self.add(txid, position, json.dumps(fields, ensure_ascii=False))
@@ -52,11 +61,15 @@ class StreamBatch:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """What one stream's batch did: entries added, and events skipped as already published."""
+    """What one stream's batch did: entries added, and events skipped as already published.
+
+    ``behind`` is set when the stream's watermark was behind the batch's ``seen`` (Redis lost
+    writes): the watermark it holds, ``""`` if none; nothing was added."""
 
     stream: str
     published: int
     skipped: int
+    behind: str | None = None
 
 
 _UNAVAILABLE = (
@@ -79,7 +92,15 @@ async def publish_batches(
     if not batches:
         return []
     commands = [
-        ("EVALSHA", PUBLISH_SHA, 2, batch.stream, keys.watermark(batch.stream), *batch.args)
+        (
+            "EVALSHA",
+            PUBLISH_SHA,
+            2,
+            batch.stream,
+            keys.watermark(batch.stream),
+            batch.seen,
+            *batch.args,
+        )
         for batch in batches
     ]
     try:
@@ -102,6 +123,12 @@ async def publish_batches(
         elif isinstance(reply, Exception):
             results.append(StreamRefusedError(batch.stream, str(reply)))
         else:
-            counts = cast("list[int]", reply)
-            results.append(PublishResult(batch.stream, int(counts[0]), int(counts[1])))
+            counts = cast("list[Any]", reply)
+            # A third element: the watermark Redis holds, behind the batch's ``seen``.
+            behind = _text(counts[2]) if len(counts) > 2 else None
+            results.append(PublishResult(batch.stream, int(counts[0]), int(counts[1]), behind))
     return results
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,8 +3,10 @@
 - ``relay_settings``: the test's settings with fast heartbeats, polling and backoff.
 - ``start_relay``: start in-process relays (async context manager factory); stopped at exit.
 - ``own_redis``: a private ``redis-server`` (AOF, fsync always) on a free port that a test may
-  kill with SIGKILL and start again.
-- helpers: :func:`wait_until`, :func:`emit_events`, :func:`published`.
+  kill with SIGKILL and start again; ``volatile_redis``: the same without persistence, which
+  comes back empty.
+- helpers: :func:`wait_until`, :func:`emit_events`, :func:`published`,
+  :func:`assert_exactly_once`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +107,26 @@ async def cursor_order_ok(conn: asyncpg.Connection, client: aioredis.Redis, stre
     return all(a < b for a, b in itertools.pairwise(cursors))
 
 
+async def assert_exactly_once(
+    client: aioredis.Redis,
+    keys: Keys,
+    ids: list[str],
+    conn: asyncpg.Connection,
+    services: tuple[str, ...],
+) -> None:
+    """Wait until every event of ``ids`` is in its stream; then each must be there once, and
+    every stream of the services in cursor order."""
+
+    async def done() -> bool:
+        return set(await published(client, keys, services)) >= set(ids)
+
+    await wait_until(done, timeout_s=30, what="every event published")
+    assert Counter(await published(client, keys, services)) == Counter(ids)
+    for service in services:
+        for stream in keys.streams_of(service):
+            assert await cursor_order_ok(conn, client, stream)
+
+
 @pytest.fixture
 def relay_settings(settings: Settings) -> Settings:
     return settings.model_copy(
@@ -159,6 +182,8 @@ class OwnRedis:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: False: no AOF, no snapshot, so a restart comes back empty (a Redis that lost its data).
+    persistent: bool = True
 
     @property
     def url(self) -> str:
@@ -176,7 +201,7 @@ class OwnRedis:
                 "--dir",
                 str(self.directory),
                 "--appendonly",
-                "yes",
+                "yes" if self.persistent else "no",
                 "--appendfsync",
                 "always",
                 "--save",
@@ -201,10 +226,22 @@ class OwnRedis:
             self.process = None
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(free_port(), tmp_path / f"redis-{uuid.uuid4().hex[:6]}")
+def _own_redis(tmp_path: Path, persistent: bool) -> Iterator[OwnRedis]:
+    server = OwnRedis(
+        free_port(), tmp_path / f"redis-{uuid.uuid4().hex[:6]}", persistent=persistent
+    )
     server.directory.mkdir()
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    yield from _own_redis(tmp_path, persistent=True)
+
+
+@pytest.fixture
+def volatile_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """An :class:`OwnRedis` without persistence: restarted, it has lost everything."""
+    yield from _own_redis(tmp_path, persistent=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 
 import asyncpg
 import pytest
@@ -17,7 +16,7 @@ from streams.keys import Keys
 from tests.fixtures_relay import (
     OwnRedis,
     StartRelay,
-    cursor_order_ok,
+    assert_exactly_once,
     emit_events,
     published,
     wait_until,
@@ -36,18 +35,6 @@ async def _emit_slowly(database_url: str, count: int, pause_s: float) -> list[st
     finally:
         await conn.close()
     return ids
-
-
-async def _exactly_once(
-    client: aioredis.Redis, keys: Keys, ids: list[str], conn: asyncpg.Connection
-) -> None:
-    async def done() -> bool:
-        return set(await published(client, keys, SERVICES)) >= set(ids)
-
-    await wait_until(done, timeout_s=30, what="every event published")
-    assert Counter(await published(client, keys, SERVICES)) == Counter(ids)
-    for service in SERVICES:
-        assert await cursor_order_ok(conn, client, keys.stream(service))
 
 
 @pytest.mark.slow
@@ -76,7 +63,7 @@ async def test_redis_killed_and_restarted_mid_run(
         await asyncio.sleep(0.5)  # an outage, not a synchronisation
         own_redis.start()  # AOF with fsync always: nothing acknowledged is lost
         ids = await emitting
-        await _exactly_once(client, keys, ids, asyncpg_conn)
+        await assert_exactly_once(client, keys, ids, asyncpg_conn, SERVICES)
     await client.aclose()
 
 
@@ -103,7 +90,7 @@ async def test_relay_connections_terminated_mid_run(
             )
             assert terminated >= 1
         ids = await emitting
-        await _exactly_once(redis_client, keys, ids, asyncpg_conn)
+        await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
 
 
 async def test_a_refused_stream_stops_only_its_service_until_repaired(
@@ -180,7 +167,7 @@ async def test_leases_share_services_out_and_move_when_a_relay_stops(
 
         await wait_until(taken_over, timeout_s=10, what="takeover")
         more = await emit_events(asyncpg_conn, 100, services=SERVICES)
-        await _exactly_once(redis_client, keys, ids + more, asyncpg_conn)
+        await assert_exactly_once(redis_client, keys, ids + more, asyncpg_conn, SERVICES)
 
 
 @pytest.mark.slow
@@ -216,7 +203,7 @@ async def test_redis_out_of_memory_is_reported_and_nothing_is_lost(
             assert await published(client, keys, SERVICES) == []
 
             await client.config_set("maxmemory", "0")
-            await _exactly_once(client, keys, ids, asyncpg_conn)
+            await assert_exactly_once(client, keys, ids, asyncpg_conn, SERVICES)
     finally:
         await client.aclose()
 

@@ -124,3 +124,43 @@ async def test_entry_fields_keep_every_character(
     await publish_batches(redis_client, keys, [batch])
     [(_, fields)] = await redis_client.xrange(stream)
     assert fields == {b"data": text.encode(), b"empty": b""}
+
+
+async def test_a_watermark_behind_what_was_seen_adds_nothing_and_says_where_it_is(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    """Redis lost writes it had acknowledged: adding the next events would leave a gap."""
+    keys = Keys(stream_prefix)
+    stream, mark = keys.stream("identity"), keys.watermark(keys.stream("identity"))
+    await publish_batches(redis_client, keys, [_batch(stream, (7, 1), (9, 100))])
+
+    def seen(at: str, *cursors: tuple[int, int]) -> StreamBatch:
+        batch = _batch(stream, *cursors)
+        batch.seen = at
+        return batch
+
+    # What was seen is what Redis holds, or Redis is ahead (another relay): published as usual.
+    [same] = await publish_batches(redis_client, keys, [seen("9:100", (10, 2))])
+    [ahead] = await publish_batches(redis_client, keys, [seen("7:1", (9, 100), (11, 3))])
+    assert not isinstance(same, StreamRefusedError)
+    assert not isinstance(ahead, StreamRefusedError)
+    assert (same.published, same.behind, ahead.published, ahead.skipped) == (1, None, 1, 1)
+    # Redis loses its last write (11:3): adding 12:4 would leave a gap, so nothing is added.
+    last_id = (await redis_client.xrevrange(stream, count=1))[0][0]
+    await redis_client.xdel(stream, last_id)
+    await redis_client.set(mark, "10:2")
+    [behind] = await publish_batches(redis_client, keys, [seen("11:3", (12, 4))])
+    assert not isinstance(behind, StreamRefusedError)
+    assert (behind.published, behind.skipped, behind.behind) == (0, 0, "10:2")
+    # The watermark gone altogether (a restart without persistence): "" says so.
+    await redis_client.delete(mark)
+    [gone] = await publish_batches(redis_client, keys, [seen("11:3", (12, 4))])
+    assert not isinstance(gone, StreamRefusedError)
+    assert gone.behind == ""
+    assert await _positions(redis_client, stream) == [1, 100, 2]
+    # Re-sent from what Redis holds, the lost event and the next one go through, in order.
+    await redis_client.set(mark, "10:2")
+    [resent] = await publish_batches(redis_client, keys, [seen("10:2", (11, 3), (12, 4))])
+    assert not isinstance(resent, StreamRefusedError)
+    assert (resent.published, resent.behind) == (2, None)
+    assert await _positions(redis_client, stream) == [1, 100, 2, 3, 4]

@@ -1,0 +1,134 @@
+"""Redis loses writes it had acknowledged: the relay notices and publishes those events again.
+
+A failover to a replica that had not received them, a crash with ``appendfsync everysec``, a
+restart without persistence: Redis comes back holding less than it took, while the relay's
+cursor has passed the lost events. The publish script compares each stream's watermark with the
+one the relay saw it take (its *mark*, committed with the cursor), and refuses to add anything
+beyond a gap; the relay re-reads from what Redis still holds (decision 0011).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from outbox import MessagePriority
+from outbox.settings import Settings
+from relay.cursor import Cursor
+from streams.keys import Keys
+from tests.fixtures_relay import (
+    OwnRedis,
+    StartRelay,
+    assert_exactly_once,
+    emit_events,
+    published,
+    wait_until,
+)
+
+SERVICES = ("identity", "assets")
+PRIORITIES = (MessagePriority.NORMAL, MessagePriority.NORMAL, MessagePriority.HIGH)
+
+
+async def _all_published(client: aioredis.Redis, keys: Keys, ids: list[str]) -> None:
+    async def done() -> bool:
+        return set(await published(client, keys, SERVICES)) >= set(ids)
+
+    await wait_until(done, what="the events published")
+
+
+async def test_redis_restarted_empty_under_a_running_relay_gets_every_event_again(
+    asyncpg_conn: asyncpg.Connection,
+    volatile_redis: OwnRedis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    keys = Keys(relay_settings.stream_prefix)
+    client = aioredis.Redis.from_url(volatile_redis.url)
+    ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
+    async with start_relay(redis_streams_url=SecretStr(volatile_redis.url)) as relay:
+        await _all_published(client, keys, ids)
+        volatile_redis.kill()
+        volatile_redis.start()  # no AOF, no snapshot: every stream and watermark is gone
+        await client.aclose()
+        client = aioredis.Redis.from_url(volatile_redis.url)
+        ids += await emit_events(asyncpg_conn, 100, services=SERVICES, priorities=PRIORITIES)
+        await assert_exactly_once(client, keys, ids, asyncpg_conn, SERVICES)
+        assert relay.status.last_error is not None
+        assert "Redis lost published events" in relay.status.last_error
+    await client.aclose()
+
+
+async def test_a_relay_started_after_redis_lost_its_data_publishes_it_again(
+    asyncpg_conn: asyncpg.Connection,
+    volatile_redis: OwnRedis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    """The relay that saw the streams take the events is gone: its successor knows from the
+    marks committed with the cursor."""
+    keys = Keys(relay_settings.stream_prefix)
+    client = aioredis.Redis.from_url(volatile_redis.url)
+    redis_url = SecretStr(volatile_redis.url)
+    ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
+    async with start_relay(redis_streams_url=redis_url):
+        await _all_published(client, keys, ids)
+    volatile_redis.kill()
+    volatile_redis.start()
+    await client.aclose()
+    client = aioredis.Redis.from_url(volatile_redis.url)
+    ids += await emit_events(asyncpg_conn, 100, services=SERVICES, priorities=PRIORITIES)
+    async with start_relay(redis_streams_url=redis_url):
+        await assert_exactly_once(client, keys, ids, asyncpg_conn, SERVICES)
+    await client.aclose()
+
+
+async def _lose_everything_after(
+    conn: asyncpg.Connection, client: aioredis.Redis, keys: Keys, service: str, cut: Cursor
+) -> int:
+    """Make Redis look as if it lost every write after the event at ``cut``: entries of the
+    service's events past it are deleted and each stream's watermark set back. Returns how
+    many entries went."""
+    rows = await conn.fetch("SELECT position, txid FROM outbox_events WHERE stream = $1", service)
+    cursor = {row["position"]: Cursor(row["txid"], row["position"]) for row in rows}
+    lost = 0
+    for stream in keys.streams_of(service):
+        entries = await client.xrange(stream)
+        kept = [cursor[int(f[b"position"])] for _, f in entries]
+        gone = [entry_id for (entry_id, _), c in zip(entries, kept, strict=True) if c > cut]
+        if gone:
+            await client.xdel(stream, *gone)
+            lost += len(gone)
+        below = [c for c in kept if c <= cut]
+        if below:
+            await client.set(keys.watermark(stream), str(max(below)))
+        else:
+            await client.delete(keys.watermark(stream))
+    return lost
+
+
+async def test_a_running_relay_fills_the_gap_when_redis_lost_its_last_writes(
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    """Only the newest writes are lost (a failover to a replica a little behind): the relay
+    re-sends from the lowest watermark left, and only what is missing is added."""
+    keys = Keys(relay_settings.stream_prefix)
+    ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
+    async with start_relay() as relay:
+        await _all_published(redis_client, keys, ids)
+        rows = await asyncpg_conn.fetch(
+            "SELECT txid, position FROM outbox_events WHERE stream = 'identity'"
+            " ORDER BY txid, position"
+        )
+        cut = Cursor(rows[100]["txid"], rows[100]["position"])
+        # The relay has nothing to publish until the next events are emitted, so it does not
+        # write to Redis while Redis "loses" the writes.
+        lost = await _lose_everything_after(asyncpg_conn, redis_client, keys, "identity", cut)
+        assert lost == len(rows) - 101
+        ids += await emit_events(asyncpg_conn, 60, services=SERVICES, priorities=PRIORITIES)
+        await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
+        assert relay.status.last_error is not None
+        assert "identity: Redis lost published events" in relay.status.last_error
