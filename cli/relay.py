@@ -87,6 +87,7 @@ def _relay(args: argparse.Namespace) -> int:
     from cli.heap import settle_for_batches
     from outbox.errors import ConfigurationError
     from outbox.settings import get_settings
+    from relay.cursor import schema_problem
     from relay.daemon import Relay, run_until_signalled
 
     updates = {
@@ -102,6 +103,9 @@ def _relay(args: argparse.Namespace) -> int:
         settings = type(settings).model_validate({**settings.model_dump(), **updates})
     except ValidationError as error:
         raise ConfigurationError(f"invalid relay option: {error}") from None
+    problem = eventloop.run(schema_problem(settings.libpq_url()))
+    if problem is not None:
+        raise ConfigurationError(problem)
     relay = Relay.from_settings(settings)
     settle_for_batches()
     eventloop.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))

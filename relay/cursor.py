@@ -126,6 +126,32 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {error}") from error
 
 
+async def schema_problem(url: str) -> str | None:
+    """Why the relay's statements do not fit the database's schema, or None.
+
+    Each statement is prepared, not run: PostgreSQL checks every table and column it names.
+    A relay newer than the schema (``outbox migrate`` not run yet) is told so at start instead
+    of failing at every poll. A database that cannot be reached is not a schema problem (None):
+    the relay backs off and retries, as it does whenever PostgreSQL is down.
+    """
+    try:
+        conn = await connect(url, "outbox-relay schema check")
+    except DatabaseUnavailableError:
+        return None
+    except asyncpg.InvalidCatalogNameError as error:
+        return f"{error} (run `outbox migrate`, which creates it)"
+    try:
+        for statement in (queries.LOAD_CURSORS, queries.FETCH_BATCH, queries.ADVANCE_CURSORS):
+            await conn.prepare(statement)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
+        return f"{error} (the relay is newer than the database schema: run `outbox migrate`)"
+    except CONNECTION_ERRORS:
+        return None
+    finally:
+        conn.terminate()
+    return None
+
+
 class PgOutboxStore:
     """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import migrations
 import projections.schema  # noqa: F401  (its tables join outbox.schema.metadata)
 from migrations import runner
 from outbox.schema import metadata
+from relay.cursor import schema_problem
 from tests.conftest import _url_for as url_for
 from tests.conftest import sqlalchemy_url
 
@@ -177,3 +179,17 @@ def test_outbox_migrate_creates_a_missing_database() -> None:
     finally:
         with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_relay_newer_than_the_schema_says_to_migrate(empty_database_url: str) -> None:
+    """Started on a database one migration behind, the relay stops at once and says why,
+    instead of failing at every poll; migrated, the same check passes."""
+    runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"), "0004_tombstone_versions")
+    outbox_cli = Path(sys.executable).with_name("outbox")
+    result = _run([str(outbox_cli), "relay"], empty_database_url)
+    assert result.returncode == 2
+    assert 'column "marks" does not exist' in result.stderr
+    assert "run `outbox migrate`" in result.stderr
+    assert "Traceback" not in result.stderr
+    runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"))
+    assert asyncio.run(schema_problem(empty_database_url)) is None
