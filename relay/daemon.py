@@ -442,8 +442,40 @@ class Relay:
         if acquired:
             log.info("event=lease_acquired services=%s", ",".join(sorted(acquired)))
             self.poll.wake()
+        await self._check_marks()
         self.status.streams = sorted(self.leases.held)
         await self._write_status()
+
+    async def _check_marks(self) -> None:
+        """Compare every stream's watermark with its mark, once a heartbeat (decision 0011).
+
+        The publish script finds a loss on a stream that gets a batch. This finds it on the
+        others too: a stream whose events Redis lost and which has no new event would
+        otherwise wait for one before its lost events were published again.
+        """
+        if not self._marks:
+            return
+        async with self._batch_lock:
+            streams = sorted(self._marks)
+            try:
+                held = await self.publisher.watermarks(streams)
+            except RedisUnavailableError:
+                return  # the pump backs off and reports it
+            behind: dict[str, dict[str, str]] = {}
+            for stream in streams:
+                found = held.get(stream)
+                try:
+                    if found is not None and Cursor.parse(found) >= self._marks[stream]:
+                        continue
+                except ValueError:
+                    continue  # malformed: the publish script refuses the stream and says so
+                parsed = self.keys.parse_stream(stream)
+                if parsed is not None and parsed[0] in self._cursors:
+                    behind.setdefault(parsed[0], {})[stream] = found or ""
+            for service, streams_behind in behind.items():
+                self._rewind(service, streams_behind)
+        if behind:
+            self.poll.wake()
 
     async def _write_status(self) -> None:
         # The cursors are formatted here, once a heartbeat, rather than after every batch.

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
 from outbox.settings import Settings
 from relay.cursor import Cursor, OutboxRow
-from streams.errors import StreamRefusedError
+from streams.errors import RedisUnavailableError, StreamRefusedError
 from streams.keys import Keys
 from streams.publish import StreamBatch, publish_batches
 
@@ -52,6 +53,10 @@ class Publisher(Protocol):
     ) -> dict[str, ServiceOutcome]:
         """Publish each service's rows (in cursor order). ``seen``: the watermark each stream
         was last seen to take (stream key → cursor). Raises RedisUnavailableError."""
+        ...
+
+    async def watermarks(self, streams: Sequence[str]) -> dict[str, str | None]:
+        """The watermark each stream holds now (None: none). Raises RedisUnavailableError."""
         ...
 
     async def close(self) -> None: ...
@@ -113,6 +118,18 @@ class RedisPublisher:
                 outcome.skipped += result.skipped
                 outcome.marks[result.stream] = Cursor(*batch.last_cursor())
         return outcomes
+
+    async def watermarks(self, streams: Sequence[str]) -> dict[str, str | None]:
+        if not streams:
+            return {}
+        try:
+            values = await self._client.mget([self._keys.watermark(stream) for stream in streams])
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+            raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
+        return {
+            stream: value.decode() if isinstance(value, bytes) else value
+            for stream, value in zip(streams, values, strict=True)
+        }
 
     async def close(self) -> None:
         await self._client.aclose()

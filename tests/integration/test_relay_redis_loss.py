@@ -132,3 +132,33 @@ async def test_a_running_relay_fills_the_gap_when_redis_lost_its_last_writes(
         await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
         assert relay.status.last_error is not None
         assert "identity: Redis lost published events" in relay.status.last_error
+
+
+async def test_lost_events_of_a_stream_with_nothing_new_are_published_again(
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    """No batch goes to the stream that lost events, so the publish script never sees it: the
+    relay's heartbeat compares every stream's watermark with its mark."""
+    keys = Keys(relay_settings.stream_prefix)
+    ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
+    async with start_relay() as relay:
+        await _all_published(redis_client, keys, ids)
+        rows = await asyncpg_conn.fetch(
+            "SELECT txid, position FROM outbox_events WHERE stream = 'assets'"
+            " ORDER BY txid, position"
+        )
+        lost = await _lose_everything_after(
+            asyncpg_conn,
+            redis_client,
+            keys,
+            "assets",
+            Cursor(rows[50]["txid"], rows[50]["position"]),
+        )
+        assert lost > 0
+        # No event is emitted from here on.
+        await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
+        assert relay.status.last_error is not None
+        assert "assets: Redis lost published events" in relay.status.last_error
