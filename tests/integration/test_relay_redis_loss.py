@@ -9,14 +9,19 @@ beyond a gap; the relay re-reads from what Redis still holds (decision 0011).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import asyncpg
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+import outbox
 from outbox import MessagePriority
 from outbox.settings import Settings
+from projections.examples import user_directory
 from relay.cursor import Cursor
 from streams.keys import Keys
+from tests.fixtures_projections import Runner
 from tests.fixtures_relay import (
     OwnRedis,
     StartRelay,
@@ -162,3 +167,64 @@ async def test_lost_events_of_a_stream_with_nothing_new_are_published_again(
         await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
         assert relay.status.last_error is not None
         assert "assets: Redis lost published events" in relay.status.last_error
+
+
+async def test_a_projection_applies_each_event_once_when_redis_loses_everything(
+    asyncpg_conn: asyncpg.Connection,
+    volatile_redis: OwnRedis,
+    start_relay: StartRelay,
+    running: Runner,
+    projection_settings: Settings,
+) -> None:
+    """End to end: the relay publishes everything again into the empty Redis, the consumers
+    re-create their group, and the inbox skips the events they had applied."""
+    url = SecretStr(volatile_redis.url)
+
+    async def create_users(first: int, count: int) -> None:
+        specs = [
+            outbox.EventSpec(
+                service="identity",
+                event_type="user_created",
+                data={"user_id": f"u{i}", "email": f"u{i}@example.com"},
+            )
+            for i in range(first, first + count)
+        ]
+        async with asyncpg_conn.transaction():
+            await outbox.emit_many(asyncpg_conn, specs)
+
+    def applied(count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            done = await asyncpg_conn.fetchval(
+                "SELECT count(*) FROM projection_inbox WHERE projection = 'user_directory'"
+            )
+            return bool(done == count)
+
+        return check
+
+    await create_users(0, 200)
+    async with (
+        start_relay(redis_streams_url=url),
+        running(
+            [user_directory], projection_settings.model_copy(update={"redis_streams_url": url})
+        ),
+    ):
+        await wait_until(applied(200), what="the first 200 users applied")
+        volatile_redis.kill()
+        volatile_redis.start()
+        await create_users(200, 100)
+        await wait_until(applied(300), what="all 300 users applied")
+        client = aioredis.Redis.from_url(volatile_redis.url)
+        keys = Keys(projection_settings.stream_prefix)
+
+        async def republished() -> bool:
+            return await client.xlen(keys.stream("identity")) == 300
+
+        # Every event is in the new Redis once, the 200 it lost among them.
+        await wait_until(republished, what="the lost events published again")
+        await client.aclose()
+    assert await asyncpg_conn.fetchval("SELECT count(*) FROM directory_users") == 300
+    rows, distinct = await asyncpg_conn.fetchrow(
+        "SELECT count(*), count(DISTINCT event_id) FROM projection_inbox"
+        " WHERE projection = 'user_directory'"
+    )
+    assert rows == distinct == 300
