@@ -1,7 +1,8 @@
 """``outbox check``: are PostgreSQL and Redis reachable, and is the schema current?
 
 Says exactly what is missing and how to start it, instead of a traceback; ``make run`` calls it
-first.
+first. The exit code is 2 when a service cannot be reached. An out-of-date schema is reported
+but does not change it: ``make run`` checks before it migrates.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 _PG_HINT = (
@@ -49,8 +51,17 @@ async def _check_redis(url: str, password: str | None, timeout_s: float) -> str 
     return None
 
 
-async def _run(timeout_s: float) -> list[tuple[str, str, str | None, str]]:
+@dataclass
+class _Report:
+    #: (name, where, problem or None, hint) of each service.
+    services: list[tuple[str, str, str | None, str]]
+    #: Why the schema is older than this version; None when current or when PostgreSQL is down.
+    schema: str | None
+
+
+async def _run(timeout_s: float) -> _Report:
     from outbox.settings import get_settings, redact_url
+    from relay.cursor import schema_problem
 
     settings = get_settings()
     pg_url = settings.libpq_url()
@@ -59,31 +70,41 @@ async def _run(timeout_s: float) -> list[tuple[str, str, str | None, str]]:
     pg, rd = await asyncio.gather(
         _check_postgres(pg_url, timeout_s), _check_redis(redis_url, password, timeout_s)
     )
-    return [
-        ("PostgreSQL", redact_url(pg_url), pg, _PG_HINT),
-        ("Redis", redact_url(redis_url), rd, _REDIS_HINT),
-    ]
+    return _Report(
+        services=[
+            ("PostgreSQL", redact_url(pg_url), pg, _PG_HINT),
+            ("Redis", redact_url(redis_url), rd, _REDIS_HINT),
+        ],
+        schema=None if pg is not None else await schema_problem(pg_url),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from cli import eventloop
 
-    results = eventloop.run(_run(args.timeout))
+    report = eventloop.run(_run(args.timeout))
     failed = False
-    for name, where, problem, hint in results:
+    for name, where, problem, hint in report.services:
         if problem is None:
             print(f"ok       {name} at {where}")
         else:
             failed = True
             print(f"MISSING  {name} at {where}: {problem}\n         -> {hint}", file=sys.stderr)
+    if not failed:
+        if report.schema is None:
+            print("ok       schema: every table and column the relay uses is there")
+        else:
+            print(f"OUTDATED schema: {report.schema}")
     return 2 if failed else 0
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     check = sub.add_parser(
         "check",
-        help="check that PostgreSQL and Redis are reachable",
-        description="Connect to DATABASE_URL and REDIS_STREAMS_URL and say what is missing.",
+        help="check that PostgreSQL and Redis are reachable and the schema is current",
+        description="Connect to DATABASE_URL and REDIS_STREAMS_URL and say what is missing; "
+        "report a schema older than this version (exit code 2 only for a service that "
+        "cannot be reached).",
     )
     check.add_argument(
         "--timeout", type=float, default=3.0, help="seconds to wait for each (default: 3)"

@@ -191,5 +191,12 @@ def test_a_relay_newer_than_the_schema_says_to_migrate(empty_database_url: str) 
     assert 'column "marks" does not exist' in result.stderr
     assert "run `outbox migrate`" in result.stderr
     assert "Traceback" not in result.stderr
+    # `outbox check` says so too, without failing: `make run` checks before it migrates.
+    check = _run([str(outbox_cli), "check"], empty_database_url)
+    assert check.returncode == 0, check.stderr
+    assert 'OUTDATED schema: column "marks" does not exist' in check.stdout
     runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"))
     assert asyncio.run(schema_problem(empty_database_url)) is None
+    check = _run([str(outbox_cli), "check"], empty_database_url)
+    assert check.returncode == 0, check.stderr
+    assert "ok       schema" in check.stdout
