@@ -124,8 +124,10 @@ class RedisPublisher:
             return {}
         try:
             values = await self._client.mget([self._keys.watermark(stream) for stream in streams])
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
-            raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
+        except redis_errors.RedisError as error:
+            # Whatever the reason, the watermarks cannot be read now; the check waits for the
+            # next heartbeat, and the pump reports what is wrong with Redis.
+            raise RedisUnavailableError(f"cannot read the watermarks: {error}") from error
         return {
             stream: value.decode() if isinstance(value, bytes) else value
             for stream, value in zip(streams, values, strict=True)
