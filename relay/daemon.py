@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from outbox.settings import Settings
-from relay.cursor import START, Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
+from relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
 from relay.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
@@ -52,6 +52,7 @@ from relay.errors import (
 )
 from relay.leases import Leases, LeaseSession
 from relay.maintenance import trim_streams
+from relay.marks import Marks
 from relay.publisher import Publisher, RedisPublisher, connect_redis
 from relay.status import RelayStatus, default_instance_id
 from relay.wakeup import AdaptivePoll, Backoff
@@ -101,8 +102,7 @@ class Relay:
         self._releasing: set[str] = set()
         self._cursors: dict[str, Cursor] = {}
         self._committed: dict[str, Cursor] = {}
-        # Stream key -> the watermark that stream was last seen to take (decision 0011).
-        self._marks: dict[str, Cursor] = {}
+        self._marks = Marks(keys)
         self._paused: dict[str, _Paused] = {}
         self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
         self._committed_at = 0.0
@@ -247,13 +247,12 @@ class Relay:
             self._committed.pop(service, None)
             self._paused.pop(service, None)
             self.status.stream_errors.pop(service, None)
-            for stream in self.keys.streams_of(service):
-                self._marks.pop(stream, None)
+            self._marks.forget(service)
         new = sorted(active - self._cursors.keys())
         if new:
             for service, stored in (await self.store.load(new)).items():
                 self._cursors[service] = self._committed[service] = stored.cursor
-                self._marks.update(stored.marks)
+                self._marks.took(stored.marks)
         now = time.monotonic()
         ready = {
             s: self._cursors[s]
@@ -301,9 +300,9 @@ class Relay:
         return batches
 
     async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
-        outcomes = await self.publisher.publish(batches, self._marks)
+        outcomes = await self.publisher.publish(batches, self._marks.by_stream)
         for service, outcome in outcomes.items():
-            self._marks.update(outcome.marks)
+            self._marks.took(outcome.marks)
             if outcome.behind:
                 self._rewind(service, outcome.behind)
                 continue
@@ -334,16 +333,10 @@ class Relay:
         none) and the events from there are sent again. Streams that still hold them skip them
         by their watermark; consumers' inboxes absorb any they had already applied.
         """
-        found = {stream: Cursor.parse(mark) if mark else START for stream, mark in behind.items()}
-        back_to = min(found.values())
+        back_to = self._marks.rewind(behind)
         self._cursors[service] = min(self._cursors[service], back_to)
-        for stream, mark in found.items():
-            if mark == START:
-                self._marks.pop(stream, None)
-            else:
-                self._marks[stream] = mark
         lost = ", ".join(
-            f"{stream} holds {behind[stream] or 'nothing'}" for stream in sorted(found)
+            f"{stream} holds {behind[stream] or 'nothing'}" for stream in sorted(behind)
         )
         self.status.record_error(
             f"{service}: Redis lost published events ({lost}); re-publishing from {back_to}"
@@ -381,15 +374,7 @@ class Relay:
             return
         dirty = {s: c for s, c in self._cursors.items() if self._committed.get(s) != c}
         if dirty:
-            marks = {
-                service: {
-                    stream: self._marks[stream]
-                    for stream in self.keys.streams_of(service)
-                    if stream in self._marks
-                }
-                for service in dirty
-            }
-            await self.store.advance(dirty, marks)
+            await self.store.advance(dirty, {service: self._marks.of(service) for service in dirty})
             self._committed.update(dirty)
         self._committed_at = now
 
@@ -453,27 +438,20 @@ class Relay:
         others too: a stream whose events Redis lost and which has no new event would
         otherwise wait for one before its lost events were published again.
         """
-        if not self._marks:
+        if not self._marks.by_stream:
             return
         async with self._batch_lock:
-            streams = sorted(self._marks)
             try:
-                held = await self.publisher.watermarks(streams)
+                held = await self.publisher.watermarks(sorted(self._marks.by_stream))
             except RedisUnavailableError:
-                return  # the pump backs off and reports it
-            behind: dict[str, dict[str, str]] = {}
-            for stream in streams:
-                found = held.get(stream)
-                try:
-                    if found is not None and Cursor.parse(found) >= self._marks[stream]:
-                        continue
-                except ValueError:
-                    continue  # malformed: the publish script refuses the stream and says so
-                parsed = self.keys.parse_stream(stream)
-                if parsed is not None and parsed[0] in self._cursors:
-                    behind.setdefault(parsed[0], {})[stream] = found or ""
-            for service, streams_behind in behind.items():
-                self._rewind(service, streams_behind)
+                return  # the pump backs off and reports what is wrong with Redis
+            behind = {
+                service: streams
+                for service, streams in self._marks.behind(held).items()
+                if service in self._cursors
+            }
+            for service, streams in behind.items():
+                self._rewind(service, streams)
         if behind:
             self.poll.wake()
 

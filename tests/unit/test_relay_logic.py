@@ -1,4 +1,5 @@
-"""Pure logic of the relay: cursor order, backoff, adaptive polling, durations, fair share."""
+"""Pure logic of the relay: cursor order, backoff, adaptive polling, durations, fair share,
+marks."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from datetime import timedelta
 
 import pytest
 
-from relay.cursor import Cursor
+from outbox.envelope import MessagePriority
+from relay.cursor import START, Cursor
 from relay.leases import fair_share
+from relay.marks import Marks
 from relay.prune import parse_duration
 from relay.wakeup import AdaptivePoll, Backoff
+from streams.keys import Keys
 
 
 def test_cursor_orders_by_txid_before_position() -> None:
@@ -90,3 +94,31 @@ def test_fair_share_covers_every_service() -> None:
     for services in range(20):
         for relays in range(1, 6):
             assert fair_share(services, relays) * relays >= services
+
+
+def test_marks_find_the_streams_redis_holds_less_of() -> None:
+    keys = Keys("t")
+    normal, high = keys.stream("identity"), keys.stream("identity", MessagePriority.HIGH)
+    other = keys.stream("assets")
+    marks = Marks(keys)
+    marks.took({normal: Cursor(10, 5), high: Cursor(9, 7), other: Cursor(3, 1)})
+    # Equal or ahead (another relay published more): no loss.
+    assert marks.behind({normal: "10:5", high: "11:1", other: "3:1"}) == {}
+    # Behind, gone, malformed (left to the publish script), not read: only the first two.
+    held = {normal: "10:4", high: None, other: "not a cursor"}
+    assert marks.behind(held) == {"identity": {normal: "10:4", high: ""}}
+    assert marks.behind({}) == {}
+
+
+def test_marks_rewind_to_the_lowest_watermark_left() -> None:
+    keys = Keys("t")
+    normal, high = keys.stream("identity"), keys.stream("identity", MessagePriority.HIGH)
+    marks = Marks(keys)
+    marks.took({normal: Cursor(10, 5), high: Cursor(9, 7)})
+    assert marks.rewind({normal: "8:2"}) == Cursor(8, 2)
+    assert marks.of("identity") == {normal: Cursor(8, 2), high: Cursor(9, 7)}
+    # A stream that holds nothing: from the start, and it has no mark any more.
+    assert marks.rewind({normal: "8:2", high: ""}) == START
+    assert marks.of("identity") == {normal: Cursor(8, 2)}
+    marks.forget("identity")
+    assert marks.by_stream == {}
