@@ -27,19 +27,11 @@ from tests.fixtures_relay import (
     StartRelay,
     assert_exactly_once,
     emit_events,
-    published,
     wait_until,
 )
 
 SERVICES = ("identity", "assets")
 PRIORITIES = (MessagePriority.NORMAL, MessagePriority.NORMAL, MessagePriority.HIGH)
-
-
-async def _all_published(client: aioredis.Redis, keys: Keys, ids: list[str]) -> None:
-    async def done() -> bool:
-        return set(await published(client, keys, SERVICES)) >= set(ids)
-
-    await wait_until(done, what="the events published")
 
 
 async def test_redis_restarted_empty_under_a_running_relay_gets_every_event_again(
@@ -52,7 +44,7 @@ async def test_redis_restarted_empty_under_a_running_relay_gets_every_event_agai
     client = aioredis.Redis.from_url(volatile_redis.url)
     ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
     async with start_relay(redis_streams_url=SecretStr(volatile_redis.url)) as relay:
-        await _all_published(client, keys, ids)
+        await assert_exactly_once(client, keys, ids, asyncpg_conn, SERVICES)
         volatile_redis.kill()
         volatile_redis.start()  # no AOF, no snapshot: every stream and watermark is gone
         await client.aclose()
@@ -77,7 +69,7 @@ async def test_a_relay_started_after_redis_lost_its_data_publishes_it_again(
     redis_url = SecretStr(volatile_redis.url)
     ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
     async with start_relay(redis_streams_url=redis_url):
-        await _all_published(client, keys, ids)
+        await assert_exactly_once(client, keys, ids, asyncpg_conn, SERVICES)
     volatile_redis.kill()
     volatile_redis.start()
     await client.aclose()
@@ -88,23 +80,28 @@ async def test_a_relay_started_after_redis_lost_its_data_publishes_it_again(
     await client.aclose()
 
 
-async def _lose_everything_after(
-    conn: asyncpg.Connection, client: aioredis.Redis, keys: Keys, service: str, cut: Cursor
+async def _lose_all_but_the_first(
+    conn: asyncpg.Connection, client: aioredis.Redis, keys: Keys, service: str, kept: int
 ) -> int:
-    """Make Redis look as if it lost every write after the event at ``cut``: entries of the
-    service's events past it are deleted and each stream's watermark set back. Returns how
-    many entries went."""
-    rows = await conn.fetch("SELECT position, txid FROM outbox_events WHERE stream = $1", service)
-    cursor = {row["position"]: Cursor(row["txid"], row["position"]) for row in rows}
+    """Make Redis look as if it lost every write after the service's first ``kept`` events
+    (cursor order): the entries of the others are deleted and each stream's watermark set back
+    to the last event it keeps. Returns how many entries went."""
+    rows = await conn.fetch(
+        "SELECT txid, position FROM outbox_events WHERE stream = $1 ORDER BY txid, position",
+        service,
+    )
+    cursors = [Cursor(row["txid"], row["position"]) for row in rows]
+    cut = cursors[kept - 1]
+    cursor_at = {c.position: c for c in cursors}
     lost = 0
     for stream in keys.streams_of(service):
         entries = await client.xrange(stream)
-        kept = [cursor[int(f[b"position"])] for _, f in entries]
-        gone = [entry_id for (entry_id, _), c in zip(entries, kept, strict=True) if c > cut]
+        held = [cursor_at[int(f[b"position"])] for _, f in entries]
+        gone = [entry_id for (entry_id, _), c in zip(entries, held, strict=True) if c > cut]
         if gone:
             await client.xdel(stream, *gone)
             lost += len(gone)
-        below = [c for c in kept if c <= cut]
+        below = [c for c in held if c <= cut]
         if below:
             await client.set(keys.watermark(stream), str(max(below)))
         else:
@@ -123,16 +120,11 @@ async def test_a_running_relay_fills_the_gap_when_redis_lost_its_last_writes(
     keys = Keys(relay_settings.stream_prefix)
     ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
     async with start_relay() as relay:
-        await _all_published(redis_client, keys, ids)
-        rows = await asyncpg_conn.fetch(
-            "SELECT txid, position FROM outbox_events WHERE stream = 'identity'"
-            " ORDER BY txid, position"
-        )
-        cut = Cursor(rows[100]["txid"], rows[100]["position"])
+        await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
         # The relay has nothing to publish until the next events are emitted, so it does not
         # write to Redis while Redis "loses" the writes.
-        lost = await _lose_everything_after(asyncpg_conn, redis_client, keys, "identity", cut)
-        assert lost == len(rows) - 101
+        lost = await _lose_all_but_the_first(asyncpg_conn, redis_client, keys, "identity", 101)
+        assert lost == 150 - 101  # identity has every other of the 300 events
         ids += await emit_events(asyncpg_conn, 60, services=SERVICES, priorities=PRIORITIES)
         await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
         assert relay.status.last_error is not None
@@ -150,19 +142,9 @@ async def test_lost_events_of_a_stream_with_nothing_new_are_published_again(
     keys = Keys(relay_settings.stream_prefix)
     ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
     async with start_relay() as relay:
-        await _all_published(redis_client, keys, ids)
-        rows = await asyncpg_conn.fetch(
-            "SELECT txid, position FROM outbox_events WHERE stream = 'assets'"
-            " ORDER BY txid, position"
-        )
-        lost = await _lose_everything_after(
-            asyncpg_conn,
-            redis_client,
-            keys,
-            "assets",
-            Cursor(rows[50]["txid"], rows[50]["position"]),
-        )
-        assert lost > 0
+        await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
+        lost = await _lose_all_but_the_first(asyncpg_conn, redis_client, keys, "assets", 51)
+        assert lost == 150 - 51
         # No event is emitted from here on.
         await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
         assert relay.status.last_error is not None
