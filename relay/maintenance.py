@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from streams.connection import reply_text
 from streams.errors import RedisUnavailableError
 from streams.keys import TRIM_LUA
 
@@ -50,8 +51,7 @@ async def trim_stream(
             reply = await client.eval(TRIM_LUA, 1, stream, *args)
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
         raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
-    minid = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-    return TrimResult(stream, int(reply[0]), minid)
+    return TrimResult(stream, int(reply[0]), reply_text(reply[1]))
 
 
 async def trim_streams(

@@ -22,6 +22,7 @@ from redis import exceptions as redis_errors
 from outbox.envelope import MessagePriority
 from outbox.settings import Settings
 from relay.cursor import Cursor, OutboxRow
+from streams.connection import reply_text
 from streams.errors import RedisUnavailableError, StreamRefusedError
 from streams.keys import Keys
 from streams.publish import StreamBatch, publish_batches
@@ -129,7 +130,7 @@ class RedisPublisher:
             # next heartbeat, and the pump reports what is wrong with Redis.
             raise RedisUnavailableError(f"cannot read the watermarks: {error}") from error
         return {
-            stream: value.decode() if isinstance(value, bytes) else value
+            stream: None if value is None else reply_text(value)
             for stream, value in zip(streams, values, strict=True)
         }
 

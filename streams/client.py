@@ -30,7 +30,7 @@ from outbox.envelope import MessagePriority, uuid7
 from outbox.settings import get_settings
 from outbox.validation import check_event_type, check_service
 from streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
-from streams.connection import backoff_delay_s, connect
+from streams.connection import backoff_delay_s, connect, reply_text
 from streams.consumer import Entry, GroupConsumer
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.errors import (
@@ -187,7 +187,7 @@ class RedisStreamsClient:
             user_id=None if user_id is None else str(user_id),
         )
         entry_id = await with_oom_backoff(lambda: self.redis.xadd(key, fields), key)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return reply_text(entry_id)
 
     # --- consume ---
 
@@ -409,7 +409,7 @@ class RedisStreamsClient:
                 info["length"] += length
                 info["streams"][key] = {"length": length}
                 for raw in raw_groups:
-                    name = _text(raw["name"])
+                    name = reply_text(raw["name"])
                     group = groups.setdefault(
                         name,
                         {"name": name, "consumers": 0, "pending": 0, "lag": 0, "streams": {}},
@@ -419,7 +419,7 @@ class RedisStreamsClient:
                     group["lag"] += int(raw.get("lag") or 0)
                     group["streams"][key] = {
                         "pending": int(raw["pending"]),
-                        "last_delivered_id": _text(raw["last-delivered-id"]),
+                        "last_delivered_id": reply_text(raw["last-delivered-id"]),
                     }
         info["consumer_groups"] = list(groups.values())
         return info
@@ -439,19 +439,15 @@ class RedisStreamsClient:
                     raise translate(error, key) from None
                 pending.extend(
                     {
-                        "id": _text(row["message_id"]),
+                        "id": reply_text(row["message_id"]),
                         "stream": key,
-                        "consumer": _text(row["consumer"]),
+                        "consumer": reply_text(row["consumer"]),
                         "idle_ms": int(row["time_since_delivered"]),
                         "times_delivered": int(row["times_delivered"]),
                     }
                     for row in rows
                 )
         return pending
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def create_streams_client(

@@ -32,6 +32,12 @@ RECONNECT_BASE_S = 0.05
 RECONNECT_CAP_S = 2.0
 
 
+def reply_text(value: Any) -> str:
+    """A Redis reply part as text: bytes decoded as UTF-8 (a byte that is not is replaced, so a
+    bad value can still be shown), anything else as ``str``."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def backoff_delay_s(
     attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None
 ) -> float:

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
-from streams.connection import raw_pipeline
+from streams.connection import raw_pipeline, reply_text
 from streams.errors import is_busygroup, is_nogroup, translate
 
 log = logging.getLogger("streams.consumer")
@@ -57,10 +57,6 @@ class Claimed:
     entries: list[Entry]
     deleted: list[str]
     next_start: str = "0-0"
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _unparsed(response: Any, **options: Any) -> Any:
@@ -166,7 +162,7 @@ class GroupConsumer:
         pairs = response.items() if isinstance(response, dict) else response
         by_key: dict[str, list[Entry]] = {}
         for stream, items in pairs:
-            key = stream if stream.__class__ is str else _str(stream)
+            key = stream if stream.__class__ is str else reply_text(stream)
             priority = self.priority_of.get(key, MessagePriority.NORMAL)
             entries: list[Entry] = []
             append = entries.append
@@ -182,7 +178,7 @@ class GroupConsumer:
                 append(
                     Entry(
                         key,
-                        entry_id if entry_id.__class__ is str else _str(entry_id),
+                        entry_id if entry_id.__class__ is str else reply_text(entry_id),
                         fields,
                         priority,
                     )
@@ -316,9 +312,9 @@ class GroupConsumer:
                 stream, self.group, self.consumer, min_idle_ms, start_id=start, count=count
             ),
         )
-        next_start = _str(response[0])
+        next_start = reply_text(response[0])
         entries = self._read_entries([(stream, response[1])]).get(stream, [])
-        deleted = [_str(i) for i in response[2]] if len(response) > 2 else []
+        deleted = [reply_text(i) for i in response[2]] if len(response) > 2 else []
         return Claimed(entries, deleted, next_start)
 
     async def delivery_counts(self, stream: str, ids: Sequence[str]) -> dict[str, int]:
@@ -339,9 +335,9 @@ class GroupConsumer:
         )
         wanted = set(ids)
         return {
-            _str(row["message_id"]): int(row["times_delivered"])
+            reply_text(row["message_id"]): int(row["times_delivered"])
             for row in rows
-            if _str(row["message_id"]) in wanted
+            if reply_text(row["message_id"]) in wanted
         }
 
     async def remove_dead_consumers(self, stream: str, idle_ms: int) -> list[str]:
@@ -360,7 +356,7 @@ class GroupConsumer:
             raise translate(error, stream) from None
         removed = []
         for info in consumers:
-            name = _str(info["name"])
+            name = reply_text(info["name"])
             if name == self.consumer or int(info["pending"]) or int(info["idle"]) < idle_ms:
                 continue
             try:

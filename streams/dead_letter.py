@@ -20,14 +20,11 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from streams.codec import entry_ms
+from streams.connection import reply_text
 from streams.errors import translate
 from streams.keys import Keys
 
 _PAGE = 500
-
-
-def _str(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +99,7 @@ def dead_letter_fields(
     consumer: str,
 ) -> dict[str, str]:
     """The fields of a dead-letter entry (see module doc)."""
-    original = {_str(k): _str(v) for k, v in payload.items()}
+    original = {reply_text(k): reply_text(v) for k, v in payload.items()}
     return {
         "source_stream": source_stream,
         "group": group,
@@ -118,7 +115,7 @@ def dead_letter_fields(
 
 
 def decode_dead_letter(entry_id: str, fields: Mapping[Any, Any]) -> DeadLetter:
-    values = {_str(k): _str(v) for k, v in fields.items()}
+    values = {reply_text(k): reply_text(v) for k, v in fields.items()}
     try:
         payload = json.loads(values.get("payload", "{}"))
     except ValueError:
@@ -170,7 +167,7 @@ class DeadLetters:
             entry_id = await self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
         except redis_errors.RedisError as error:
             raise translate(error, self.keys.dead_letter) from None
-        return _str(entry_id)
+        return reply_text(entry_id)
 
     async def iterate(self, where: DeadLetterFilter | None = None) -> AsyncIterator[DeadLetter]:
         """Every dead letter matching ``where``, oldest first (paged XRANGE)."""
@@ -181,12 +178,12 @@ class DeadLetters:
             except redis_errors.RedisError as error:
                 raise translate(error, self.keys.dead_letter) from None
             for entry_id, fields in page:
-                letter = decode_dead_letter(_str(entry_id), fields)
+                letter = decode_dead_letter(reply_text(entry_id), fields)
                 if where is None or where.matches(letter, self.keys):
                     yield letter
             if len(page) < _PAGE:
                 return
-            start = "(" + _str(page[-1][0])
+            start = "(" + reply_text(page[-1][0])
 
     async def select(self, where: DeadLetterFilter | None = None) -> list[DeadLetter]:
         return [letter async for letter in self.iterate(where)]
@@ -196,7 +193,7 @@ class DeadLetters:
             page: Any = await self.redis.xrange(self.keys.dead_letter, min=entry_id, max=entry_id)
         except redis_errors.RedisError as error:
             raise translate(error, self.keys.dead_letter) from None
-        return decode_dead_letter(_str(page[0][0]), page[0][1]) if page else None
+        return decode_dead_letter(reply_text(page[0][0]), page[0][1]) if page else None
 
     async def delete(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -230,5 +227,5 @@ class DeadLetters:
                     await self.redis.xdel(self.keys.dead_letter, letter.id)
             except redis_errors.RedisError as error:
                 raise translate(error, letter.source_stream) from None
-            new_ids.append(_str(new_id))
+            new_ids.append(reply_text(new_id))
         return new_ids

@@ -23,7 +23,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from streams.connection import raw_pipeline
+from streams.connection import raw_pipeline, reply_text
 from streams.errors import RedisUnavailableError, StreamRefusedError, translate
 from streams.keys import PUBLISH_LUA, Keys
 
@@ -125,10 +125,6 @@ async def publish_batches(
         else:
             counts = cast("list[Any]", reply)
             # A third element: the watermark Redis holds, behind the batch's ``seen``.
-            behind = _text(counts[2]) if len(counts) > 2 else None
+            behind = reply_text(counts[2]) if len(counts) > 2 else None
             results.append(PublishResult(batch.stream, int(counts[0]), int(counts[1]), behind))
     return results
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
