@@ -113,7 +113,13 @@ relay_instances = sa.Table(
     sa.Column(
         "stream_errors", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
     ),
+    # Services whose lost events it publishes again: service -> its cursor (decision 0011).
+    sa.Column(
+        "republishing", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
+    ),
     sa.Column("published_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    # Times the relay found Redis had lost events it acknowledged (migration 0006, decision 0011).
+    sa.Column("redis_losses", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("instance_id", name="relay_instances_pkey"),

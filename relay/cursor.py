@@ -126,6 +126,15 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {error}") from error
 
 
+#: What the relay asks of the schema: its cursors, its batch read and its status row.
+RELAY_STATEMENTS = (
+    queries.LOAD_CURSORS,
+    queries.FETCH_BATCH,
+    queries.ADVANCE_CURSORS,
+    queries.WRITE_STATUS,
+)
+
+
 async def schema_problem(url: str) -> str | None:
     """Why the relay's statements do not fit the database's schema, or None.
 
@@ -141,7 +150,7 @@ async def schema_problem(url: str) -> str | None:
     except asyncpg.InvalidCatalogNameError as error:
         return f"{error} (run `outbox migrate`, which creates it)"
     try:
-        for statement in (queries.LOAD_CURSORS, queries.FETCH_BATCH, queries.ADVANCE_CURSORS):
+        for statement in RELAY_STATEMENTS:
             await conn.prepare(statement)
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
         return f"{error} (the relay is newer than the database schema: run `outbox migrate`)"

@@ -103,6 +103,9 @@ class Relay:
         self._cursors: dict[str, Cursor] = {}
         self._committed: dict[str, Cursor] = {}
         self._marks = Marks(keys)
+        # Services whose published events Redis lost: the furthest cursor reached before the
+        # rewind. Until the cursor is back there, the service is publishing again, not behind.
+        self._republishing: dict[str, Cursor] = {}
         self._paused: dict[str, _Paused] = {}
         self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
         self._committed_at = 0.0
@@ -246,6 +249,7 @@ class Relay:
             self._cursors.pop(service)
             self._committed.pop(service, None)
             self._paused.pop(service, None)
+            self._republishing.pop(service, None)
             self.status.stream_errors.pop(service, None)
             self._marks.forget(service)
         new = sorted(active - self._cursors.keys())
@@ -263,6 +267,9 @@ class Relay:
             self._read_ahead = {}
             return False, False
         batches = await self._next_batches(ready)
+        for service in [s for s in self._republishing if s in ready and s not in batches]:
+            # Nothing left to read: the rest of what it had reached was pruned meanwhile.
+            self._republished(service)
         if not batches:
             await self._commit_cursors()
             return False, False
@@ -311,6 +318,9 @@ class Relay:
                 continue
             self._cursors[service] = cursor_of(batches[service][-1])
             self.status.published_count += outcome.published
+            target = self._republishing.get(service)
+            if target is not None and target <= self._cursors[service]:
+                self._republished(service)
             if self._paused.pop(service, None) is not None:
                 self.status.stream_errors.pop(service, None)
                 log.info("event=stream_resumed service=%s", service)
@@ -334,7 +344,11 @@ class Relay:
         by their watermark; consumers' inboxes absorb any they had already applied.
         """
         back_to = self._marks.rewind(behind)
+        reached = max(self._cursors[service], self._republishing.get(service, back_to))
+        if back_to < reached:
+            self._republishing[service] = reached
         self._cursors[service] = min(self._cursors[service], back_to)
+        self.status.redis_losses += 1
         lost = ", ".join(
             f"{stream} holds {behind[stream] or 'nothing'}" for stream in sorted(behind)
         )
@@ -347,6 +361,11 @@ class Relay:
             lost,
             back_to,
         )
+
+    def _republished(self, service: str) -> None:
+        if self._republishing.pop(service, None) is not None:
+            cursor = self._cursors.get(service)
+            log.info("event=redis_losses_republished service=%s cursor=%s", service, cursor)
 
     def _refuse(self, service: str, reason: str) -> None:
         paused = self._paused.get(service)
@@ -458,6 +477,9 @@ class Relay:
     async def _write_status(self) -> None:
         # The cursors are formatted here, once a heartbeat, rather than after every batch.
         self.status.cursors = {s: str(c) for s, c in self._cursors.items()}
+        self.status.republishing = {
+            s: str(self._cursors[s]) for s in self._republishing if s in self._cursors
+        }
         await self.leases.write_status(self.status)
 
     async def _trim(self) -> None:

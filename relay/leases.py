@@ -171,7 +171,9 @@ class LeaseSession:
             status.streams,
             json.dumps(status.cursors),
             json.dumps(status.stream_errors),
+            json.dumps(status.republishing),
             status.published_count,
+            status.redis_losses,
             status.last_error,
             status.last_error_at,
         )

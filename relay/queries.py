@@ -128,13 +128,15 @@ SELECT count(*) FROM pg_locks
 WRITE_STATUS = """
 INSERT INTO relay_instances AS r
        (instance_id, host, pid, started_at, heartbeat_at, stopped_at, streams, cursors,
-        stream_errors, published_count, last_error, last_error_at)
-VALUES ($1, $2, $3, $4, now(), $5, $6::text[], $7::jsonb, $8::jsonb, $9, $10, $11)
+        stream_errors, republishing, published_count, redis_losses, last_error, last_error_at)
+VALUES ($1, $2, $3, $4, now(), $5, $6::text[], $7::jsonb, $8::jsonb, $9::jsonb, $10, $11, $12,
+        $13)
 ON CONFLICT (instance_id) DO UPDATE
    SET heartbeat_at = now(), stopped_at = EXCLUDED.stopped_at, streams = EXCLUDED.streams,
        cursors = EXCLUDED.cursors, stream_errors = EXCLUDED.stream_errors,
-       published_count = EXCLUDED.published_count, last_error = EXCLUDED.last_error,
-       last_error_at = EXCLUDED.last_error_at
+       republishing = EXCLUDED.republishing,
+       published_count = EXCLUDED.published_count, redis_losses = EXCLUDED.redis_losses,
+       last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at
 """
 
 # Rows of relays that stopped or went silent a day ago are of no use to the monitor.

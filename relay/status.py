@@ -25,7 +25,11 @@ class RelayStatus:
     streams: list[str] = field(default_factory=list)
     cursors: dict[str, str] = field(default_factory=dict)
     stream_errors: dict[str, str] = field(default_factory=dict)
+    #: Services publishing again what Redis lost, and the cursor each is at (decision 0011).
+    republishing: dict[str, str] = field(default_factory=dict)
     published_count: int = 0
+    #: Times a stream's watermark was found behind its mark: Redis lost events it had taken.
+    redis_losses: int = 0
     last_error: str | None = None
     last_error_at: datetime | None = None
     stopped_at: datetime | None = None

@@ -9,9 +9,11 @@ beyond a gap; the relay re-reads from what Redis still holds (decision 0011).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
@@ -114,9 +116,12 @@ async def test_a_running_relay_fills_the_gap_when_redis_lost_its_last_writes(
     redis_client: aioredis.Redis,
     start_relay: StartRelay,
     relay_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Only the newest writes are lost (a failover to a replica a little behind): the relay
-    re-sends from the lowest watermark left, and only what is missing is added."""
+    re-sends from the lowest watermark left, and only what is missing is added. Its status row
+    counts the loss, and says the service is being published again only until it is done."""
+    caplog.set_level(logging.INFO, logger="relay")
     keys = Keys(relay_settings.stream_prefix)
     ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
     async with start_relay() as relay:
@@ -129,6 +134,20 @@ async def test_a_running_relay_fills_the_gap_when_redis_lost_its_last_writes(
         await assert_exactly_once(redis_client, keys, ids, asyncpg_conn, SERVICES)
         assert relay.status.last_error is not None
         assert "identity: Redis lost published events" in relay.status.last_error
+        # Found once, or once per stream when the heartbeat's check ran between the two.
+        assert 1 <= relay.status.redis_losses <= len(keys.streams_of("identity"))
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("event=redis_losses_republished service=identity" in m for m in messages)
+        assert not any("event=redis_losses_republished service=assets" in m for m in messages)
+
+        async def status_row_says_so() -> bool:
+            row = await asyncpg_conn.fetchrow(
+                "SELECT redis_losses, republishing FROM relay_instances WHERE instance_id = $1",
+                relay.status.instance_id,
+            )
+            return row is not None and row["redis_losses"] >= 1 and row["republishing"] == "{}"
+
+        await wait_until(status_row_says_so, what="the loss counted, nothing left to publish again")
 
 
 async def test_lost_events_of_a_stream_with_nothing_new_are_published_again(
