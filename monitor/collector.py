@@ -25,6 +25,9 @@ from streams.keys import Keys
 RATE_WINDOW_S = 30.0
 #: A write transaction open longer than this is reported as holding the relay back.
 HOLDBACK_WARN_S = 60.0
+#: A relay is taken at its word (it is publishing a service again) while its heartbeat is
+#: younger than this many of its intervals, as the heartbeat status judges it (monitor/status.py).
+RELAY_ALIVE_HEARTBEATS = 3
 
 
 class Clock(Protocol):
@@ -65,7 +68,9 @@ class Collector:
     async def collect(self) -> dict[str, Any]:
         started = self.clock()
         async with self.pool.acquire() as conn:
-            outbox = await sources.outbox_side(conn)
+            outbox = await sources.outbox_side(
+                conn, RELAY_ALIVE_HEARTBEATS * self.settings.relay_heartbeat_interval_s
+            )
             relays = await sources.relay_side(conn)
             projections = await sources.projection_side(conn)
         services = sorted(
@@ -147,6 +152,9 @@ class Collector:
             if status is None and relay["stream_errors"]:
                 stopped = ", ".join(f"{k}: {v}" for k, v in relay["stream_errors"].items())
                 status = Status("ERR", f"streams stopped: {stopped}")
+            if status is None and relay.get("republishing"):
+                services = ", ".join(sorted(relay["republishing"]))
+                status = Status("WARN", f"publishing again events Redis lost: {services}")
             if status is None and relay.get("last_error"):
                 status = Status("WARN", f"last error: {relay['last_error']}")
             components.append(_component(name, "relay", status or Status("OK", "heartbeat fresh")))

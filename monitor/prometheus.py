@@ -141,13 +141,20 @@ class SnapshotCollector(Collector):
         published = CounterMetricFamily(
             "outbox_relay_published_events", "Events published by the relay", labels=["relay"]
         )
+        redis_losses = CounterMetricFamily(
+            "outbox_relay_redis_losses",
+            "Times the relay found that Redis had lost events it acknowledged (it publishes them"
+            " again)",
+            labels=["relay"],
+        )
         for relay in snap.get("relays", []):
             # A relay that stopped cleanly has no heartbeat to age: its series ends, so an alert
             # on the age means "died", not "was stopped by a deploy".
             if not relay.get("stopped"):
                 heartbeat.add_metric([relay["instance"]], relay["heartbeat_age_s"])
             published.add_metric([relay["instance"]], relay["published"])
-        yield from (heartbeat, published)
+            redis_losses.add_metric([relay["instance"]], relay.get("redis_losses", 0))
+        yield from (heartbeat, published, redis_losses)
 
         processed = CounterMetricFamily(
             "projection_events_processed",

@@ -24,6 +24,11 @@ DATABASE_NOW = "SELECT extract(epoch FROM clock_timestamp()) AS now_s"
 # Per outbox stream: the relay's cursor, how many committed events lie beyond it (counted up to a
 # cap so a huge backlog stays cheap) and the age of the oldest of them. Row comparisons on
 # (txid, position) use the (stream, txid, position) index.
+#
+# The backlog counts from the stored cursor, unless a live relay (a heartbeat younger than $2
+# seconds) reports that it is publishing the service again because Redis lost events it had
+# acknowledged (decision 0011): the stored cursor only moves forward, so the backlog then counts
+# from the cursor the relay reports.
 OUTBOX_STREAMS = """
 WITH RECURSIVE s(stream) AS (
     SELECT min(stream) FROM outbox_events
@@ -34,31 +39,47 @@ WITH RECURSIVE s(stream) AS (
     SELECT stream FROM s WHERE stream IS NOT NULL
     UNION
     SELECT stream FROM relay_cursors
+), republishing AS (
+    SELECT DISTINCT ON (r.stream) r.stream, r.txid, r.position
+      FROM (SELECT e.key AS stream,
+                   split_part(e.value, ':', 1)::xid8 AS txid,
+                   split_part(e.value, ':', 2)::bigint AS position
+              FROM relay_instances i, jsonb_each_text(i.republishing) e
+             WHERE i.stopped_at IS NULL
+               AND i.heartbeat_at > clock_timestamp() - make_interval(secs => $2)) r
+     ORDER BY r.stream, r.txid, r.position
+), cursors AS (
+    SELECT st.stream, c.txid, c.position, c.updated_at, rp.stream IS NOT NULL AS republishing,
+           coalesce(rp.txid, c.txid, '0'::xid8) AS from_txid,
+           coalesce(rp.position, c.position, 0) AS from_position
+      FROM streams st
+      LEFT JOIN relay_cursors c ON c.stream = st.stream
+      LEFT JOIN republishing rp ON rp.stream = st.stream
 )
-SELECT st.stream,
+SELECT c.stream,
        c.txid::text AS cursor_txid,
        c.position AS cursor_position,
        extract(epoch FROM clock_timestamp() - c.updated_at) AS cursor_age_s,
+       c.republishing,
        (SELECT count(*) FROM (
             SELECT 1 FROM outbox_events e
-             WHERE e.stream = st.stream
-               AND (e.txid, e.position) > (coalesce(c.txid, '0'::xid8), coalesce(c.position, 0))
+             WHERE e.stream = c.stream
+               AND (e.txid, e.position) > (c.from_txid, c.from_position)
              LIMIT $1) AS beyond) AS unpublished,
        (SELECT extract(epoch FROM clock_timestamp() - e.occurred_at)
           FROM outbox_events e
-         WHERE e.stream = st.stream
-           AND (e.txid, e.position) > (coalesce(c.txid, '0'::xid8), coalesce(c.position, 0))
+         WHERE e.stream = c.stream
+           AND (e.txid, e.position) > (c.from_txid, c.from_position)
          ORDER BY e.txid, e.position
          LIMIT 1) AS oldest_unpublished_age_s
-  FROM streams st
-  LEFT JOIN relay_cursors c ON c.stream = st.stream
- ORDER BY st.stream
+  FROM cursors c
+ ORDER BY c.stream
 """
 
 # Relay instances that are running, or stopped within the last hour.
 RELAYS = """
-SELECT instance_id, host, pid, started_at, streams, cursors, stream_errors, published_count,
-       last_error, last_error_at, stopped_at,
+SELECT instance_id, host, pid, started_at, streams, cursors, stream_errors, republishing,
+       published_count, redis_losses, last_error, last_error_at, stopped_at,
        extract(epoch FROM clock_timestamp() - heartbeat_at) AS heartbeat_age_s
   FROM relay_instances
  WHERE stopped_at IS NULL OR stopped_at > clock_timestamp() - interval '1 hour'

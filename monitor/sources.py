@@ -18,9 +18,11 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-async def outbox_side(conn: asyncpg.Connection) -> dict[str, Any]:
+async def outbox_side(conn: asyncpg.Connection, relay_alive_s: float) -> dict[str, Any]:
+    """``relay_alive_s``: a relay whose heartbeat is younger than this is taken at its word
+    when it reports a service it is publishing again (the backlog counts from its cursor)."""
     db_now = await conn.fetchval(queries.DATABASE_NOW)
-    rows = await conn.fetch(queries.OUTBOX_STREAMS, UNPUBLISHED_COUNT_CAP)
+    rows = await conn.fetch(queries.OUTBOX_STREAMS, UNPUBLISHED_COUNT_CAP, relay_alive_s)
     blocker = await conn.fetchrow(queries.OLDEST_WRITE_TRANSACTION)
     return {
         "db_now": float(db_now),
@@ -33,6 +35,7 @@ async def outbox_side(conn: asyncpg.Connection) -> dict[str, Any]:
                     else None
                 ),
                 "cursor_age_s": _float(row["cursor_age_s"]),
+                "republishing": bool(row["republishing"]),
                 "unpublished": int(row["unpublished"]),
                 "unpublished_capped": int(row["unpublished"]) >= UNPUBLISHED_COUNT_CAP,
                 "oldest_unpublished_age_s": _float(row["oldest_unpublished_age_s"]),
@@ -69,7 +72,9 @@ async def relay_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "streams": list(row["streams"]),
             "cursors": _json(row["cursors"]),
             "stream_errors": _json(row["stream_errors"]),
+            "republishing": _json(row["republishing"]),
             "published": int(row["published_count"]),
+            "redis_losses": int(row["redis_losses"]),
             "last_error": row["last_error"],
             "last_error_at": row["last_error_at"].isoformat() if row["last_error_at"] else None,
             "stopped": row["stopped_at"] is not None,

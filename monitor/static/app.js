@@ -87,11 +87,16 @@ function render(snap) {
   } else holdback.hidden = true;
 
   fill("table-status", snap.status.components.map((c) => [c.component, badge(c.level), c.reason]), "no components yet");
+  // Services a live relay is publishing again because Redis lost events (decision 0011).
+  const republishing = {};
+  for (const r of snap.relays) if (!r.stopped) Object.assign(republishing, r.republishing || {});
   fill("table-outbox", outbox.map((r) => [r.stream, num(fmt(r.unpublished) + (r.unpublished_capped ? "+" : "")),
     num(age(r.oldest_unpublished_age_s)), num(fmt(r.published)), num(rate(r.publish_rate_per_s)),
-    r.cursor ? `${r.cursor.txid}:${r.cursor.position}` : "not started"]), "no events in the outbox yet");
+    republishing[r.stream] ? { text: `publishing again from ${republishing[r.stream]}: Redis lost events`, cls: "error-text" }
+      : r.cursor ? `${r.cursor.txid}:${r.cursor.position}` : "not started"]), "no events in the outbox yet");
   fill("table-relays", snap.relays.map((r) => [r.instance, `${r.host} / ${r.pid}`, r.streams.join(", ") || "–",
     num(r.stopped ? "stopped" : age(r.heartbeat_age_s)), num(fmt(r.published)),
+    r.redis_losses ? { text: fmt(r.redis_losses), cls: "num error-text" } : num("0"),
     r.last_error ? { text: r.last_error, cls: "error-text" } : "–"]), "no relay running");
   const streamRows = [];
   for (const s of snap.streams) {

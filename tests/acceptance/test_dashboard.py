@@ -91,6 +91,24 @@ async def test_dashboard_lives(
         await expect(page.locator("#card-unpublished")).to_have_text("7", timeout=10_000)
         await expect(page.locator("#table-outbox tbody")).to_contain_text("identity")
 
+        # A relay publishing again what Redis lost (decision 0011) says so in both tables.
+        await asyncpg_conn.execute(
+            """
+            INSERT INTO relay_instances
+                   (instance_id, host, pid, streams, cursors, republishing, redis_losses)
+            VALUES ('relay-a', 'host', 1, '{identity}', '{"identity": "0:0"}',
+                    '{"identity": "0:0"}', 2)
+            """
+        )
+        await expect(page.locator("#table-outbox tbody")).to_contain_text(
+            "publishing again from 0:0", timeout=10_000
+        )
+        relay = page.locator("#table-relays tbody tr", has_text="relay-a")
+        await expect(relay.locator("td").nth(5)).to_have_text("2", timeout=10_000)
+        await expect(page.locator("#table-status tbody")).to_contain_text(
+            "publishing again events Redis lost: identity"
+        )
+
         # A dead letter appears with a Replay button, which re-adds it to its stream.
         (event,) = await emit(asyncpg_conn, 1)
         stream = keys.stream("identity")

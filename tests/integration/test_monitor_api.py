@@ -18,7 +18,7 @@ from outbox.settings import Settings
 from streams.codec import decode_entry, encode_event
 from streams.dead_letter import DeadLetters, dead_letter_fields
 from streams.keys import Keys
-from tests.fixtures_monitor import MonitorFactory
+from tests.fixtures_monitor import LiveMonitor, MonitorFactory
 from tests.fixtures_relay import wait_until
 
 
@@ -206,6 +206,74 @@ async def test_outbox_backlog_cursor_and_oldest_age(
         (row,) = [r for r in body["outbox"]["streams"] if r["stream"] == "automation"]
         assert row["unpublished"] == 0
         assert row["oldest_unpublished_age_s"] is None
+
+
+async def outbox_row(live: LiveMonitor, service: str) -> dict[str, Any]:
+    """The service's row of ``GET /api/outbox``."""
+    (row,) = [
+        r
+        for r in (await live.http.get("/api/outbox")).json()["outbox"]["streams"]
+        if r["stream"] == service
+    ]
+    return row
+
+
+async def relay_row(
+    conn: asyncpg.Connection,
+    instance: str,
+    *,
+    republishing: dict[str, str],
+    redis_losses: int,
+    stopped: bool = False,
+) -> None:
+    """A relay's status row as ``relay/leases.py`` writes it, holding the automation service."""
+    await conn.execute(
+        """
+        INSERT INTO relay_instances
+               (instance_id, host, pid, streams, cursors, republishing, redis_losses, stopped_at)
+        VALUES ($1, 'host', 1, '{automation}', $2::jsonb, $2::jsonb, $3,
+                CASE WHEN $4 THEN now() END)
+        """,
+        instance,
+        json.dumps(republishing),
+        redis_losses,
+        stopped,
+    )
+
+
+async def test_a_relay_publishing_lost_events_again_shows_them_as_a_backlog(
+    monitor_server: MonitorFactory,
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    settings: Settings,
+) -> None:
+    """Redis lost events the stored cursor has passed (decision 0011): the stored cursor only
+    moves forward, so the backlog counts from where the live relay says it is, and the losses
+    are a counter for the alert. A stopped relay's word counts for nothing."""
+    keys = Keys(settings.stream_prefix)
+    events = await publish(asyncpg_conn, redis_client, keys, 6, service="automation")
+    await set_cursor(asyncpg_conn, events[5])
+    at = await asyncpg_conn.fetchval(
+        "SELECT txid::text || ':' || position FROM outbox_events WHERE event_id = $1",
+        events[1].event_id,
+    )
+    await relay_row(
+        asyncpg_conn, "gone", republishing={"automation": "0:0"}, redis_losses=0, stopped=True
+    )
+    async with monitor_server() as live:
+        row = await outbox_row(live, "automation")
+        assert (row["unpublished"], row["republishing"]) == (0, False)
+    await relay_row(asyncpg_conn, "live", republishing={"automation": at}, redis_losses=2)
+    async with monitor_server() as live:
+        row = await outbox_row(live, "automation")
+        assert (row["unpublished"], row["republishing"]) == (4, True)
+        assert row["cursor"]["position"] == events[5].position  # the stored cursor, unchanged
+        families = {
+            f.name: f
+            for f in text_string_to_metric_families((await live.http.get("/metrics")).text)
+        }
+        losses = {s.labels["relay"]: s.value for s in families["outbox_relay_redis_losses"].samples}
+        assert losses == {"gone": 0, "live": 2}
 
 
 async def test_the_transaction_holding_the_relay_back_is_named(
