@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -181,20 +182,29 @@ def test_outbox_migrate_creates_a_missing_database() -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_a_relay_newer_than_the_schema_says_to_migrate(empty_database_url: str) -> None:
-    """Started on a database one migration behind, the relay stops at once and says why,
-    instead of failing at every poll; migrated, the same check passes."""
-    runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"), "0004_tombstone_versions")
+@pytest.mark.parametrize(
+    ("revision", "missing"),
+    [
+        ("0004_tombstone_versions", "marks"),  # the cursors' (0005)
+        ("0005_relay_marks", "republishing"),  # the status row's (0006)
+    ],
+)
+def test_a_relay_newer_than_the_schema_says_to_migrate(
+    empty_database_url: str, revision: str, missing: str
+) -> None:
+    """Started on a database migrations behind, the relay stops at once and says why, instead
+    of failing at every poll or heartbeat; migrated, the same check passes."""
+    runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"), revision)
     outbox_cli = Path(sys.executable).with_name("outbox")
     result = _run([str(outbox_cli), "relay"], empty_database_url)
     assert result.returncode == 2
-    assert 'column "marks" does not exist' in result.stderr
+    assert f'column "{missing}"' in result.stderr and "does not exist" in result.stderr
     assert "run `outbox migrate`" in result.stderr
     assert "Traceback" not in result.stderr
     # `outbox check` says so too, without failing: `make run` checks before it migrates.
     check = _run([str(outbox_cli), "check"], empty_database_url)
     assert check.returncode == 0, check.stderr
-    assert 'OUTDATED schema: column "marks" does not exist' in check.stdout
+    assert f'OUTDATED schema: column "{missing}"' in check.stdout
     runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"))
     assert asyncio.run(schema_problem(empty_database_url)) is None
     check = _run([str(outbox_cli), "check"], empty_database_url)
