@@ -60,8 +60,11 @@ class _Report:
 
 
 async def _run(timeout_s: float) -> _Report:
+    from monitor import queries as monitor_queries
+    from outbox.preflight import schema_problem
     from outbox.settings import get_settings, redact_url
-    from relay.cursor import schema_problem
+    from projections import queries as projection_queries
+    from relay.cursor import RELAY_STATEMENTS
 
     settings = get_settings()
     pg_url = settings.libpq_url()
@@ -75,7 +78,16 @@ async def _run(timeout_s: float) -> _Report:
             ("PostgreSQL", redact_url(pg_url), pg, _PG_HINT),
             ("Redis", redact_url(redis_url), rd, _REDIS_HINT),
         ],
-        schema=None if pg is not None else await schema_problem(pg_url),
+        schema=None
+        if pg is not None
+        else await schema_problem(
+            pg_url,
+            {
+                "relay": RELAY_STATEMENTS,
+                "projection consumer": projection_queries.STATEMENTS,
+                "monitor": monitor_queries.STATEMENTS,
+            },
+        ),
     )
 
 
@@ -92,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"MISSING  {name} at {where}: {problem}\n         -> {hint}", file=sys.stderr)
     if not failed:
         if report.schema is None:
-            print("ok       schema: every table and column the relay uses is there")
+            print("ok       schema: every table and column the relay, consumers and monitor use")
         else:
             print(f"OUTDATED schema: {report.schema}")
     return 2 if failed else 0

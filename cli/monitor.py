@@ -9,12 +9,16 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from cli import eventloop
     from cli.eventloop import loop_name
     from cli.heap import freeze_startup_heap
+    from monitor import queries
     from monitor.app import create_app
+    from outbox.preflight import require_current_schema
     from outbox.settings import get_settings
 
     settings = get_settings()
+    eventloop.run(require_current_schema(settings.libpq_url(), {"monitor": queries.STATEMENTS}))
     host = args.host or settings.monitor_host
     port = args.port or settings.monitor_port
     config = uvicorn.Config(

@@ -33,12 +33,18 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def _project(args: argparse.Namespace) -> int:
+    from cli import eventloop
     from cli.heap import settle_for_batches
+    from outbox.preflight import require_current_schema
     from outbox.settings import get_settings
+    from projections import queries
     from projections.projection import load, select
     from projections.runner import run_projections
 
     settings = get_settings()
+    eventloop.run(
+        require_current_schema(settings.libpq_url(), {"projection consumer": queries.STATEMENTS})
+    )
     load(settings.projection_modules)
     projections = select(args.names)
     settle_for_batches()

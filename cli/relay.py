@@ -86,8 +86,9 @@ def _relay(args: argparse.Namespace) -> int:
     from cli import eventloop
     from cli.heap import settle_for_batches
     from outbox.errors import ConfigurationError
+    from outbox.preflight import require_current_schema
     from outbox.settings import get_settings
-    from relay.cursor import schema_problem
+    from relay.cursor import RELAY_STATEMENTS
     from relay.daemon import Relay, run_until_signalled
 
     updates = {
@@ -103,9 +104,7 @@ def _relay(args: argparse.Namespace) -> int:
         settings = type(settings).model_validate({**settings.model_dump(), **updates})
     except ValidationError as error:
         raise ConfigurationError(f"invalid relay option: {error}") from None
-    problem = eventloop.run(schema_problem(settings.libpq_url()))
-    if problem is not None:
-        raise ConfigurationError(problem)
+    eventloop.run(require_current_schema(settings.libpq_url(), {"relay": RELAY_STATEMENTS}))
     relay = Relay.from_settings(settings)
     settle_for_batches()
     eventloop.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))

@@ -113,3 +113,14 @@ SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.a
  ORDER BY e.txid, e.position
  LIMIT $2
 """
+
+#: Every statement above, for the schema check at start (outbox/preflight.py).
+STATEMENTS = (
+    OLDEST_WRITE_TRANSACTION,
+    DATABASE_NOW,
+    OUTBOX_STREAMS,
+    RELAYS,
+    PROJECTION_CONSUMERS,
+    PROJECTION_CHECKPOINTS,
+    EVENTS_BY_CORRELATION,
+)

@@ -191,3 +191,6 @@ OUTBOX_UNAPPLIED = Query(
      LIMIT :limit
     """,
 )
+
+#: Every statement above, for the schema check at start (outbox/preflight.py).
+STATEMENTS = tuple(q.asyncpg_sql for q in list(globals().values()) if isinstance(q, Query))

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
+from outbox.preflight import CONNECTION_ERRORS
 from relay import queries
 from relay.errors import DatabaseUnavailableError
 
@@ -85,20 +86,6 @@ class OutboxStore(Protocol):
     async def close(self) -> None: ...
 
 
-# asyncpg raises these when the server or the connection is gone: not a bug, a reason to back
-# off and reconnect (https://magicstack.github.io/asyncpg/current/api/index.html#errors).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # admin shutdown, pg_terminate_backend, starting up
-    asyncpg.TooManyConnectionsError,
-    # A backend terminated while the connection was idle leaves asyncpg's protocol waiting for
-    # a ReadyForQuery that never comes; the next query reports it as this.
-    asyncpg.InternalClientError,
-)
-
-
 async def connect(url: str, application_name: str) -> asyncpg.Connection:
     """A relay connection. Its writes (cursors, status) skip the WAL flush wait: a cursor lost
     in a crash only makes the relay re-read events that the watermark then skips."""
@@ -126,39 +113,14 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {error}") from error
 
 
-#: What the relay asks of the schema: its cursors, its batch read and its status row.
+#: What the relay asks of the schema (outbox/preflight.py): its cursors, its batch read and
+#: its status row.
 RELAY_STATEMENTS = (
     queries.LOAD_CURSORS,
     queries.FETCH_BATCH,
     queries.ADVANCE_CURSORS,
     queries.WRITE_STATUS,
 )
-
-
-async def schema_problem(url: str) -> str | None:
-    """Why the relay's statements do not fit the database's schema, or None.
-
-    Each statement is prepared, not run: PostgreSQL checks every table and column it names.
-    A relay newer than the schema (``outbox migrate`` not run yet) is told so at start instead
-    of failing at every poll. A database that cannot be reached is not a schema problem (None):
-    the relay backs off and retries, as it does whenever PostgreSQL is down.
-    """
-    try:
-        conn = await connect(url, "outbox-relay schema check")
-    except DatabaseUnavailableError:
-        return None
-    except asyncpg.InvalidCatalogNameError as error:
-        return f"{error} (run `outbox migrate`, which creates it)"
-    try:
-        for statement in RELAY_STATEMENTS:
-            await conn.prepare(statement)
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
-        return f"{error} (the relay is newer than the database schema: run `outbox migrate`)"
-    except CONNECTION_ERRORS:
-        return None
-    finally:
-        conn.terminate()
-    return None
 
 
 class PgOutboxStore:

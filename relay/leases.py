@@ -25,8 +25,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from outbox.preflight import CONNECTION_ERRORS
 from relay import queries
-from relay.cursor import CONNECTION_ERRORS, connect
+from relay.cursor import connect
 from relay.errors import LeaseLostError
 from relay.status import RelayStatus
 

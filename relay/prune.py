@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from outbox.preflight import CONNECTION_ERRORS
 from relay import queries
-from relay.cursor import CONNECTION_ERRORS
 from relay.errors import DatabaseUnavailableError, RelayError
 
 log = logging.getLogger("relay.prune")

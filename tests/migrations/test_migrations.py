@@ -18,8 +18,9 @@ from alembic.migration import MigrationContext
 import migrations
 import projections.schema  # noqa: F401  (its tables join outbox.schema.metadata)
 from migrations import runner
+from outbox.preflight import schema_problem
 from outbox.schema import metadata
-from relay.cursor import schema_problem
+from relay.cursor import RELAY_STATEMENTS
 from tests.conftest import _url_for as url_for
 from tests.conftest import sqlalchemy_url
 
@@ -183,6 +184,29 @@ def test_outbox_migrate_creates_a_missing_database() -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "revision", "says"),
+    [
+        (["monitor", "--port", "1"], "0005_relay_marks", "the monitor is newer"),
+        (["project"], "0002_relay", "the projection consumer is newer"),
+    ],
+)
+def test_a_monitor_or_consumer_newer_than_the_schema_says_to_migrate(
+    empty_database_url: str, command: list[str], revision: str, says: str
+) -> None:
+    """They check their statements at start as the relay does: one line, exit 2, before they
+    bind a port or read a stream (the monitor used to answer every request with a 500)."""
+    runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"), revision)
+    outbox_cli = Path(sys.executable).with_name("outbox")
+    result = _run([str(outbox_cli), *command], empty_database_url)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+    assert "run `outbox migrate`" in result.stderr
+    assert "Traceback" not in result.stderr
+    check = _run([str(outbox_cli), "check"], empty_database_url)
+    assert "OUTDATED schema" in check.stdout
+
+
+@pytest.mark.parametrize(
     ("revision", "missing"),
     [
         ("0004_tombstone_versions", "marks"),  # the cursors' (0005)
@@ -198,7 +222,8 @@ def test_a_relay_newer_than_the_schema_says_to_migrate(
     outbox_cli = Path(sys.executable).with_name("outbox")
     result = _run([str(outbox_cli), "relay"], empty_database_url)
     assert result.returncode == 2
-    assert f'column "{missing}"' in result.stderr and "does not exist" in result.stderr
+    assert f'column "{missing}"' in result.stderr
+    assert "does not exist" in result.stderr
     assert "run `outbox migrate`" in result.stderr
     assert "Traceback" not in result.stderr
     # `outbox check` says so too, without failing: `make run` checks before it migrates.
@@ -206,7 +231,7 @@ def test_a_relay_newer_than_the_schema_says_to_migrate(
     assert check.returncode == 0, check.stderr
     assert f'OUTDATED schema: column "{missing}"' in check.stdout
     runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"))
-    assert asyncio.run(schema_problem(empty_database_url)) is None
+    assert asyncio.run(schema_problem(empty_database_url, {"relay": RELAY_STATEMENTS})) is None
     check = _run([str(outbox_cli), "check"], empty_database_url)
     assert check.returncode == 0, check.stderr
     assert "ok       schema" in check.stdout
