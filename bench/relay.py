@@ -91,9 +91,12 @@ async def _running(settings: Settings) -> AsyncIterator[Relay]:
 
 
 @contextlib.asynccontextmanager
-async def _relay_process(url: str, prefix: str) -> AsyncIterator[None]:
+async def _relay_process(
+    url: str, prefix: str, poll_min_ms: float | None = None
+) -> AsyncIterator[None]:
     """``outbox relay`` as its own process (as deployed): it must not share an event loop, or a
-    CPU, with the emitters it is measured against. Ready once its status row shows a lease."""
+    CPU, with the emitters it is measured against. Ready once its status row shows a lease.
+    ``poll_min_ms``: its RELAY_POLL_MIN_MS (default: the setting's)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -102,6 +105,8 @@ async def _relay_process(url: str, prefix: str) -> AsyncIterator[None]:
         "RELAY_TRIM_INTERVAL_S": "0",
         "RELAY_INSTANCE_ID": prefix,
     }
+    if poll_min_ms is not None:
+        env["RELAY_POLL_MIN_MS"] = str(poll_min_ms)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli.main", "relay", env=env
     )
@@ -202,7 +207,12 @@ async def naive_drain(url: str, client: aioredis.Redis, events: int) -> dict[str
 
 
 async def latency(
-    url: str, client: aioredis.Redis, rate: float, seconds: float, connections: int
+    url: str,
+    client: aioredis.Redis,
+    rate: float,
+    seconds: float,
+    connections: int,
+    poll_min_ms: float | None = None,
 ) -> dict[str, Any]:
     prefix = f"lat{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
@@ -242,7 +252,7 @@ async def latency(
 
     async with conns[0].transaction():
         await outbox.emit(conns[0], service="identity", event_type="warm_up", data={})
-    async with _relay_process(url, prefix):
+    async with _relay_process(url, prefix, poll_min_ms):
         consumer = asyncio.create_task(consume())
         await asyncio.sleep(0.5)
         deadline = time.perf_counter() + seconds
@@ -273,7 +283,12 @@ async def latency(
 
 
 async def emit_rate(
-    url: str, client: aioredis.Redis, seconds: float, connections: int, with_relay: bool
+    url: str,
+    client: aioredis.Redis,
+    seconds: float,
+    connections: int,
+    with_relay: bool,
+    poll_min_ms: float | None = None,
 ) -> float:
     prefix = f"emit{uuid.uuid4().hex[:6]}"
     conn = await asyncpg.connect(url)
@@ -286,7 +301,8 @@ async def emit_rate(
         async with conn.transaction():
             await outbox.emit(conn, service="identity", event_type="warm_up", data={})
     await conn.close()
-    async with _relay_process(url, prefix) if with_relay else contextlib.nullcontext():
+    relay = _relay_process(url, prefix, poll_min_ms) if with_relay else contextlib.nullcontext()
+    async with relay:
         rate = await emit_flat_out(url, connections, seconds, service="identity")
     await _cleanup(client, prefix)
     return rate

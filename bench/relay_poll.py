@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,18 +28,14 @@ from outbox.settings import get_settings
 async def main(args: argparse.Namespace) -> None:
     client = aioredis.Redis.from_url(get_settings().redis_streams_url.get_secret_value())
     rows: list[dict[str, Any]] = []
-    previous = os.environ.get("RELAY_POLL_MIN_MS")
     try:
         async with scratch_database("relay_poll") as url:
             for poll_min_ms in args.poll_min_ms:
-                # The relay runs as `outbox relay` in a child process, which reads the setting
-                # from the environment.
-                os.environ["RELAY_POLL_MIN_MS"] = str(poll_min_ms)
-                lat = await latency(url, client, args.rate, args.latency_seconds, 16)
+                lat = await latency(url, client, args.rate, args.latency_seconds, 16, poll_min_ms)
                 pairs = []
                 for _ in range(args.emit_repeats):
                     without = await emit_rate(url, client, args.emit_seconds, 16, False)
-                    with_ = await emit_rate(url, client, args.emit_seconds, 16, True)
+                    with_ = await emit_rate(url, client, args.emit_seconds, 16, True, poll_min_ms)
                     pairs.append((with_ / without, round(without), round(with_)))
                 ratio, without, with_ = sorted(pairs)[len(pairs) // 2]
                 row = {
@@ -55,10 +50,6 @@ async def main(args: argparse.Namespace) -> None:
                 print(row, flush=True)
                 rows.append(row)
     finally:
-        if previous is None:
-            os.environ.pop("RELAY_POLL_MIN_MS", None)
-        else:
-            os.environ["RELAY_POLL_MIN_MS"] = previous
         await client.aclose()
     write_result("relay_poll", {"rate_per_s": args.rate, "settings": rows}, [])
 

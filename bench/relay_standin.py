@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import statistics
 import sys
@@ -118,7 +117,6 @@ async def main(args: argparse.Namespace) -> None:
     client = aioredis.Redis.from_url(redis_url)
     rounds: list[dict[str, Any]] = []
     stand_ins: dict[str, list[dict[str, str]]] = {mode: [] for mode in MODES}
-    previous = os.environ.get("RELAY_POLL_MIN_MS")
     try:
         async with scratch_database("relay_standin") as url:
             for _ in range(args.rounds):
@@ -131,18 +129,13 @@ async def main(args: argparse.Namespace) -> None:
                         rates[mode] = await emit_flat_out(url, 16, args.seconds, service="identity")
                     stand_ins[mode].append(report)
                 for poll_ms in RELAY_POLL_MS:
-                    os.environ["RELAY_POLL_MIN_MS"] = str(poll_ms)
                     rates[f"relay_{poll_ms}ms"] = await emit_rate(
-                        url, client, args.seconds, 16, True
+                        url, client, args.seconds, 16, True, poll_ms
                     )
                 ratios = {k: round(v / rates["alone"], 3) for k, v in rates.items()}
                 print({"rates": {k: round(v) for k, v in rates.items()}, "ratios": ratios})
                 rounds.append({"rates": {k: round(v) for k, v in rates.items()}, "ratios": ratios})
     finally:
-        if previous is None:
-            os.environ.pop("RELAY_POLL_MIN_MS", None)
-        else:
-            os.environ["RELAY_POLL_MIN_MS"] = previous
         await client.aclose()
     names = list(rounds[0]["rates"])
     median_rate = {name: statistics.median(r["rates"][name] for r in rounds) for name in names}
