@@ -17,7 +17,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from monitor import redis_stats, sources
-from monitor.status import Sample, Status, heartbeat, trend, worst
+from monitor.status import LOST_AFTER_INTERVALS, Sample, Status, heartbeat, trend, worst
 from outbox.settings import Settings
 from streams.keys import Keys
 
@@ -25,9 +25,6 @@ from streams.keys import Keys
 RATE_WINDOW_S = 30.0
 #: A write transaction open longer than this is reported as holding the relay back.
 HOLDBACK_WARN_S = 60.0
-#: A relay is taken at its word (it is publishing a service again) while its heartbeat is
-#: younger than this many of its intervals, as the heartbeat status judges it (monitor/status.py).
-RELAY_ALIVE_HEARTBEATS = 3
 
 
 class Clock(Protocol):
@@ -65,11 +62,19 @@ class Collector:
             snapshot = await self.collect()
             return snapshot
 
+    @property
+    def _heartbeat_interval_s(self) -> float:
+        """The interval heartbeats are judged by (relays and consumers beat at least this often
+        with default settings)."""
+        return max(self.settings.refresh_interval_s, 5.0)
+
     async def collect(self) -> dict[str, Any]:
         started = self.clock()
         async with self.pool.acquire() as conn:
+            # A relay is taken at its word (a service it is publishing again) exactly while
+            # its status is not "heartbeat lost".
             outbox = await sources.outbox_side(
-                conn, RELAY_ALIVE_HEARTBEATS * self.settings.relay_heartbeat_interval_s
+                conn, LOST_AFTER_INTERVALS * self._heartbeat_interval_s
             )
             relays = await sources.relay_side(conn)
             projections = await sources.projection_side(conn)
@@ -133,7 +138,7 @@ class Collector:
         """
         components: list[dict[str, str]] = []
         seen: set[str] = set()
-        interval = max(self.settings.refresh_interval_s, 5.0)
+        interval = self._heartbeat_interval_s
 
         for row in snapshot["outbox"]["streams"]:
             name = f"outbox:{row['stream']}"

@@ -71,10 +71,14 @@ def trend(
     )
 
 
+#: A heartbeat older than this many intervals is lost.
+LOST_AFTER_INTERVALS = 3
+
+
 def heartbeat(age_s: float | None, interval_s: float, *, name: str) -> Status | None:
-    """ERR when a heartbeat is older than three intervals; None while it is fresh."""
+    """ERR when a heartbeat is older than LOST_AFTER_INTERVALS intervals; None while fresh."""
     if age_s is None:
         return Status("ERR", f"{name}: no heartbeat")
-    if age_s > 3 * interval_s:
+    if age_s > LOST_AFTER_INTERVALS * interval_s:
         return Status("ERR", f"{name}: heartbeat lost ({age_s:.0f} s ago)")
     return None
