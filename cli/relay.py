@@ -21,13 +21,6 @@ _RELAY_FLAGS: list[tuple[str, str, type, str]] = [
         "longest idle wait between polls [RELAY_POLL_MAX_MS]",
     ),
     (
-        "--yield-cpu-pressure",
-        "relay_yield_cpu_pressure",
-        float,
-        "host CPU pressure, in percent, above which the relay waits --poll-max-ms after a partly"
-        " filled batch; 0 never [RELAY_YIELD_CPU_PRESSURE]",
-    ),
-    (
         "--notify-channel",
         "relay_notify_channel",
         str,

@@ -91,15 +91,6 @@ class Settings(BaseSettings):
         validation_alias=_env("RELAY_POLL_MAX_MS"),
         description="Longest idle wait between polls (the worst-case wake-up delay).",
     )
-    relay_yield_cpu_pressure: float = Field(
-        default=40.0,
-        ge=0,
-        le=100,
-        validation_alias=_env("RELAY_YIELD_CPU_PRESSURE"),
-        description="Host CPU pressure (percent of time some task waits for a CPU, Linux PSI) at "
-        "which the relay waits RELAY_POLL_MAX_MS after a partly filled batch instead of "
-        "RELAY_POLL_MIN_MS. 0: never.",
-    )
     relay_notify_channel: str = Field(
         default="outbox_relay",
         validation_alias=_env("RELAY_NOTIFY_CHANNEL"),

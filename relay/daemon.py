@@ -4,8 +4,7 @@ Two tasks share one process:
 
 * the **pump** reads the next batch of every leased service after its cursor (one query),
   publishes it (one Redis round trip), then stores the new cursors (one statement); it polls
-  again at once while events keep coming and backs off while idle (:mod:`relay.wakeup`), or
-  while the host's CPUs are saturated (:mod:`relay.pressure`);
+  again at once while events keep coming and backs off while idle (:mod:`relay.wakeup`);
 * the **control** task, every heartbeat, takes and gives back leases (:mod:`relay.leases`),
   writes the status row and, now and then, trims the streams (:mod:`relay.maintenance`).
 
@@ -54,7 +53,6 @@ from relay.errors import (
 from relay.leases import Leases, LeaseSession
 from relay.maintenance import trim_streams
 from relay.marks import Marks
-from relay.pressure import Yield
 from relay.publisher import Publisher, RedisPublisher, connect_redis
 from relay.status import RelayStatus, default_instance_id
 from relay.wakeup import AdaptivePoll, Backoff
@@ -98,7 +96,6 @@ class Relay:
         self.poll = AdaptivePoll(
             settings.relay_poll_min_ms / 1000, settings.relay_poll_max_ms / 1000
         )
-        self.cpu = Yield(settings.relay_yield_cpu_pressure / 100)
         self._trim_client = trim_client if settings.relay_trim_interval_s > 0 else None
         self._stopping = asyncio.Event()
         self._batch_lock = asyncio.Lock()
@@ -163,8 +160,6 @@ class Relay:
             type(self.leases).__name__,
             self.settings.relay_batch_size,
         )
-        if self.cpu.enabled and not self.cpu.available():
-            log.info("event=cpu_pressure_unavailable path=%s yields=never", self.cpu.pressure.path)
         pump = asyncio.create_task(self._pump(), name="relay-pump")
         control = asyncio.create_task(self._control(), name="relay-control")
         try:
@@ -235,23 +230,12 @@ class Relay:
                 log.exception("event=relay_unexpected_error")
                 await self.poll.wait(backoff.next_delay())
                 continue
-            if self.cpu.check(time.monotonic()):
-                self._yielding_changed()
             await self.poll.wait(self.poll.after_poll(found, full))
         try:
             await self._commit_cursors(force=True)
         except DatabaseUnavailableError as error:
             # Harmless: the next relay re-reads from the older cursor and the watermark skips.
             log.warning("event=final_cursor_commit_failed error=%r", str(error))
-
-    def _yielding_changed(self) -> None:
-        self.poll.yielding = self.cpu.yielding
-        log.info(
-            "event=%s cpu_pressure=%.2f wait_ms=%g",
-            "relay_yielding" if self.cpu.yielding else "relay_yield_ended",
-            self.cpu.last_reading or 0.0,
-            (self.poll.max_s if self.cpu.yielding else self.poll.min_s) * 1000,
-        )
 
     async def _pump_once(self) -> tuple[bool, bool]:
         """One batch of every ready service. Returns (any events read, some batch was full).

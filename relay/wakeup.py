@@ -3,9 +3,8 @@
 Why no NOTIFY trigger: a transaction that sent NOTIFY takes a database-wide lock at commit,
 which serialises every such commit and halves emit throughput at 16 connections
 (docs/decisions/0004-relay-wakeup.md). Instead the relay polls again at once while batches come
-back full, waits ``RELAY_POLL_MIN_MS`` while they come back partly filled (``RELAY_POLL_MAX_MS``
-while the host's CPUs are saturated: :mod:`relay.pressure`), and while idle backs off
-geometrically (``RELAY_POLL_MIN_MS`` doubling up to ``RELAY_POLL_MAX_MS``). An explicit
+back full, waits ``RELAY_POLL_MIN_MS`` while they come back partly filled, and while idle backs
+off geometrically (``RELAY_POLL_MIN_MS`` doubling up to ``RELAY_POLL_MAX_MS``). An explicit
 ``pg_notify`` on ``RELAY_NOTIFY_CHANNEL`` cuts an idle wait short.
 """
 
@@ -26,24 +25,20 @@ class AdaptivePoll:
         self._idle_s = 0.0
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
-        #: Set while the host's CPUs are saturated (:class:`relay.pressure.Yield`).
-        self.yielding = False
 
     def after_poll(self, found_events: bool, full: bool = False) -> float:
         """Record a poll's outcome; return how long to wait before the next one.
 
         A full batch means a backlog: poll again at once. Some events but no full batch means
         a steady trickle: wait the minimum, so each batch gathers a few events instead of the
-        relay spinning on one event per round trip (CPU the emitters need); while
-        :attr:`yielding`, wait the longest, so that each round trip carries many events.
-        Nothing: back off.
+        relay spinning on one event per round trip (CPU the emitters need). Nothing: back off.
         """
         if full:
             self._idle_s = 0.0
             return 0.0
         if found_events:
             self._idle_s = 0.0
-            return self.max_s if self.yielding else self.min_s
+            return self.min_s
         else:
             self._idle_s = min(self.max_s, max(self.min_s, self._idle_s * 2))
         return self._idle_s
