@@ -10,12 +10,15 @@ part of what the relay does (each in a process of its own, as the relay is):
 - ``fetch``: wakes, then the relay's own batch query (``FETCH_BATCH``, following the emitters'
   events) and a Redis ``PING``: everything but the publish;
 
-then ``outbox relay`` itself at ``RELAY_POLL_MIN_MS`` 2 and 20. Each round runs the emitters
+then ``outbox relay`` itself at ``RELAY_POLL_MIN_MS`` 2 (the default), 20, 50 and 100: how
+seldom the relay would have to poll at the emitters' peak for them to keep 90% of their rate,
+i.e. what a relay that polls less under load would trade in latency. Each round runs the emitters
 alone first; every ratio is against that round's run alone, and the medians over the rounds are
 the figures to read (a single 5 s run varies by 10 to 20% either way here). No goal is checked: the
 figures locate the cost (docs/decisions/0008-speed-goals-on-two-cores.md).
 
     python -m bench.relay_standin [--rounds 6] [--seconds 5] [--interval 0.002]
+                                  [--relay-poll-ms 2,20,50,100]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from bench.relay import emit_rate
 from outbox.settings import get_settings
 
 MODES = ("idle", "ping", "fetch")
-RELAY_POLL_MS = (2, 20)
+RELAY_POLL_MS = "2,20,50,100"
 
 
 async def stand_in(url: str, redis_url: str, mode: str, interval_s: float) -> None:
@@ -128,7 +131,7 @@ async def main(args: argparse.Namespace) -> None:
                     async with running_stand_in(url, mode, args.interval, report):
                         rates[mode] = await emit_flat_out(url, 16, args.seconds, service="identity")
                     stand_ins[mode].append(report)
-                for poll_ms in RELAY_POLL_MS:
+                for poll_ms in args.relay_poll_ms:
                     rates[f"relay_{poll_ms}ms"] = await emit_rate(
                         url, client, args.seconds, 16, True, poll_ms
                     )
@@ -145,6 +148,7 @@ async def main(args: argparse.Namespace) -> None:
             "connections": 16,
             "seconds_per_run": args.seconds,
             "stand_in_interval_s": args.interval,
+            "relay_poll_min_ms": args.relay_poll_ms,
             # Two estimates, for a host this noisy: each round's ratio, then the median of those;
             # and the median rate of each setting against the median rate alone.
             "median_ratio": {
@@ -167,6 +171,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5, help="per emitting run")
     parser.add_argument("--interval", type=float, default=0.002, help="stand-ins' wait, s")
+    parser.add_argument(
+        "--relay-poll-ms",
+        type=lambda text: [int(ms) for ms in text.split(",")],
+        default=RELAY_POLL_MS,
+        help="the relay's RELAY_POLL_MIN_MS values, comma-separated (default %(default)s)",
+    )
     parser.add_argument("--stand-in", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
