@@ -392,8 +392,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Every event of a correlation and where each one is now."""
         assert monitor.pool is not None
         assert monitor.redis is not None
+        assert monitor.collector is not None
         async with monitor.pool.acquire() as conn:
-            rows = await conn.fetch(queries.EVENTS_BY_CORRELATION, correlation_id, limit)
+            rows = await conn.fetch(
+                queries.EVENTS_BY_CORRELATION,
+                correlation_id,
+                limit,
+                monitor.collector.relay_alive_s,
+            )
         dead = (
             {
                 letter.event_id: letter
@@ -430,6 +436,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "data": monitor.masked_copy(json.loads(row["payload"])),
                     "where": where,
                     "published": row["published"],
+                    "republishing": row["republishing"],
                     "entry": entry,
                     "applied_by": list(row["applied_by"]),
                     "dead_letter": (

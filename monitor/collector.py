@@ -68,14 +68,16 @@ class Collector:
         with default settings)."""
         return max(self.settings.refresh_interval_s, 5.0)
 
+    @property
+    def relay_alive_s(self) -> float:
+        """A relay whose heartbeat is younger than this is taken at its word when it reports a
+        service it is publishing again: exactly while its status is not "heartbeat lost"."""
+        return LOST_AFTER_INTERVALS * self._heartbeat_interval_s
+
     async def collect(self) -> dict[str, Any]:
         started = self.clock()
         async with self.pool.acquire() as conn:
-            # A relay is taken at its word (a service it is publishing again) exactly while
-            # its status is not "heartbeat lost".
-            outbox = await sources.outbox_side(
-                conn, LOST_AFTER_INTERVALS * self._heartbeat_interval_s
-            )
+            outbox = await sources.outbox_side(conn, self.relay_alive_s)
             relays = await sources.relay_side(conn)
             projections = await sources.projection_side(conn)
         services = sorted(

@@ -21,6 +21,20 @@ SELECT pid,
 
 DATABASE_NOW = "SELECT extract(epoch FROM clock_timestamp()) AS now_s"
 
+# Per service a live relay reports publishing again (decision 0011), the cursor it has reached:
+# the lowest, if several report it. "Live": not stopped, and a heartbeat younger than the
+# parameter ``{alive}`` (seconds). The stored cursor only moves forward, so while Redis's losses
+# are published again, what lies between this cursor and the stored one is not in Redis.
+_REPUBLISHING = """
+    SELECT DISTINCT ON (r.stream) r.stream, r.txid, r.position
+      FROM (SELECT e.key AS stream,
+                   split_part(e.value, ':', 1)::xid8 AS txid,
+                   split_part(e.value, ':', 2)::bigint AS position
+              FROM relay_instances i, jsonb_each_text(i.republishing) e
+             WHERE i.stopped_at IS NULL
+               AND i.heartbeat_at > clock_timestamp() - make_interval(secs => {alive})) r
+     ORDER BY r.stream, r.txid, r.position"""
+
 # Per outbox stream: the relay's cursor, how many committed events lie beyond it (counted up to a
 # cap so a huge backlog stays cheap) and the age of the oldest of them. Row comparisons on
 # (txid, position) use the (stream, txid, position) index.
@@ -39,15 +53,7 @@ WITH RECURSIVE s(stream) AS (
     SELECT stream FROM s WHERE stream IS NOT NULL
     UNION
     SELECT stream FROM relay_cursors
-), republishing AS (
-    SELECT DISTINCT ON (r.stream) r.stream, r.txid, r.position
-      FROM (SELECT e.key AS stream,
-                   split_part(e.value, ':', 1)::xid8 AS txid,
-                   split_part(e.value, ':', 2)::bigint AS position
-              FROM relay_instances i, jsonb_each_text(i.republishing) e
-             WHERE i.stopped_at IS NULL
-               AND i.heartbeat_at > clock_timestamp() - make_interval(secs => $2)) r
-     ORDER BY r.stream, r.txid, r.position
+), republishing AS ({republishing}
 ), cursors AS (
     SELECT st.stream, c.txid, c.position, c.updated_at, rp.stream IS NOT NULL AS republishing,
            coalesce(rp.txid, c.txid, '0'::xid8) AS from_txid,
@@ -74,7 +80,7 @@ SELECT c.stream,
          LIMIT 1) AS oldest_unpublished_age_s
   FROM cursors c
  ORDER BY c.stream
-"""
+""".replace("{republishing}", _REPUBLISHING.format(alive="$2"))
 
 # Relay instances that are running, or stopped within the last hour.
 RELAYS = """
@@ -100,19 +106,28 @@ PROJECTION_CHECKPOINTS = """
 SELECT projection, status, rebuilt_at, events_replayed FROM projection_checkpoints
 """
 
-# The events of one correlation, with where each one is now.
+# The events of one correlation, with where each one is now. Published: the relay's cursor has
+# passed it, the cursor a live relay (heartbeat younger than $3 s) reports while it publishes
+# again what Redis lost, else the stored one.
 EVENTS_BY_CORRELATION = """
+WITH republishing AS ({republishing}
+)
 SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.aggregate_id,
        e.causation_id, e.user_id, e.occurred_at, e.payload::text AS payload,
-       c.stream IS NOT NULL AND (e.txid, e.position) <= (c.txid, c.position) AS published,
+       c.stream IS NOT NULL
+           AND (e.txid, e.position) <= (coalesce(rp.txid, c.txid),
+                                        coalesce(rp.position, c.position)) AS published,
+       coalesce(rp.stream IS NOT NULL AND (e.txid, e.position) > (rp.txid, rp.position)
+                AND (e.txid, e.position) <= (c.txid, c.position), false) AS republishing,
        coalesce((SELECT array_agg(i.projection ORDER BY i.projection)
                    FROM projection_inbox i WHERE i.event_id = e.event_id), '{}') AS applied_by
   FROM outbox_events e
   LEFT JOIN relay_cursors c ON c.stream = e.stream
+  LEFT JOIN republishing rp ON rp.stream = e.stream
  WHERE e.correlation_id = $1
  ORDER BY e.txid, e.position
  LIMIT $2
-"""
+""".replace("{republishing}", _REPUBLISHING.format(alive="$3"))
 
 #: Every statement above, for the schema check at start (outbox/preflight.py).
 STATEMENTS = (

@@ -248,10 +248,19 @@ async def test_a_relay_publishing_lost_events_again_shows_them_as_a_backlog(
     settings: Settings,
 ) -> None:
     """Redis lost events the stored cursor has passed (decision 0011): the stored cursor only
-    moves forward, so the backlog counts from where the live relay says it is, and the losses
-    are a counter for the alert. A stopped relay's word counts for nothing."""
+    moves forward, so the backlog counts from where the live relay says it is, the correlation
+    trace shows those events as not published, and the losses are a counter for the alert. A
+    stopped relay's word counts for nothing."""
     keys = Keys(settings.stream_prefix)
-    events = await publish(asyncpg_conn, redis_client, keys, 6, service="automation")
+    events = await publish(
+        asyncpg_conn, redis_client, keys, 6, service="automation", correlation_id="lost"
+    )
+
+    async def trace(live: LiveMonitor) -> list[tuple[bool, bool, str]]:
+        body = (await live.http.get("/api/events", params={"correlation_id": "lost"})).json()
+        assert [e["event_id"] for e in body["events"]] == [str(e.event_id) for e in events]
+        return [(e["published"], e["republishing"], e["where"]) for e in body["events"]]
+
     await set_cursor(asyncpg_conn, events[5])
     at = await asyncpg_conn.fetchval(
         "SELECT txid::text || ':' || position FROM outbox_events WHERE event_id = $1",
@@ -263,10 +272,13 @@ async def test_a_relay_publishing_lost_events_again_shows_them_as_a_backlog(
     async with monitor_server() as live:
         row = await outbox_row(live, "automation")
         assert (row["unpublished"], row["republishing"]) == (0, False)
+        assert await trace(live) == [(True, False, "published")] * 6
     await relay_row(asyncpg_conn, "live", republishing={"automation": at}, redis_losses=2)
     async with monitor_server() as live:
         row = await outbox_row(live, "automation")
         assert (row["unpublished"], row["republishing"]) == (4, True)
+        lost_not_yet_again = [(False, True, "in_outbox")] * 4
+        assert await trace(live) == [(True, False, "published")] * 2 + lost_not_yet_again
         assert row["cursor"]["position"] == events[5].position  # the stored cursor, unchanged
         families = {
             f.name: f
