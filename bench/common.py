@@ -23,9 +23,9 @@ import psycopg
 import redis
 
 import outbox
-from migrations import runner
+from outbox.migrations import runner
 from outbox.settings import get_settings
-from streams.codec import entry_ms
+from outbox.streams.codec import entry_ms
 
 # What XRANGE returns (redis-py types it loosely): [(id, fields)].
 Entries = list[tuple[bytes, dict[bytes, bytes]]]

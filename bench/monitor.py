@@ -24,11 +24,11 @@ from redis.asyncio.connection import Connection
 
 import outbox
 from bench.common import check, percentile, scratch_database, write_result
-from cli.heap import freeze_startup_heap
-from monitor.collector import Collector
+from outbox.cli.heap import freeze_startup_heap
+from outbox.monitor.collector import Collector
 from outbox.settings import get_settings
-from streams.codec import encode_event
-from streams.keys import Keys
+from outbox.streams.codec import encode_event
+from outbox.streams.keys import Keys
 
 
 class CountingConnection(Connection):

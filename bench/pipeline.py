@@ -53,7 +53,7 @@ from bench.common import (
     xadd_ms,
 )
 from outbox.settings import get_settings
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ async def pipeline(url: str, prefix: str) -> AsyncIterator[None]:
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "cli.main",
+            "outbox.cli.main",
             command,
             cwd=ROOT,
             env=env,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from projections.projection import Projection, register
-from streams.codec import StreamMessage
+from outbox.projections.projection import Projection, register
+from outbox.streams.codec import StreamMessage
 
 CHANNEL = "pipeline_probe"
 _IDS_PER_NOTIFY = 200  # 36-character ids; a payload holds at most 8000 bytes

@@ -34,13 +34,13 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.common import ReadReply, check, scratch_database, write_result
-from cli.heap import settle_for_batches
+from outbox.cli.heap import settle_for_batches
 from outbox.envelope import Event, MessagePriority, uuid7
+from outbox.projections.examples import user_directory
+from outbox.projections.runner import run_projections
 from outbox.settings import get_settings
-from projections.examples import user_directory
-from projections.runner import run_projections
-from streams.codec import decode_entry, encode_event
-from streams.keys import Keys
+from outbox.streams.codec import decode_entry, encode_event
+from outbox.streams.keys import Keys
 
 UPSERT_ONE = """
 INSERT INTO directory_users AS u (user_id, email, name, role, deleted, version, updated_at)

@@ -46,10 +46,10 @@ from bench.common import (
     write_result,
     xadd_ms,
 )
-from cli.heap import settle_for_batches
+from outbox.cli.heap import settle_for_batches
+from outbox.relay.daemon import Relay
 from outbox.settings import Settings, get_settings
-from relay.daemon import Relay
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 
 # Pre-fill in SQL: emit() one by one would make the fill, not the drain, the slow part.
 PREFILL = """
@@ -108,7 +108,7 @@ async def _relay_process(
     if poll_min_ms is not None:
         env["RELAY_POLL_MIN_MS"] = str(poll_min_ms)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", "relay", env=env
+        sys.executable, "-m", "outbox.cli.main", "relay", env=env
     )
     conn = await asyncpg.connect(url)
     try:

@@ -46,8 +46,8 @@ RELAY_POLL_MS = "2,20,50,100"
 
 async def stand_in(url: str, redis_url: str, mode: str, interval_s: float) -> None:
     """Run one stand-in until SIGTERM; print what it did as one line of ``key=value``."""
-    from relay import queries
-    from relay.cursor import START, Cursor, connect
+    from outbox.relay import queries
+    from outbox.relay.cursor import START, Cursor, connect
 
     conn = await connect(url, f"bench stand-in {mode}")
     client = aioredis.Redis.from_url(redis_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from migrations import VERSION_TABLE
+from outbox.migrations import VERSION_TABLE
 from outbox.schema import metadata
 from outbox.settings import get_settings
 

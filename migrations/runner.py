@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from psycopg import sql as pgsql
 
-from migrations import SCRIPT_LOCATION
+from outbox.migrations import SCRIPT_LOCATION
 from outbox.settings import get_settings
 
 

@@ -34,22 +34,22 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis import exceptions as redis_errors
 
-from monitor import prometheus, queries, redis_stats
-from monitor.collector import Collector
-from monitor.dead_letters import present, select
-from monitor.security import (
+from outbox.envelope import MessagePriority, uuid7
+from outbox.monitor import prometheus, queries, redis_stats
+from outbox.monitor.collector import Collector
+from outbox.monitor.dead_letters import present, select
+from outbox.monitor.security import (
     NAME_PATTERN,
     mask_fields,
     origin_allowed,
     parse_names,
     token_matches,
 )
-from outbox.envelope import MessagePriority, uuid7
 from outbox.settings import Settings, get_settings
-from streams.codec import encode_fields
-from streams.dead_letter import DeadLetterFilter, DeadLetters
-from streams.errors import RedisOutOfMemoryError, RedisUnavailableError
-from streams.keys import Keys
+from outbox.streams.codec import encode_fields
+from outbox.streams.dead_letter import DeadLetterFilter, DeadLetters
+from outbox.streams.errors import RedisOutOfMemoryError, RedisUnavailableError
+from outbox.streams.keys import Keys
 
 log = logging.getLogger("outbox.monitor")
 STATIC = Path(__file__).resolve().parent / "static"

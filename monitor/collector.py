@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import asyncpg
 import redis.asyncio as aioredis
 
-from monitor import redis_stats, sources
-from monitor.status import LOST_AFTER_INTERVALS, Sample, Status, heartbeat, trend, worst
+from outbox.monitor import redis_stats, sources
+from outbox.monitor.status import LOST_AFTER_INTERVALS, Sample, Status, heartbeat, trend, worst
 from outbox.settings import Settings
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 
 #: Rates (published/s, applied/s) are taken over this much recent history.
 RATE_WINDOW_S = 30.0

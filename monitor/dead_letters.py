@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from monitor.security import mask_fields
-from streams.dead_letter import DeadLetter, DeadLetterFilter, DeadLetters
+from outbox.monitor.security import mask_fields
+from outbox.streams.dead_letter import DeadLetter, DeadLetterFilter, DeadLetters
 
 
 def present(letter: DeadLetter, masked: frozenset[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams.codec import entry_ms
+from outbox.streams.codec import entry_ms
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LEVELS = {"OK": 0, "WARN": 1, "ERR": 2}

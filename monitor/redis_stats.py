@@ -15,7 +15,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streams.connection import raw_pipeline
+from outbox.streams.connection import raw_pipeline
 
 #: Undelivered entries counted one by one when Redis reports the lag as nil.
 NULL_LAG_COUNT_CAP = 10_000

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from monitor import queries
+from outbox.monitor import queries
 
 #: Backlogs are counted up to this many events per stream (then shown as "at least").
 UNPUBLISHED_COUNT_CAP = 100_000

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=60_000, validation_alias=_env("PROJECTION_BLOCK_MS")
     )
     projection_modules: str = Field(
-        default="projections.examples",
+        default="outbox.projections.examples",
         validation_alias=_env("PROJECTION_MODULES"),
         description="Comma-separated modules imported by `outbox project` to register projections.",
     )

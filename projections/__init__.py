@@ -6,6 +6,6 @@ it with ``outbox project`` (see docs/projections.md).
 
 from __future__ import annotations
 
-from projections.projection import Projection, load, register, select, unregister
+from outbox.projections.projection import Projection, load, register, select, unregister
 
 __all__ = ["Projection", "load", "register", "select", "unregister"]

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from projections import queries
-from projections.projection import Connection, Projection
-from streams.codec import StreamMessage
+from outbox.projections import queries
+from outbox.projections.projection import Connection, Projection
+from outbox.streams.codec import StreamMessage
 
-log = logging.getLogger("projections.apply")
+log = logging.getLogger("outbox.projections.apply")
 
 _TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure

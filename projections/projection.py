@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from outbox.errors import ConfigurationError
+from outbox.streams.codec import StreamMessage
 from outbox.validation import check_service
-from streams.codec import StreamMessage
 
 Connection = Any  # an asyncpg.Connection (asyncpg ships no type hints)
 Handler = Callable[[StreamMessage, Connection], Awaitable[None]]

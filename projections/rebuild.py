@@ -23,15 +23,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from projections import queries
-from projections.apply import apply_batch
-from projections.projection import Connection, Projection
-from projections.store import fields_of_message, message_from_row
-from streams.codec import StreamMessage
-from streams.dead_letter import DeadLetters, dead_letter_fields
-from streams.keys import Keys
+from outbox.projections import queries
+from outbox.projections.apply import apply_batch
+from outbox.projections.projection import Connection, Projection
+from outbox.projections.store import fields_of_message, message_from_row
+from outbox.streams.codec import StreamMessage
+from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+from outbox.streams.keys import Keys
 
-log = logging.getLogger("projections.rebuild")
+log = logging.getLogger("outbox.projections.rebuild")
 
 Progress = Callable[[int, int], None]
 

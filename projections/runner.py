@@ -21,14 +21,14 @@ from typing import Any
 import asyncpg
 
 from outbox.errors import ConfigurationError
+from outbox.projections import store
+from outbox.projections.projection import Projection
+from outbox.projections.worker import ProjectionWorker, WorkerConfig
 from outbox.settings import Settings
-from projections import store
-from projections.projection import Projection
-from projections.worker import ProjectionWorker, WorkerConfig
-from streams.connection import connect
-from streams.keys import Keys
+from outbox.streams.connection import connect
+from outbox.streams.keys import Keys
 
-log = logging.getLogger("projections.runner")
+log = logging.getLogger("outbox.projections.runner")
 
 INBOX_PRUNE_INTERVAL_S = 600.0
 #: At most this many consumer indexes are tried per projection when looking for free names.

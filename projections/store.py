@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outbox.envelope import MessagePriority
-from projections import queries
-from projections.projection import Connection
-from streams.codec import StreamMessage, decode_entry, encode_fields
-from streams.keys import Keys
+from outbox.projections import queries
+from outbox.projections.projection import Connection
+from outbox.streams.codec import StreamMessage, decode_entry, encode_fields
+from outbox.streams.keys import Keys
 
 
 @dataclass

@@ -40,18 +40,18 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.projections import store
+from outbox.projections.apply import Outcome, TransientError, apply_batch, is_transient
+from outbox.projections.projection import Projection
 from outbox.settings import Settings
-from projections import store
-from projections.apply import Outcome, TransientError, apply_batch, is_transient
-from projections.projection import Projection
-from streams.codec import MalformedEntryError, StreamMessage, decode_entry, entry_ms
-from streams.connection import backoff_delay_s, raw_pipeline
-from streams.consumer import Entry, GroupConsumer, ack_commands
-from streams.dead_letter import DeadLetters, dead_letter_fields
-from streams.errors import StreamsError, translate
-from streams.keys import Keys
+from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, entry_ms
+from outbox.streams.connection import backoff_delay_s, raw_pipeline
+from outbox.streams.consumer import Entry, GroupConsumer, ack_commands
+from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+from outbox.streams.errors import StreamsError, translate
+from outbox.streams.keys import Keys
 
-log = logging.getLogger("projections.worker")
+log = logging.getLogger("outbox.projections.worker")
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple, Protocol
 import asyncpg
 
 from outbox.preflight import CONNECTION_ERRORS
-from relay import queries
-from relay.errors import DatabaseUnavailableError
+from outbox.relay import queries
+from outbox.relay.errors import DatabaseUnavailableError
 
 
 class Cursor(NamedTuple):

@@ -43,22 +43,22 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from outbox.settings import Settings
-from relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
-from relay.errors import (
+from outbox.relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
+from outbox.relay.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
     RedisUnavailableError,
 )
-from relay.leases import Leases, LeaseSession
-from relay.maintenance import trim_streams
-from relay.marks import Marks
-from relay.publisher import Publisher, RedisPublisher, connect_redis
-from relay.status import RelayStatus, default_instance_id
-from relay.wakeup import AdaptivePoll, Backoff
-from streams.keys import Keys
+from outbox.relay.leases import Leases, LeaseSession
+from outbox.relay.maintenance import trim_streams
+from outbox.relay.marks import Marks
+from outbox.relay.publisher import Publisher, RedisPublisher, connect_redis
+from outbox.relay.status import RelayStatus, default_instance_id
+from outbox.relay.wakeup import AdaptivePoll, Backoff
+from outbox.settings import Settings
+from outbox.streams.keys import Keys
 
-log = logging.getLogger("relay")
+log = logging.getLogger("outbox.relay")
 
 _COMMIT_INTERVAL_S = 0.05
 

@@ -4,7 +4,7 @@ module that talks to the driver, so the daemon's logic handles only the project'
 from __future__ import annotations
 
 from outbox.errors import OutboxError
-from streams.errors import RedisUnavailableError, StreamRefusedError
+from outbox.streams.errors import RedisUnavailableError, StreamRefusedError
 
 __all__ = [
     "DatabaseUnavailableError",

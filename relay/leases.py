@@ -26,12 +26,12 @@ from typing import Any, Protocol
 import asyncpg
 
 from outbox.preflight import CONNECTION_ERRORS
-from relay import queries
-from relay.cursor import connect
-from relay.errors import LeaseLostError
-from relay.status import RelayStatus
+from outbox.relay import queries
+from outbox.relay.cursor import connect
+from outbox.relay.errors import LeaseLostError
+from outbox.relay.status import RelayStatus
 
-log = logging.getLogger("relay.leases")
+log = logging.getLogger("outbox.relay.leases")
 
 
 def fair_share(services: int, live_relays: int) -> int:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from streams.connection import reply_text
-from streams.errors import RedisUnavailableError
-from streams.keys import TRIM_LUA
+from outbox.streams.connection import reply_text
+from outbox.streams.errors import RedisUnavailableError
+from outbox.streams.keys import TRIM_LUA
 
 TRIM_SHA = hashlib.sha1(TRIM_LUA.encode()).hexdigest()
 

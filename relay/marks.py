@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from relay.cursor import START, Cursor
-from streams.keys import Keys
+from outbox.relay.cursor import START, Cursor
+from outbox.streams.keys import Keys
 
 
 class Marks:

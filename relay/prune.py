@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from outbox.preflight import CONNECTION_ERRORS
-from relay import queries
-from relay.errors import DatabaseUnavailableError, RelayError
+from outbox.relay import queries
+from outbox.relay.errors import DatabaseUnavailableError, RelayError
 
-log = logging.getLogger("relay.prune")
+log = logging.getLogger("outbox.relay.prune")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.relay.cursor import Cursor, OutboxRow
 from outbox.settings import Settings
-from relay.cursor import Cursor, OutboxRow
-from streams.connection import reply_text
-from streams.errors import RedisUnavailableError, StreamRefusedError
-from streams.keys import Keys
-from streams.publish import StreamBatch, publish_batches
+from outbox.streams.connection import reply_text
+from outbox.streams.errors import RedisUnavailableError, StreamRefusedError
+from outbox.streams.keys import Keys
+from outbox.streams.publish import StreamBatch, publish_batches
 
 _PRIORITIES = {int(p): p for p in MessagePriority}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from streams.connection import backoff_delay_s
+from outbox.streams.connection import backoff_delay_s
 
 
 class AdaptivePoll:

@@ -7,9 +7,9 @@ Also the client API of the original OpsConductor document (``RedisStreamsClient`
 from __future__ import annotations
 
 from outbox.envelope import MessagePriority
-from streams.client import RedisStreamsClient, create_streams_client, publish_event
-from streams.codec import MalformedEntryError, StreamMessage
-from streams.errors import (
+from outbox.streams.client import RedisStreamsClient, create_streams_client, publish_event
+from outbox.streams.codec import MalformedEntryError, StreamMessage
+from outbox.streams.errors import (
     GroupMissingError,
     RedisAuthError,
     RedisOutOfMemoryError,
@@ -18,7 +18,7 @@ from streams.errors import (
     StreamsError,
     WrongTypeError,
 )
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 
 __all__ = [
     "GroupMissingError",

@@ -28,20 +28,20 @@ from redis import exceptions as redis_errors
 from outbox.context import current_correlation_id, new_correlation_id
 from outbox.envelope import MessagePriority, uuid7
 from outbox.settings import get_settings
-from outbox.validation import check_event_type, check_service
-from streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
-from streams.connection import backoff_delay_s, connect, reply_text
-from streams.consumer import Entry, GroupConsumer
-from streams.dead_letter import DeadLetters, dead_letter_fields
-from streams.errors import (
+from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
+from outbox.streams.connection import backoff_delay_s, connect, reply_text
+from outbox.streams.consumer import Entry, GroupConsumer
+from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+from outbox.streams.errors import (
     RedisOutOfMemoryError,
     StreamsError,
     is_nogroup,
     translate,
 )
-from streams.keys import Keys
+from outbox.streams.keys import Keys
+from outbox.validation import check_event_type, check_service
 
-log = logging.getLogger("streams.client")
+log = logging.getLogger("outbox.streams.client")
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from outbox.settings import redact_url
-from streams.errors import is_refusal, translate
+from outbox.streams.errors import is_refusal, translate
 
-log = logging.getLogger("streams.connection")
+log = logging.getLogger("outbox.streams.connection")
 
 #: Reconnect attempts per command, with backoff 0.05 s doubling up to 2 s (~10 s in total).
 RECONNECT_RETRIES = 8

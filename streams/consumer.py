@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
-from streams.connection import raw_pipeline, reply_text
-from streams.errors import is_busygroup, is_nogroup, translate
+from outbox.streams.connection import raw_pipeline, reply_text
+from outbox.streams.errors import is_busygroup, is_nogroup, translate
 
-log = logging.getLogger("streams.consumer")
+log = logging.getLogger("outbox.streams.consumer")
 
 T = TypeVar("T")
 

@@ -19,10 +19,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from streams.codec import entry_ms
-from streams.connection import reply_text
-from streams.errors import translate
-from streams.keys import Keys
+from outbox.streams.codec import entry_ms
+from outbox.streams.connection import reply_text
+from outbox.streams.errors import translate
+from outbox.streams.keys import Keys
 
 _PAGE = 500
 

@@ -23,9 +23,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from streams.connection import raw_pipeline, reply_text
-from streams.errors import RedisUnavailableError, StreamRefusedError, translate
-from streams.keys import PUBLISH_LUA, Keys
+from outbox.streams.connection import raw_pipeline, reply_text
+from outbox.streams.errors import RedisUnavailableError, StreamRefusedError, translate
+from outbox.streams.keys import PUBLISH_LUA, Keys
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
 

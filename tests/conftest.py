@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from migrations import runner
+from outbox.migrations import runner
 from outbox.settings import Settings, get_settings
 from outbox.validation import schemas
 

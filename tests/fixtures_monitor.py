@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from monitor.app import create_app
+from outbox.monitor.app import create_app
 from outbox.settings import Settings
 
 

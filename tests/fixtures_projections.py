@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 
 from outbox import EventSpec, emit_many
 from outbox.envelope import Event
+from outbox.projections.projection import Projection
+from outbox.projections.runner import run_projections
 from outbox.settings import Settings, get_settings
-from projections.projection import Projection
-from projections.runner import run_projections
-from streams.codec import encode_event
-from streams.keys import Keys
+from outbox.streams.codec import encode_event
+from outbox.streams.keys import Keys
 
 
 async def poll(

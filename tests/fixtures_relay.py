@@ -32,9 +32,9 @@ import pytest
 import redis.asyncio as aioredis
 
 import outbox
+from outbox.relay.daemon import Relay
 from outbox.settings import Settings
-from relay.daemon import Relay
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 
 
 async def wait_until(

@@ -10,10 +10,10 @@ Importing this module registers all three (PROJECTION_MODULES defaults to it).
 
 from __future__ import annotations
 
-from projections.examples.assets import asset_inventory
-from projections.examples.automation import automation_stats
-from projections.examples.users import user_directory
-from projections.projection import register
+from outbox.projections.examples.assets import asset_inventory
+from outbox.projections.examples.automation import automation_stats
+from outbox.projections.examples.users import user_directory
+from outbox.projections.projection import register
 
 register(user_directory)
 register(asset_inventory)

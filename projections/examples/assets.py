@@ -6,10 +6,10 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
-from projections.examples import queries
-from projections.examples.common import latest, occurred_at, upsert_rows, version
-from projections.projection import Connection, Projection
-from streams.codec import StreamMessage
+from outbox.projections.examples import queries
+from outbox.projections.examples.common import latest, occurred_at, upsert_rows, version
+from outbox.projections.projection import Connection, Projection
+from outbox.streams.codec import StreamMessage
 
 asset_inventory = Projection(
     "asset_inventory",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from projections.examples import queries
-from projections.examples.common import occurred_at
-from projections.projection import Connection, Projection
-from streams.codec import StreamMessage
+from outbox.projections.examples import queries
+from outbox.projections.examples.common import occurred_at
+from outbox.projections.projection import Connection, Projection
+from outbox.streams.codec import StreamMessage
 
 automation_stats = Projection(
     "automation_stats",

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.codec import StreamMessage
+from outbox.streams.codec import StreamMessage
 
 
 def version(message: StreamMessage) -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from projections.examples import queries
-from projections.examples.common import latest, upsert_rows, version
-from projections.projection import Connection, Projection
-from streams.codec import StreamMessage
+from outbox.projections.examples import queries
+from outbox.projections.examples.common import latest, upsert_rows, version
+from outbox.projections.projection import Connection, Projection
+from outbox.streams.codec import StreamMessage
 
 user_directory = Projection(
     "user_directory",

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 import outbox
 from outbox.settings import Settings
-from streams.codec import encode_event
-from streams.dead_letter import DeadLetters, dead_letter_fields
-from streams.keys import Keys
+from outbox.streams.codec import encode_event
+from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+from outbox.streams.keys import Keys
 from tests.fixtures_monitor import MonitorFactory
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from outbox import EventSpec
 from outbox.envelope import Event
 from outbox.settings import Settings
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 from tests.fixtures_projections import emit_events, poll, xadd_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def _env(settings: Settings, database_url: str, prefix: str) -> dict[str, str]:
 
 def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "project"],
+        [sys.executable, "-m", "outbox.cli.main", "project"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -18,9 +18,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from outbox.envelope import MessagePriority
+from outbox.relay.cursor import Cursor
 from outbox.settings import Settings
-from relay.cursor import Cursor
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 from tests.fixtures_relay import cursor_order_ok, emit_events, published, wait_until
 
 SERVICES = ("identity", "assets", "automation", "network")

@@ -13,8 +13,8 @@ import promql_parser
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from outbox.projections.examples import user_directory
 from outbox.settings import Settings
-from projections.examples import user_directory
 from tests.fixtures_monitor import MonitorFactory
 from tests.fixtures_projections import Runner
 from tests.fixtures_relay import StartRelay, emit_events, wait_until

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from cli.main import main
+from outbox.cli.main import main
 from outbox.settings import Settings
-from streams.dead_letter import dead_letter_fields
-from streams.keys import Keys
+from outbox.streams.dead_letter import dead_letter_fields
+from outbox.streams.keys import Keys
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 
 from outbox.envelope import MessagePriority
-from projections.examples.assets import delete_assets, upsert_assets
-from projections.examples.users import delete_users, upsert_users
-from streams.codec import StreamMessage
+from outbox.projections.examples.assets import delete_assets, upsert_assets
+from outbox.projections.examples.users import delete_users, upsert_users
+from outbox.streams.codec import StreamMessage
 
 Handler = Callable[[Sequence[StreamMessage], Any], Awaitable[None]]
 

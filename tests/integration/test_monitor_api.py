@@ -15,9 +15,9 @@ from pydantic import SecretStr
 import outbox
 from outbox.envelope import MessagePriority
 from outbox.settings import Settings
-from streams.codec import decode_entry, encode_event
-from streams.dead_letter import DeadLetters, dead_letter_fields
-from streams.keys import Keys
+from outbox.streams.codec import decode_entry, encode_event
+from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+from outbox.streams.keys import Keys
 from tests.fixtures_monitor import LiveMonitor, MonitorFactory
 from tests.fixtures_relay import wait_until
 

@@ -19,9 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from outbox.envelope import MessagePriority
-from streams.codec import decode_entry, encode_fields
-from streams.consumer import PRIORITY_WEIGHTS, Entry, GroupConsumer
-from streams.keys import Keys
+from outbox.streams.codec import decode_entry, encode_fields
+from outbox.streams.consumer import PRIORITY_WEIGHTS, Entry, GroupConsumer
+from outbox.streams.keys import Keys
 
 SERVICE = "identity"
 CRITICAL = MessagePriority.CRITICAL

@@ -18,15 +18,15 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from cli.main import main
 from outbox import EventSpec
+from outbox.cli.main import main
+from outbox.projections.examples import user_directory
+from outbox.projections.projection import Projection
+from outbox.projections.store import prune_inbox
 from outbox.settings import Settings
-from projections.examples import user_directory
-from projections.projection import Projection
-from projections.store import prune_inbox
-from streams.codec import StreamMessage
-from streams.dead_letter import DeadLetters, dead_letter_fields
-from streams.keys import Keys
+from outbox.streams.codec import StreamMessage
+from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+from outbox.streams.keys import Keys
 from tests.fixtures_projections import (
     Runner,
     configure,
@@ -117,7 +117,7 @@ async def test_running_projections_prune_the_inbox_with_inbox_retention(
     assert run_settings.inbox_retention_s == RETENTION_S
     # More than one chunk of store.prune_inbox's default 10,000.
     await _seed_inbox(asyncpg_conn, 12_345)
-    caplog.set_level(logging.INFO, logger="projections.runner")
+    caplog.set_level(logging.INFO, logger="outbox.projections.runner")
 
     async def old_rows_gone() -> bool:
         ages = await _inbox_ages(asyncpg_conn)
@@ -178,7 +178,7 @@ def _run_cli(settings: Settings, database_url: str, *argv: str) -> subprocess.Co
         STREAM_PREFIX=settings.stream_prefix,
     )
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *argv],
+        [sys.executable, "-m", "outbox.cli.main", *argv],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -10,10 +10,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from outbox import EventSpec
+from outbox.projections.projection import Projection
 from outbox.settings import Settings
-from projections.projection import Projection
-from streams.codec import StreamMessage
-from streams.keys import Keys
+from outbox.streams.codec import StreamMessage
+from outbox.streams.keys import Keys
 from tests.fixtures_projections import (
     Runner,
     async_eq,

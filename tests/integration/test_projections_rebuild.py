@@ -9,13 +9,13 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from outbox import EventSpec
+from outbox.projections.examples import user_directory
+from outbox.projections.projection import Projection
+from outbox.projections.rebuild import rebuild
 from outbox.settings import Settings
-from projections.examples import user_directory
-from projections.projection import Projection
-from projections.rebuild import rebuild
-from streams.codec import StreamMessage
-from streams.dead_letter import DeadLetters
-from streams.keys import Keys
+from outbox.streams.codec import StreamMessage
+from outbox.streams.dead_letter import DeadLetters
+from outbox.streams.keys import Keys
 from tests.acceptance.test_projections_crash import _events, expected_users, read_models
 from tests.fixtures_projections import Runner, emit_events, poll, xadd_events
 

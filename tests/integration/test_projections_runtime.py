@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 
 from outbox import EventSpec
 from outbox.envelope import Event, MessagePriority, uuid7
+from outbox.projections.examples import user_directory
+from outbox.projections.projection import Projection
 from outbox.settings import Settings
-from projections.examples import user_directory
-from projections.projection import Projection
-from streams.codec import StreamMessage, encode_event
-from streams.keys import Keys
+from outbox.streams.codec import StreamMessage, encode_event
+from outbox.streams.keys import Keys
 from tests.fixtures_projections import (
     Runner,
     async_eq,
@@ -333,7 +333,7 @@ async def test_replaying_a_dead_letter_twice_applies_it_once(
     keys: Keys,
     running: Runner,
 ) -> None:
-    from streams.dead_letter import DeadLetters
+    from outbox.streams.dead_letter import DeadLetters
 
     failing = {"on": True}
     projection, _, _ = await _recording_projection(asyncpg_conn, "replayed")

@@ -1,4 +1,4 @@
-"""streams.connection.raw_pipeline: one round trip, replies in order, errors returned, a hung
+"""outbox.streams.connection.raw_pipeline: one round trip, replies in order, errors returned, a hung
 server bounded by the client's socket timeout without a stale reply leaking into the next call."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from streams.connection import raw_pipeline
+from outbox.streams.connection import raw_pipeline
 from tests.fixtures_relay import OwnRedis
 
 

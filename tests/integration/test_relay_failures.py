@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from outbox.settings import Settings
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 from tests.fixtures_relay import (
     OwnRedis,
     StartRelay,

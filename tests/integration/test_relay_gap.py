@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import outbox
 from outbox.envelope import MessagePriority
 from outbox.settings import Settings
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 from tests.fixtures_relay import StartRelay, cursor_order_ok, published, wait_until
 
 SERVICES = ("identity", "assets", "automation")

@@ -8,10 +8,10 @@ from datetime import timedelta
 import asyncpg
 import redis.asyncio as aioredis
 
+from outbox.relay.maintenance import trim_stream
+from outbox.relay.prune import prune
 from outbox.settings import Settings
-from relay.maintenance import trim_stream
-from relay.prune import prune
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 from tests.fixtures_relay import StartRelay, emit_events, published, wait_until
 
 

@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 
 import outbox
 from outbox.envelope import MessagePriority
+from outbox.relay.cursor import Cursor
 from outbox.settings import Settings
-from relay.cursor import Cursor
-from streams.codec import decode_entry, to_cloudevent
-from streams.keys import Keys
+from outbox.streams.codec import decode_entry, to_cloudevent
+from outbox.streams.keys import Keys
 from tests.fixtures_relay import (
     StartRelay,
     cursor_order_ok,

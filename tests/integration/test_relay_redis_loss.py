@@ -19,10 +19,10 @@ from pydantic import SecretStr
 
 import outbox
 from outbox import MessagePriority
+from outbox.projections.examples import user_directory
+from outbox.relay.cursor import Cursor
 from outbox.settings import Settings
-from projections.examples import user_directory
-from relay.cursor import Cursor
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 from tests.fixtures_projections import Runner
 from tests.fixtures_relay import (
     OwnRedis,
@@ -121,7 +121,7 @@ async def test_a_running_relay_fills_the_gap_when_redis_lost_its_last_writes(
     """Only the newest writes are lost (a failover to a replica a little behind): the relay
     re-sends from the lowest watermark left, and only what is missing is added. Its status row
     counts the loss, and says the service is being published again only until it is done."""
-    caplog.set_level(logging.INFO, logger="relay")
+    caplog.set_level(logging.INFO, logger="outbox.relay")
     keys = Keys(relay_settings.stream_prefix)
     ids = await emit_events(asyncpg_conn, 300, services=SERVICES, priorities=PRIORITIES)
     async with start_relay() as relay:

@@ -8,10 +8,10 @@ from typing import Any
 
 import asyncpg
 
-from projections.store import fields_from_row
-from relay import queries
-from relay.cursor import START, PgOutboxStore
-from streams.codec import decode_entry
+from outbox.projections.store import fields_from_row
+from outbox.relay import queries
+from outbox.relay.cursor import START, PgOutboxStore
+from outbox.streams.codec import decode_entry
 from tests.fixtures_relay import emit_events
 
 

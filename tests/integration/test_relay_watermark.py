@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from streams.errors import StreamRefusedError
-from streams.keys import Keys
-from streams.publish import StreamBatch, publish_batches
+from outbox.streams.errors import StreamRefusedError
+from outbox.streams.keys import Keys
+from outbox.streams.publish import StreamBatch, publish_batches
 
 
 def _batch(stream: str, *cursors: tuple[int, int]) -> StreamBatch:

@@ -14,7 +14,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ResponseError
 
 from outbox.settings import Settings
-from streams import (
+from outbox.streams import (
     GroupMissingError,
     MessagePriority,
     RedisAuthError,
@@ -24,9 +24,9 @@ from streams import (
     create_streams_client,
     publish_event,
 )
-from streams.connection import redis_from_url
-from streams.consumer import GroupConsumer
-from streams.errors import translate
+from outbox.streams.connection import redis_from_url
+from outbox.streams.consumer import GroupConsumer
+from outbox.streams.errors import translate
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

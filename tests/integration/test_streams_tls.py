@@ -26,8 +26,8 @@ import trustme
 from redis.asyncio.connection import SSLConnection
 
 from outbox.envelope import MessagePriority
-from streams import RedisAuthError, RedisStreamsClient, RedisUnavailableError
-from streams.consumer import GroupConsumer
+from outbox.streams import RedisAuthError, RedisStreamsClient, RedisUnavailableError
+from outbox.streams.consumer import GroupConsumer
 
 HOST = "127.0.0.1"
 #: How long redis-server may take to answer over TLS after it was started.

@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-import migrations
-import projections.schema  # noqa: F401  (its tables join outbox.schema.metadata)
-from migrations import runner
+import outbox.projections.schema  # noqa: F401  (its tables join outbox.schema.metadata)
+from outbox import migrations
+from outbox.migrations import runner
 from outbox.preflight import schema_problem
+from outbox.relay.cursor import RELAY_STATEMENTS
 from outbox.schema import metadata
-from relay.cursor import RELAY_STATEMENTS
 from tests.conftest import _url_for as url_for
 from tests.conftest import sqlalchemy_url
 
@@ -108,7 +108,7 @@ def test_a_service_with_its_own_alembic_setup_includes_ours(
             """
             [alembic]
             script_location = migrations
-            version_locations = %(here)s/migrations/versions migrations:versions
+            version_locations = %(here)s/migrations/versions outbox.migrations:versions
             """
         )
     )

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from outbox.envelope import Event, MessagePriority
-from streams.codec import (
+from outbox.streams.codec import (
     MalformedEntryError,
     decode_entry,
     encode_event,
@@ -17,7 +17,7 @@ from streams.codec import (
     from_cloudevent,
     to_cloudevent,
 )
-from streams.keys import Keys
+from outbox.streams.keys import Keys
 
 EVENT = Event(
     event_id=uuid.UUID("0190f5c2-8b30-7e95-828b-8d47493e7cad"),

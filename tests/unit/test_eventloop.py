@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli import eventloop
+from outbox.cli import eventloop
 from outbox.errors import ConfigurationError
 from outbox.settings import get_settings
 

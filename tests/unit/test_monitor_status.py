@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.security import mask_fields, origin_allowed, parse_names, token_matches
-from monitor.status import Sample, Status, heartbeat, trend, worst
+from outbox.monitor.security import mask_fields, origin_allowed, parse_names, token_matches
+from outbox.monitor.status import Sample, Status, heartbeat, trend, worst
 from outbox.settings import redact_url
 
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from cli.projections import duration_s
+from outbox.cli.projections import duration_s
 from outbox.envelope import MessagePriority
 from outbox.errors import ConfigurationError, InvalidNameError
-from projections import Projection, register, select, unregister
-from projections.examples.common import latest, version
-from streams.codec import StreamMessage, decode_entry, encode_fields
-from streams.dead_letter import DeadLetter, DeadLetterFilter
-from streams.keys import Keys
+from outbox.projections import Projection, register, select, unregister
+from outbox.projections.examples.common import latest, version
+from outbox.streams.codec import StreamMessage, decode_entry, encode_fields
+from outbox.streams.dead_letter import DeadLetter, DeadLetterFilter
+from outbox.streams.keys import Keys
 
 
 def _message(position: int, user: str) -> StreamMessage:

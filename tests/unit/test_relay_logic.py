@@ -9,12 +9,12 @@ from datetime import timedelta
 import pytest
 
 from outbox.envelope import MessagePriority
-from relay.cursor import START, Cursor
-from relay.leases import fair_share
-from relay.marks import Marks
-from relay.prune import parse_duration
-from relay.wakeup import AdaptivePoll, Backoff
-from streams.keys import Keys
+from outbox.relay.cursor import START, Cursor
+from outbox.relay.leases import fair_share
+from outbox.relay.marks import Marks
+from outbox.relay.prune import parse_duration
+from outbox.relay.wakeup import AdaptivePoll, Backoff
+from outbox.streams.keys import Keys
 
 
 def test_cursor_orders_by_txid_before_position() -> None:

@@ -7,9 +7,9 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 
 from outbox.settings import redact_url as redact
-from streams.client import with_oom_backoff
-from streams.connection import ReconnectRetry, backoff_delay_s
-from streams.errors import (
+from outbox.streams.client import with_oom_backoff
+from outbox.streams.connection import ReconnectRetry, backoff_delay_s
+from outbox.streams.errors import (
     GroupMissingError,
     RedisAuthError,
     RedisOutOfMemoryError,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from projections.worker import _held_back
-from streams.codec import MessagePriority, StreamMessage
+from outbox.projections.worker import _held_back
+from outbox.streams.codec import MessagePriority, StreamMessage
 
 
 def _message(aggregate: str | None, position: int | None) -> StreamMessage:

@@ -60,11 +60,11 @@ class _Report:
 
 
 async def _run(timeout_s: float) -> _Report:
-    from monitor import queries as monitor_queries
+    from outbox.monitor import queries as monitor_queries
     from outbox.preflight import schema_problem
+    from outbox.projections import queries as projection_queries
+    from outbox.relay.cursor import RELAY_STATEMENTS
     from outbox.settings import get_settings, redact_url
-    from projections import queries as projection_queries
-    from relay.cursor import RELAY_STATEMENTS
 
     settings = get_settings()
     pg_url = settings.libpq_url()
@@ -92,7 +92,7 @@ async def _run(timeout_s: float) -> _Report:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli import eventloop
+    from outbox.cli import eventloop
 
     report = eventloop.run(_run(args.timeout))
     failed = False

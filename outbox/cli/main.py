@@ -16,7 +16,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from migrations import runner
+    from outbox.migrations import runner
     from outbox.settings import get_settings
 
     if args.create_database and not args.sql:
@@ -57,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=_migrate)
 
     # Each area registers its own subcommands (handlers import their package lazily).
-    from cli import check as check_commands
-    from cli import demo as demo_commands
-    from cli import monitor as monitor_commands
-    from cli import projections as projections_commands
-    from cli import relay as relay_commands
+    from outbox.cli import check as check_commands
+    from outbox.cli import demo as demo_commands
+    from outbox.cli import monitor as monitor_commands
+    from outbox.cli import projections as projections_commands
+    from outbox.cli import relay as relay_commands
 
     check_commands.register(sub)
     relay_commands.register(sub)
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    from cli.errors import report_failure
+    from outbox.cli.errors import report_failure
 
     handler: Handler = args.handler
     try:

@@ -83,13 +83,13 @@ def _relay(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from cli import eventloop
-    from cli.heap import settle_for_batches
+    from outbox.cli import eventloop
+    from outbox.cli.heap import settle_for_batches
     from outbox.errors import ConfigurationError
     from outbox.preflight import require_current_schema
+    from outbox.relay.cursor import RELAY_STATEMENTS
+    from outbox.relay.daemon import Relay, run_until_signalled
     from outbox.settings import get_settings
-    from relay.cursor import RELAY_STATEMENTS
-    from relay.daemon import Relay, run_until_signalled
 
     updates = {
         field: getattr(args, field)
@@ -112,10 +112,10 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from cli import eventloop
+    from outbox.cli import eventloop
     from outbox.errors import ConfigurationError
+    from outbox.relay.prune import PruneProgress, parse_duration, prune
     from outbox.settings import get_settings
-    from relay.prune import PruneProgress, parse_duration, prune
 
     try:
         older_than = parse_duration(args.older_than)

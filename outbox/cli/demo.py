@@ -279,7 +279,7 @@ async def produce(rate: float, duration_s: float | None, connections: int, seed:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli import eventloop
+    from outbox.cli import eventloop
 
     eventloop.run(produce(args.rate, args.duration, args.connections, args.seed))
     return 0

@@ -9,11 +9,11 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cli import eventloop
-    from cli.eventloop import loop_name
-    from cli.heap import freeze_startup_heap
-    from monitor import queries
-    from monitor.app import create_app
+    from outbox.cli import eventloop
+    from outbox.cli.eventloop import loop_name
+    from outbox.cli.heap import freeze_startup_heap
+    from outbox.monitor import queries
+    from outbox.monitor.app import create_app
     from outbox.preflight import require_current_schema
     from outbox.settings import get_settings
 

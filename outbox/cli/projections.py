@@ -24,7 +24,7 @@ def duration_s(text: str) -> float:
 
 
 def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    from cli import eventloop
+    from outbox.cli import eventloop
 
     return eventloop.run(coro())
 
@@ -33,13 +33,13 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def _project(args: argparse.Namespace) -> int:
-    from cli import eventloop
-    from cli.heap import settle_for_batches
+    from outbox.cli import eventloop
+    from outbox.cli.heap import settle_for_batches
     from outbox.preflight import require_current_schema
+    from outbox.projections import queries
+    from outbox.projections.projection import load, select
+    from outbox.projections.runner import run_projections
     from outbox.settings import get_settings
-    from projections import queries
-    from projections.projection import load, select
-    from projections.runner import run_projections
 
     settings = get_settings()
     eventloop.run(
@@ -89,12 +89,12 @@ def _rebuild(args: argparse.Namespace) -> int:
     async def main() -> int:
         import asyncpg
 
+        from outbox.projections.projection import load, select
+        from outbox.projections.rebuild import rebuild
         from outbox.settings import get_settings
-        from projections.projection import load, select
-        from projections.rebuild import rebuild
-        from streams.connection import connect
-        from streams.dead_letter import DeadLetters
-        from streams.keys import Keys
+        from outbox.streams.connection import connect
+        from outbox.streams.dead_letter import DeadLetters
+        from outbox.streams.keys import Keys
 
         settings = get_settings()
         load(settings.projection_modules)
@@ -140,8 +140,8 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _list_projections(args: argparse.Namespace) -> int:
+    from outbox.projections.projection import load
     from outbox.settings import get_settings
-    from projections.projection import load
 
     for name, projection in sorted(load(get_settings().projection_modules).items()):
         types = ", ".join(sorted(projection.event_types))
@@ -153,8 +153,8 @@ def _prune_inbox(args: argparse.Namespace) -> int:
     async def main() -> int:
         import asyncpg
 
+        from outbox.projections.store import prune_inbox
         from outbox.settings import get_settings
-        from projections.store import prune_inbox
 
         settings = get_settings()
         db = await asyncpg.connect(settings.libpq_url())
@@ -172,7 +172,7 @@ def _prune_inbox(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> Any:
-    from streams.dead_letter import DeadLetterFilter
+    from outbox.streams.dead_letter import DeadLetterFilter
 
     return DeadLetterFilter(
         stream=args.stream,
@@ -193,9 +193,9 @@ def _has_filter(args: argparse.Namespace) -> bool:
 def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
     async def main() -> int:
         from outbox.settings import get_settings
-        from streams.connection import connect
-        from streams.dead_letter import DeadLetters
-        from streams.keys import Keys
+        from outbox.streams.connection import connect
+        from outbox.streams.dead_letter import DeadLetters
+        from outbox.streams.keys import Keys
 
         settings = get_settings()
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
