@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from outbox._version import __version__
 from outbox.context import (
     CorrelationIdMiddleware,
     correlation_scope,
@@ -28,7 +29,7 @@ from outbox.errors import (
     UnknownPriorityError,
     UnsupportedTransactionError,
 )
-from outbox.settings import Settings, get_settings
+from outbox.settings import EmitSettings, Settings, configure, get_settings
 from outbox.validation import SchemaRegistry, schemas
 
 register_schema = schemas.register
@@ -36,6 +37,7 @@ register_schema = schemas.register
 __all__ = [
     "ConfigurationError",
     "CorrelationIdMiddleware",
+    "EmitSettings",
     "Event",
     "EventSchemaError",
     "EventSpec",
@@ -50,6 +52,8 @@ __all__ = [
     "Settings",
     "UnknownPriorityError",
     "UnsupportedTransactionError",
+    "__version__",
+    "configure",
     "correlation_scope",
     "current_correlation_id",
     "current_traceparent",

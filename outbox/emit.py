@@ -9,14 +9,11 @@ emit_many() writes a batch in one statement too.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, overload
-
-from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, overload
 
 from outbox import queries
 from outbox.context import current_correlation_id, current_traceparent, new_correlation_id
@@ -27,7 +24,7 @@ from outbox.errors import (
     PayloadTooLargeError,
     UnsupportedTransactionError,
 )
-from outbox.settings import get_settings
+from outbox.settings import emit_settings
 from outbox.validation import (
     check_event_type,
     check_headers,
@@ -46,8 +43,15 @@ class AsyncpgConnection(Protocol):
     async def fetch(self, query: str, *args: Any) -> list[Any]: ...
 
 
-SyncTransaction = Session | Connection
-AsyncTransaction = AsyncSession | AsyncConnection | AsyncpgConnection
+if TYPE_CHECKING:
+    # Only for type checkers: at run time emit() imports neither SQLAlchemy nor asyncpg, so a
+    # service on raw asyncpg needs no SQLAlchemy, and one on SQLAlchemy + psycopg no asyncpg.
+    from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
+
+SyncTransaction: TypeAlias = "Session | Connection"
+AsyncTransaction: TypeAlias = "AsyncSession | AsyncConnection | AsyncpgConnection"
 Row = Mapping[Any, Any]
 
 
@@ -124,8 +128,7 @@ class _Prepared:
         )
 
 
-def _prepare_all(specs: Iterable[EventSpec]) -> list[_Prepared]:
-    limit = get_settings().max_payload_bytes
+def _prepare_all(specs: Iterable[EventSpec], limit: int) -> list[_Prepared]:
     correlation_id = current_correlation_id() or new_correlation_id()
     prepared = [_Prepared(spec, limit, correlation_id) for spec in specs]
     seen: set[tuple[str, str]] = set()
@@ -141,11 +144,14 @@ def _prepare_all(specs: Iterable[EventSpec]) -> list[_Prepared]:
     return prepared
 
 
-def _insert(prepared: Sequence[_Prepared]) -> tuple[queries.Query, dict[str, Any]]:
+def _insert(prepared: Sequence[_Prepared], schema: str) -> tuple[queries.Query, dict[str, Any]]:
     if len(prepared) == 1:
-        return queries.INSERT_EVENT, prepared[0].params
+        return queries.INSERT_EVENT.in_schema(schema), prepared[0].params
     columns = prepared[0].params.keys()
-    return queries.INSERT_EVENTS, {name: [p.params[name] for p in prepared] for name in columns}
+    return (
+        queries.INSERT_EVENTS.in_schema(schema),
+        {name: [p.params[name] for p in prepared] for name in columns},
+    )
 
 
 def _missing(prepared: Sequence[_Prepared], inserted: Sequence[Row]) -> dict[str, Any] | None:
@@ -197,72 +203,100 @@ def _results(
     return events
 
 
-def _write_sync(tx: SyncTransaction, prepared: list[_Prepared]) -> list[Event]:
-    query, params = _insert(prepared)
+def _write_sync(tx: SyncTransaction, prepared: list[_Prepared], schema: str) -> list[Event]:
+    query, params = _insert(prepared, schema)
     inserted = [row._mapping for row in tx.execute(query.sqlalchemy, params)]
     existing: list[Row] = []
     lookup = _missing(prepared, inserted)
     if lookup is not None:
-        result = tx.execute(queries.SELECT_BY_DEDUP_KEYS.sqlalchemy, lookup)
+        result = tx.execute(queries.SELECT_BY_DEDUP_KEYS.in_schema(schema).sqlalchemy, lookup)
         existing = [row._mapping for row in result]
     return _results(prepared, inserted, existing)
 
 
-async def _write_async(tx: AsyncTransaction, prepared: list[_Prepared]) -> list[Event]:
-    query, params = _insert(prepared)
-    lookup_query = queries.SELECT_BY_DEDUP_KEYS
+async def _write_async(
+    tx: AsyncTransaction, prepared: list[_Prepared], schema: str, kind: int
+) -> list[Event]:
+    query, params = _insert(prepared, schema)
+    lookup_query = queries.SELECT_BY_DEDUP_KEYS.in_schema(schema)
     inserted: Sequence[Row]
     existing: Sequence[Row] = []
-    if isinstance(tx, (AsyncSession, AsyncConnection)):
-        inserted = [row._mapping for row in await tx.execute(query.sqlalchemy, params)]
+    if kind == _SQLALCHEMY_ASYNC:
+        session = cast("AsyncSession | AsyncConnection", tx)
+        inserted = [row._mapping for row in await session.execute(query.sqlalchemy, params)]
         lookup = _missing(prepared, inserted)
         if lookup is not None:
-            result = await tx.execute(lookup_query.sqlalchemy, lookup)
+            result = await session.execute(lookup_query.sqlalchemy, lookup)
             existing = [row._mapping for row in result]
     else:
-        inserted = await tx.fetch(query.asyncpg_sql, *query.asyncpg_args(params))
+        conn = cast(AsyncpgConnection, tx)
+        inserted = await conn.fetch(query.asyncpg_sql, *query.asyncpg_args(params))
         lookup = _missing(prepared, inserted)
         if lookup is not None:
-            existing = await tx.fetch(lookup_query.asyncpg_sql, *lookup_query.asyncpg_args(lookup))
+            existing = await conn.fetch(
+                lookup_query.asyncpg_sql, *lookup_query.asyncpg_args(lookup)
+            )
     return _results(prepared, inserted, existing)
 
 
-def _asyncpg_types() -> tuple[type, ...]:
-    import asyncpg
-    from asyncpg.pool import PoolConnectionProxy
-
-    return (asyncpg.Connection, PoolConnectionProxy)
-
-
-# Plain isinstance on concrete classes: a runtime-checkable Protocol check costs ~10 µs per emit.
-_ASYNCPG_TYPES = _asyncpg_types()
+# What kind of handle a class is, found once per class: a dictionary lookup per emit instead of
+# isinstance checks (a runtime-checkable Protocol check costs ~10 µs per emit).
+_SYNC, _SQLALCHEMY_ASYNC, _ASYNCPG = 0, 1, 2
+_KINDS: dict[type, int] = {}
 
 
-def _is_async(tx: object) -> bool:
-    """True for an async handle, False for a sync one; raise for anything else."""
-    if isinstance(tx, _ASYNCPG_TYPES):
-        if not tx.is_in_transaction():  # type: ignore[attr-defined]
-            raise NotInTransactionError(
-                "emit() was given an asyncpg connection outside a transaction; use "
-                "`async with conn.transaction():` so the event commits with your data"
+def _classify(cls: type) -> int | None:
+    """The kind of handle ``cls`` is, or None. A handle's library is necessarily imported
+    already, so this looks only at the modules in ``sys.modules`` and imports nothing new."""
+    if "asyncpg" in sys.modules:
+        import asyncpg
+        from asyncpg.pool import PoolConnectionProxy
+
+        if issubclass(cls, (asyncpg.Connection, PoolConnectionProxy)):
+            return _ASYNCPG
+    if "sqlalchemy.ext.asyncio" in sys.modules:
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+        if issubclass(cls, (AsyncSession, AsyncConnection)):
+            return _SQLALCHEMY_ASYNC
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy import Connection
+        from sqlalchemy.orm import Session
+
+        if issubclass(cls, (Session, Connection)):
+            return _SYNC
+    return None
+
+
+def _kind(tx: object) -> int:
+    """The kind of handle ``tx`` is; raise for anything emit() cannot write through."""
+    kind = _KINDS.get(type(tx))
+    if kind is None:
+        kind = _classify(type(tx))
+        if kind is None:
+            raise UnsupportedTransactionError(
+                "emit() needs a SQLAlchemy Session, Connection, AsyncSession or "
+                f"AsyncConnection, or an asyncpg Connection; got {type(tx).__name__}"
             )
-        return True
-    if isinstance(tx, (AsyncSession, AsyncConnection)):
-        return True
-    if isinstance(tx, (Session, Connection)):
-        return False
-    raise UnsupportedTransactionError(
-        "emit() needs a SQLAlchemy Session, Connection, AsyncSession or AsyncConnection, or an "
-        f"asyncpg Connection; got {type(tx).__name__}"
-    )
+        _KINDS[type(tx)] = kind
+    if kind == _ASYNCPG and not tx.is_in_transaction():  # type: ignore[attr-defined]
+        raise NotInTransactionError(
+            "emit() was given an asyncpg connection outside a transaction; use "
+            "`async with conn.transaction():` so the event commits with your data"
+        )
+    return kind
 
 
-async def _emit_many_async(tx: AsyncTransaction, prepared: list[_Prepared]) -> list[Event]:
-    return await _write_async(tx, prepared) if prepared else []
+async def _emit_many_async(
+    tx: AsyncTransaction, prepared: list[_Prepared], schema: str, kind: int
+) -> list[Event]:
+    return await _write_async(tx, prepared, schema, kind) if prepared else []
 
 
-async def _emit_one_async(tx: AsyncTransaction, prepared: list[_Prepared]) -> Event:
-    return (await _write_async(tx, prepared))[0]
+async def _emit_one_async(
+    tx: AsyncTransaction, prepared: list[_Prepared], schema: str, kind: int
+) -> Event:
+    return (await _write_async(tx, prepared, schema, kind))[0]
 
 
 @overload
@@ -280,11 +314,12 @@ def emit_many(
     order given; an event whose dedup key is already stored comes back as the stored event.
     With an async handle, await the result.
     """
-    is_async = _is_async(tx)
-    prepared = _prepare_all(events)
-    if is_async:
-        return _emit_many_async(tx, prepared)  # type: ignore[arg-type]
-    return _write_sync(tx, prepared) if prepared else []  # type: ignore[arg-type]
+    kind = _kind(tx)
+    settings = emit_settings()
+    prepared = _prepare_all(events, settings.max_payload_bytes)
+    if kind != _SYNC:
+        return _emit_many_async(tx, prepared, settings.outbox_schema, kind)  # type: ignore[arg-type]
+    return _write_sync(tx, prepared, settings.outbox_schema) if prepared else []  # type: ignore[arg-type]
 
 
 @overload
@@ -340,7 +375,7 @@ def emit(
     and nothing is written. Invalid input raises :class:`~outbox.errors.InvalidEventError`
     before anything is sent.
     """
-    is_async = _is_async(tx)
+    kind = _kind(tx)
     spec = EventSpec(
         service,
         event_type,
@@ -353,7 +388,8 @@ def emit(
         dedup_key,
         headers,
     )
-    prepared = _prepare_all([spec])
-    if is_async:
-        return _emit_one_async(tx, prepared)  # type: ignore[arg-type]
-    return _write_sync(tx, prepared)[0]  # type: ignore[arg-type]
+    settings = emit_settings()
+    prepared = _prepare_all([spec], settings.max_payload_bytes)
+    if kind != _SYNC:
+        return _emit_one_async(tx, prepared, settings.outbox_schema, kind)  # type: ignore[arg-type]
+    return _write_sync(tx, prepared, settings.outbox_schema)[0]  # type: ignore[arg-type]

@@ -1,8 +1,10 @@
 """Every SQL statement of the ``outbox`` package, in one place.
 
-Each statement is written once with ``:name`` parameters; :class:`Query` also renders it with
-``$n`` placeholders for asyncpg, so SQLAlchemy connections and raw asyncpg connections run the
-same text.
+Each statement is written once with ``:name`` parameters and bare table names; :class:`Query`
+renders it with ``$n`` placeholders for asyncpg, so SQLAlchemy connections and raw asyncpg
+connections run the same text, and :meth:`Query.in_schema` qualifies its tables with
+``OUTBOX_SCHEMA`` (:mod:`outbox.naming`). SQLAlchemy is imported only when a SQLAlchemy
+connection runs a statement: a service on raw asyncpg never loads it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import TextClause, text
+from outbox.naming import in_schema
+
+if TYPE_CHECKING:
+    from sqlalchemy import TextClause
 
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -21,9 +26,10 @@ _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 class Query:
     name: str
     sql: str
-    sqlalchemy: TextClause = field(init=False, repr=False)
     asyncpg_sql: str = field(init=False, repr=False)
     param_names: tuple[str, ...] = field(init=False, repr=False)
+    _rendered: dict[str, Query] = field(init=False, repr=False, compare=False)
+    _text: list[TextClause] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names: list[str] = []
@@ -33,12 +39,29 @@ class Query:
                 names.append(match.group(1))
             return f"${names.index(match.group(1)) + 1}"
 
-        object.__setattr__(self, "sqlalchemy", text(self.sql))
         object.__setattr__(self, "asyncpg_sql", _PARAM.sub(number, self.sql))
         object.__setattr__(self, "param_names", tuple(names))
+        object.__setattr__(self, "_rendered", {})
+        object.__setattr__(self, "_text", [])
+
+    @property
+    def sqlalchemy(self) -> TextClause:
+        """The statement as a SQLAlchemy ``text()`` clause (made on first use)."""
+        if not self._text:
+            from sqlalchemy import text
+
+            self._text.append(text(self.sql))
+        return self._text[0]
 
     def asyncpg_args(self, params: Mapping[str, Any]) -> list[Any]:
         return [params[name] for name in self.param_names]
+
+    def in_schema(self, schema: str) -> Query:
+        """This statement with the outbox tables in ``schema`` (rendered once per schema)."""
+        rendered = self._rendered.get(schema)
+        if rendered is None:
+            rendered = self._rendered[schema] = Query(self.name, in_schema(self.sql, schema))
+        return rendered
 
 
 _COLUMNS = """event_id, stream, event_type, source, aggregate_id, priority, payload, headers,

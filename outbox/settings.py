@@ -1,4 +1,15 @@
-"""One typed settings object; nothing else in the project reads ``os.environ``.
+"""Settings: what a service's ``emit()`` reads, what the streams client reads, and what the
+commands read.
+
+A library is a guest in someone else's service, so each part reads only its own variables, from
+the environment only; nothing here reads a ``.env`` file unless a command asks for it
+(:func:`use_env_file`, called by ``outbox`` at start):
+
+- :class:`EmitSettings` (``emit()``): ``OUTBOX_SCHEMA``, ``OUTBOX_MAX_PAYLOAD_BYTES``,
+  ``STREAM_PREFIX``; or set them in code with :func:`configure`.
+- :class:`ClientSettings` (``RedisStreamsClient``): the Redis connection, the prefix and the
+  retry and dead-letter settings.
+- :class:`Settings` (the ``outbox`` commands: relay, projections, monitor, migrate): all of them.
 
 The environment variable names of the original OpsConductor document are kept
 (``REDIS_STREAMS_URL``, ``REDIS_PASSWORD``, ``PROCESSOR_WORKERS``, ``MAX_RETRIES``,
@@ -9,10 +20,13 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox.errors import ConfigurationError
+from outbox.naming import SCHEMA_PATTERN
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -21,18 +35,57 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
 
 
-class Settings(BaseSettings):
-    """Configuration of every component, read from the environment (and an optional ``.env``)."""
+class _FromEnvironment(BaseSettings):
+    # No env_file: a library never reads a .env implicitly (see use_env_file for commands).
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+
+class _Names(_FromEnvironment):
+    stream_prefix: str = Field(
+        default="opsconductor",
+        validation_alias=_env("STREAM_PREFIX"),
+        description="First segment of every Redis key: <prefix>:<service>:events.",
+    )
+    outbox_schema: str = Field(
+        default="public",
+        validation_alias=_env("OUTBOX_SCHEMA"),
+        description="PostgreSQL schema of every outbox table (outbox_events, relay_*, "
+        "projection_*); statements name it explicitly, whatever the search_path.",
     )
 
-    database_url: SecretStr = Field(
-        default=SecretStr("postgresql://postgres@127.0.0.1:5432/opsconductor"),
-        validation_alias=_env("DATABASE_URL"),
-        description="PostgreSQL URL (libpq form); the driver suffix is added where needed.",
+    @field_validator("stream_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "STREAM_PREFIX must match ^[a-z][a-z0-9_-]{0,62}$ (it becomes part of Redis keys)"
+            )
+        return value
+
+    @field_validator("outbox_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not SCHEMA_PATTERN.match(value):
+            raise ValueError(
+                f"OUTBOX_SCHEMA must match {SCHEMA_PATTERN.pattern} (a plain PostgreSQL name)"
+            )
+        return value
+
+
+class EmitSettings(_Names):
+    """What ``emit()`` reads: the outbox's schema, the payload limit and the stream prefix."""
+
+    max_payload_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        validation_alias=_env("OUTBOX_MAX_PAYLOAD_BYTES"),
+        description="Largest serialised event data emit() accepts.",
     )
+
+
+class ClientSettings(_Names):
+    """What the streams client (``RedisStreamsClient``) reads."""
+
     redis_streams_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
         validation_alias=_env("REDIS_STREAMS_URL"),
@@ -43,16 +96,24 @@ class Settings(BaseSettings):
         validation_alias=_env("REDIS_PASSWORD"),
         description="Redis password (AUTH); unset means no password.",
     )
-    stream_prefix: str = Field(
-        default="opsconductor",
-        validation_alias=_env("STREAM_PREFIX"),
-        description="First segment of every Redis key: <prefix>:<service>:events.",
+    max_retries: int = Field(default=3, ge=0, le=1000, validation_alias=_env("MAX_RETRIES"))
+    dead_letter_ttl_s: int = Field(default=86400, ge=60, validation_alias=_env("DEAD_LETTER_TTL"))
+    retry_base_delay_ms: int = Field(
+        default=200, ge=0, validation_alias=_env("RETRY_BASE_DELAY_MS")
     )
-    max_payload_bytes: int = Field(
-        default=1024 * 1024,
-        gt=0,
-        validation_alias=_env("OUTBOX_MAX_PAYLOAD_BYTES"),
-        description="Largest serialised event data emit() accepts.",
+    retry_max_delay_ms: int = Field(
+        default=30_000, ge=0, validation_alias=_env("RETRY_MAX_DELAY_MS")
+    )
+
+
+class Settings(ClientSettings, EmitSettings):
+    """Configuration of the ``outbox`` commands (every component), read from the environment,
+    and from ``.env`` when :func:`use_env_file` names one (the ``outbox`` command does)."""
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:5432/opsconductor"),
+        validation_alias=_env("DATABASE_URL"),
+        description="PostgreSQL URL (libpq form); the driver suffix is added where needed.",
     )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         default="auto",
@@ -63,8 +124,6 @@ class Settings(BaseSettings):
     processor_workers: int = Field(
         default=4, ge=1, le=256, validation_alias=_env("PROCESSOR_WORKERS")
     )
-    max_retries: int = Field(default=3, ge=0, le=1000, validation_alias=_env("MAX_RETRIES"))
-    dead_letter_ttl_s: int = Field(default=86400, ge=60, validation_alias=_env("DEAD_LETTER_TTL"))
     monitor_host: str = Field(default="127.0.0.1", validation_alias=_env("MONITOR_HOST"))
     monitor_port: int = Field(default=8090, ge=1, le=65535, validation_alias=_env("MONITOR_PORT"))
     refresh_interval_s: float = Field(
@@ -151,9 +210,10 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=60_000, validation_alias=_env("PROJECTION_BLOCK_MS")
     )
     projection_modules: str = Field(
-        default="outbox.projections.examples",
+        default="",
         validation_alias=_env("PROJECTION_MODULES"),
-        description="Comma-separated modules imported by `outbox project` to register projections.",
+        description="Comma-separated modules imported by `outbox project` to register projections "
+        "(the demo's: outbox.projections.examples).",
     )
     projection_consumer_name: str | None = Field(
         default=None,
@@ -165,12 +225,6 @@ class Settings(BaseSettings):
     claim_count: int = Field(default=500, ge=1, le=10_000, validation_alias=_env("CLAIM_COUNT"))
     dead_consumer_idle_ms: int = Field(
         default=600_000, ge=1, validation_alias=_env("DEAD_CONSUMER_IDLE_MS")
-    )
-    retry_base_delay_ms: int = Field(
-        default=200, ge=0, validation_alias=_env("RETRY_BASE_DELAY_MS")
-    )
-    retry_max_delay_ms: int = Field(
-        default=30_000, ge=0, validation_alias=_env("RETRY_MAX_DELAY_MS")
     )
     inbox_retention_s: int = Field(
         default=7 * 86400, ge=60, validation_alias=_env("INBOX_RETENTION")
@@ -208,15 +262,6 @@ class Settings(BaseSettings):
         default=86400, ge=60, validation_alias=_env("METRICS_STREAM_RETENTION")
     )
 
-    @field_validator("stream_prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(
-                "STREAM_PREFIX must match ^[a-z][a-z0-9_-]{0,62}$ (it becomes part of Redis keys)"
-            )
-        return value
-
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
@@ -247,7 +292,82 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user + ':***' if ':' in credentials else user}@{host}"
 
 
+_env_file: str | None = None
+
+
+def use_env_file(path: str | None) -> None:
+    """Let :func:`get_settings` also read ``path`` (a ``.env``; missing is fine). Only the
+    ``outbox`` command calls this: a library never reads a ``.env`` implicitly."""
+    global _env_file
+    _env_file = path
+    get_settings.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The command's settings, read once (from the environment, and the env file if one was
+    set with :func:`use_env_file`)."""
+    return Settings(_env_file=_env_file)  # type: ignore[call-arg]
+
+
+_emit_settings: EmitSettings | None = None
+
+
+def _describe(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}={problem.get('input')!r}: "
+        f"{problem['msg']}"
+        for problem in error.errors()
+    )
+
+
+def configure(
+    *,
+    schema: str | None = None,
+    max_payload_bytes: int | None = None,
+    stream_prefix: str | None = None,
+) -> EmitSettings:
+    """Set what ``emit()`` uses, in code, for the whole process; returns the settings in force.
+
+    Each value left out comes from its environment variable (``OUTBOX_SCHEMA``,
+    ``OUTBOX_MAX_PAYLOAD_BYTES``, ``STREAM_PREFIX``) or its default. A bad value raises
+    :class:`~outbox.errors.ConfigurationError` and changes nothing.
+    """
+    global _emit_settings
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("outbox_schema", schema),
+            ("max_payload_bytes", max_payload_bytes),
+            ("stream_prefix", stream_prefix),
+        )
+        if value is not None
+    }
+    try:
+        settings = EmitSettings(**given)
+    except ValidationError as error:
+        raise ConfigurationError(f"invalid outbox setting: {_describe(error)}") from None
+    _emit_settings = settings
+    return settings
+
+
+def emit_settings() -> EmitSettings:
+    """What ``emit()`` uses: set by :func:`configure`, else read from the environment once."""
+    settings = _emit_settings
+    if settings is None:
+        settings = configure()
+    return settings
+
+
+def client_settings() -> ClientSettings:
+    """What the streams client uses, read from the environment now."""
+    try:
+        return ClientSettings()
+    except ValidationError as error:
+        raise ConfigurationError(f"invalid streams client setting: {_describe(error)}") from None
+
+
+def reset_emit_settings() -> None:
+    """Forget what :func:`configure` set; the next emit reads the environment again."""
+    global _emit_settings
+    _emit_settings = None

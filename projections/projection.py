@@ -135,8 +135,9 @@ def select(names: Sequence[str]) -> list[Projection]:
         return list(_registry.values())
     unknown = [name for name in names if name not in _registry]
     if unknown:
-        known = ", ".join(sorted(_registry)) or "none"
+        known = ", ".join(sorted(_registry)) or "none (PROJECTION_MODULES names no module)"
         raise ConfigurationError(
-            f"unknown projection {', '.join(unknown)}; registered: {known} (PROJECTION_MODULES)"
+            f"unknown projection {', '.join(unknown)}; registered: {known}; PROJECTION_MODULES "
+            "lists the modules that register projections"
         )
     return [_registry[name] for name in names]

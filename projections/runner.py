@@ -71,7 +71,10 @@ async def run_projections(
 ) -> int:
     """Run ``projections`` until ``stop`` is set (or SIGTERM/SIGINT); return the exit code."""
     if not projections:
-        raise ConfigurationError("no projection to run (PROJECTION_MODULES registers none)")
+        raise ConfigurationError(
+            "no projection to run: set PROJECTION_MODULES to the modules that register yours "
+            "(the demo's are outbox.projections.examples)"
+        )
     stop = stop or asyncio.Event()
     count = workers or settings.processor_workers
     stem = consumer_stem or settings.projection_consumer_name or socket.gethostname()

@@ -18,7 +18,7 @@ url=$("$PYTHON" -c 'from outbox.settings import get_settings as g; s = g(); prin
 names=(relay projections monitor demo)
 commands=(
   "$OUTBOX relay"
-  "$OUTBOX project"
+  "env PROJECTION_MODULES=${PROJECTION_MODULES:-outbox.projections.examples} $OUTBOX project"
   "$OUTBOX monitor"
   "$OUTBOX demo --rate ${DEMO_RATE:-50}"
 )

@@ -27,7 +27,7 @@ from redis import exceptions as redis_errors
 
 from outbox.context import current_correlation_id, new_correlation_id
 from outbox.envelope import MessagePriority, uuid7
-from outbox.settings import get_settings
+from outbox.settings import client_settings
 from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
 from outbox.streams.connection import backoff_delay_s, connect, reply_text
 from outbox.streams.consumer import Entry, GroupConsumer
@@ -93,7 +93,9 @@ class RedisStreamsClient:
         prefix: str | None = None,
         max_retries: int | None = None,
     ) -> None:
-        settings = get_settings()
+        # Only the client's own variables, from the environment: nothing else of the service's
+        # configuration can make this fail.
+        settings = client_settings()
         self.redis_url = redis_url or settings.redis_streams_url.get_secret_value()
         secret = settings.redis_password.get_secret_value() if settings.redis_password else None
         self._password = password if password is not None else secret

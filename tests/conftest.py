@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox.migrations import runner
-from outbox.settings import Settings, get_settings
+from outbox.settings import Settings, get_settings, reset_emit_settings, use_env_file
 from outbox.validation import schemas
 
 # Fixtures of each area live in their own plugin module, so areas do not edit one file.
@@ -52,6 +52,15 @@ def _restore_schema_registry() -> Iterator[None]:
     yield
     schemas._models.clear()
     schemas._models.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_settings() -> Iterator[None]:
+    """An in-process ``outbox`` command reads ``.env`` and calls ``outbox.configure()``; neither
+    may carry over to the next test."""
+    yield
+    use_env_file(None)
+    reset_emit_settings()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from outbox._version import __version__
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -29,6 +31,20 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_settings() -> None:
+    """A command reads the environment and ``.env`` of its working directory (a library never
+    reads ``.env``), and what it emits (``outbox demo``) and migrates uses the same schema."""
+    from outbox.settings import configure, get_settings, use_env_file
+
+    use_env_file(".env")
+    settings = get_settings()
+    configure(
+        schema=settings.outbox_schema,
+        max_payload_bytes=settings.max_payload_bytes,
+        stream_prefix=settings.stream_prefix,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outbox",
@@ -36,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Configuration comes from the environment (see README, Configuration).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     migrate = sub.add_parser(
@@ -82,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler: Handler = args.handler
     try:
+        _read_settings()
         return handler(args)
     except KeyboardInterrupt:
         return 130

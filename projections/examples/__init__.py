@@ -5,7 +5,8 @@
 - ``automation_stats`` (automation): automation_started / automation_completed /
   automation_failed
 
-Importing this module registers all three (PROJECTION_MODULES defaults to it).
+Importing this module registers all three: ``PROJECTION_MODULES=outbox.projections.examples``
+(``make run`` and docker-compose.yml set it).
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ def _env(settings: Settings, database_url: str, prefix: str) -> dict[str, str]:
         DEAD_CONSUMER_IDLE_MS="3000",
         PROJECTION_HEARTBEAT_INTERVAL="0.5",
         SHUTDOWN_GRACE="15",
+        PROJECTION_MODULES="outbox.projections.examples",
     )
     return env
 

@@ -176,6 +176,7 @@ def _run_cli(settings: Settings, database_url: str, *argv: str) -> subprocess.Co
         DATABASE_URL=database_url,
         REDIS_STREAMS_URL=settings.redis_streams_url.get_secret_value(),
         STREAM_PREFIX=settings.stream_prefix,
+        PROJECTION_MODULES="outbox.projections.examples",
     )
     return subprocess.run(
         [sys.executable, "-m", "outbox.cli.main", *argv],
