@@ -26,8 +26,8 @@ up: ## start local PostgreSQL and Redis if they are not running (no Docker neede
 down: ## stop the local Redis started by `make up` (PostgreSQL is left to the system)
 	@scripts/services-down.sh
 
-migrate: setup ## bring DATABASE_URL to the latest outbox schema
-	$(BIN)/outbox migrate
+migrate: setup ## bring DATABASE_URL to the latest outbox schema (and the demo's read models)
+	$(BIN)/outbox migrate --examples
 
 run: setup ## set up, migrate and run the whole pipeline (Ctrl-C stops it)
 	@scripts/run.sh

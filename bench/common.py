@@ -52,7 +52,9 @@ async def scratch_database(prefix: str) -> AsyncIterator[str]:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = _with_database(_admin_url(), name)
-        await asyncio.to_thread(runner.upgrade, "postgresql+psycopg://" + url.split("://", 1)[1])
+        migration_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        await asyncio.to_thread(runner.upgrade, migration_url)
+        await asyncio.to_thread(runner.upgrade_examples, migration_url)
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -77,9 +77,10 @@ class Collector:
     async def collect(self) -> dict[str, Any]:
         started = self.clock()
         async with self.pool.acquire() as conn:
-            outbox = await sources.outbox_side(conn, self.relay_alive_s)
-            relays = await sources.relay_side(conn)
-            projections = await sources.projection_side(conn)
+            schema = self.settings.outbox_schema
+            outbox = await sources.outbox_side(conn, self.relay_alive_s, schema)
+            relays = await sources.relay_side(conn, schema)
+            projections = await sources.projection_side(conn, schema)
         services = sorted(
             set(self.configured_services)
             | {row["stream"] for row in outbox["streams"]}

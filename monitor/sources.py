@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from outbox.monitor import queries
+from outbox.naming import DEFAULT_SCHEMA, in_schema
 
 #: Backlogs are counted up to this many events per stream (then shown as "at least").
 UNPUBLISHED_COUNT_CAP = 100_000
@@ -18,11 +19,15 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-async def outbox_side(conn: asyncpg.Connection, relay_alive_s: float) -> dict[str, Any]:
+async def outbox_side(
+    conn: asyncpg.Connection, relay_alive_s: float, schema: str = DEFAULT_SCHEMA
+) -> dict[str, Any]:
     """``relay_alive_s``: a relay whose heartbeat is younger than this is taken at its word
     when it reports a service it is publishing again (the backlog counts from its cursor)."""
     db_now = await conn.fetchval(queries.DATABASE_NOW)
-    rows = await conn.fetch(queries.OUTBOX_STREAMS, UNPUBLISHED_COUNT_CAP, relay_alive_s)
+    rows = await conn.fetch(
+        in_schema(queries.OUTBOX_STREAMS, schema), UNPUBLISHED_COUNT_CAP, relay_alive_s
+    )
     blocker = await conn.fetchrow(queries.OLDEST_WRITE_TRANSACTION)
     return {
         "db_now": float(db_now),
@@ -62,7 +67,9 @@ def _float(value: Any) -> float | None:
     return round(float(value), 3) if value is not None else None
 
 
-async def relay_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+async def relay_side(
+    conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA
+) -> list[dict[str, Any]]:
     return [
         {
             "instance": row["instance_id"],
@@ -80,13 +87,15 @@ async def relay_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "stopped": row["stopped_at"] is not None,
             "heartbeat_age_s": round(float(row["heartbeat_age_s"]), 3),
         }
-        for row in await conn.fetch(queries.RELAYS)
+        for row in await conn.fetch(in_schema(queries.RELAYS, schema))
     ]
 
 
-async def projection_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+async def projection_side(
+    conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA
+) -> list[dict[str, Any]]:
     consumers: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in await conn.fetch(queries.PROJECTION_CONSUMERS):
+    for row in await conn.fetch(in_schema(queries.PROJECTION_CONSUMERS, schema)):
         consumers[row["projection"]].append(
             {
                 "consumer": row["consumer"],
@@ -102,7 +111,8 @@ async def projection_side(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             }
         )
     checkpoints = {
-        row["projection"]: row for row in await conn.fetch(queries.PROJECTION_CHECKPOINTS)
+        row["projection"]: row
+        for row in await conn.fetch(in_schema(queries.PROJECTION_CHECKPOINTS, schema))
     }
     names = sorted(set(consumers) | set(checkpoints))
     projections = []

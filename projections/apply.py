@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.projection import Connection, Projection
 from outbox.streams.codec import StreamMessage
@@ -72,12 +73,16 @@ class Outcome:
 
 
 async def _claim(
-    db: Connection, projection: Projection, messages: Sequence[StreamMessage], take_lock: bool
+    db: Connection,
+    projection: Projection,
+    messages: Sequence[StreamMessage],
+    take_lock: bool,
+    schema: str,
 ) -> tuple[list[StreamMessage], list[StreamMessage]]:
     """Record ``messages`` in the inbox; return (new, duplicates), both in the given order."""
     event_ids = [message.event_id for message in messages]
     distinct = len(set(event_ids))
-    query = queries.INBOX_CLAIM_LOCKED if take_lock else queries.INBOX_CLAIM
+    query = (queries.INBOX_CLAIM_LOCKED if take_lock else queries.INBOX_CLAIM).in_schema(schema)
     row = await db.fetchrow(query.asyncpg_sql, projection.name, ",".join(event_ids), distinct)
     if row["claimed"] == distinct and distinct == len(messages):
         return list(messages), []  # the usual case: every event is new and none repeats
@@ -126,12 +131,14 @@ async def apply_batch(
     messages: Sequence[StreamMessage],
     *,
     take_lock: bool = True,
+    schema: str = DEFAULT_SCHEMA,
 ) -> Outcome:
-    """Apply ``messages`` (in order) in one transaction on ``db``; see the module doc."""
+    """Apply ``messages`` (in order) in one transaction on ``db``; see the module doc.
+    ``schema`` is the one the inbox is in (OUTBOX_SCHEMA)."""
     if not messages:
         return Outcome()
     try:
-        return await _fast_path(db, projection, messages, take_lock)
+        return await _fast_path(db, projection, messages, take_lock, schema)
     except TransientError:
         raise
     except Exception as error:
@@ -144,7 +151,7 @@ async def apply_batch(
             error,
         )
     try:
-        return await _slow_path(db, projection, messages, take_lock)
+        return await _slow_path(db, projection, messages, take_lock, schema)
     except TransientError:
         raise
     except Exception as error:
@@ -154,21 +161,29 @@ async def apply_batch(
 
 
 async def _fast_path(
-    db: Connection, projection: Projection, messages: Sequence[StreamMessage], take_lock: bool
+    db: Connection,
+    projection: Projection,
+    messages: Sequence[StreamMessage],
+    take_lock: bool,
+    schema: str,
 ) -> Outcome:
     outcome = Outcome()
     async with db.transaction():
-        fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock)
+        fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock, schema)
         await _run_handlers(db, projection, fresh, outcome)
     return outcome
 
 
 async def _slow_path(
-    db: Connection, projection: Projection, messages: Sequence[StreamMessage], take_lock: bool
+    db: Connection,
+    projection: Projection,
+    messages: Sequence[StreamMessage],
+    take_lock: bool,
+    schema: str,
 ) -> Outcome:
     outcome = Outcome()
     async with db.transaction():
-        fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock)
+        fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock, schema)
         failed_aggregates: set[str] = set()
         for message in fresh:
             if message.aggregate_id is not None and message.aggregate_id in failed_aggregates:
@@ -187,5 +202,6 @@ async def _slow_path(
             (outcome.applied if applied else outcome.skipped).append(message)
         released = [m.event_id for m, _ in outcome.failed] + [m.event_id for m in outcome.deferred]
         if released:
-            await db.execute(queries.INBOX_RELEASE.asyncpg_sql, projection.name, released)
+            release = queries.INBOX_RELEASE.in_schema(schema)
+            await db.execute(release.asyncpg_sql, projection.name, released)
     return outcome

@@ -23,10 +23,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.apply import apply_batch
 from outbox.projections.projection import Connection, Projection
 from outbox.projections.store import fields_of_message, message_from_row
+from outbox.queries import Query
 from outbox.streams.codec import StreamMessage
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
 from outbox.streams.keys import Keys
@@ -82,6 +84,7 @@ async def rebuild(
     progress: Progress | None = None,
     batch_size: int = REPLAY_BATCH,
     letters: DeadLetters | None = None,
+    schema: str = DEFAULT_SCHEMA,
 ) -> RebuildResult:
     """Rebuild ``projection`` on connection ``db`` (see the module doc).
 
@@ -90,25 +93,29 @@ async def rebuild(
     in order.
     """
     name = projection.name
+
+    def sql(query: Query) -> Query:
+        return query.in_schema(schema)
+
     await db.execute(queries.LOCK_PROJECTION.asyncpg_sql, name)
     try:
         async with db.transaction():
-            await db.execute(queries.START_REBUILD.asyncpg_sql, name)
+            await db.execute(sql(queries.START_REBUILD).asyncpg_sql, name)
             if projection.reset_handler is not None:
                 await projection.reset_handler(db)
             elif projection.tables:
                 await db.execute(
                     "TRUNCATE " + ", ".join(_quote(table) for table in projection.tables)
                 )
-            await db.execute(queries.INBOX_RESET.asyncpg_sql, name)
-        extent = await db.fetchrow(queries.OUTBOX_EXTENT.asyncpg_sql, projection.streams)
+            await db.execute(sql(queries.INBOX_RESET).asyncpg_sql, name)
+        extent = await db.fetchrow(sql(queries.OUTBOX_EXTENT).asyncpg_sql, projection.streams)
         total, until = int(extent["events"]), int(extent["max_position"])
         log.info("event=rebuild_started projection=%s events=%d", name, total)
         after = done = applied = skipped = failed = 0
         if progress:
             progress(0, total)
         while True:
-            q = queries.OUTBOX_PAGE
+            q = sql(queries.OUTBOX_PAGE)
             rows = await db.fetch(
                 q.asyncpg_sql,
                 *q.asyncpg_args(
@@ -125,7 +132,7 @@ async def rebuild(
             pending = [message_from_row(row, keys) for row in rows]
             while pending:
                 # The exclusive lock is ours (same session): no shared lock per batch.
-                outcome = await apply_batch(db, projection, pending, take_lock=False)
+                outcome = await apply_batch(db, projection, pending, take_lock=False, schema=schema)
                 applied += len(outcome.applied)
                 skipped += len(outcome.skipped)
                 for message, error in outcome.failed:
@@ -140,7 +147,7 @@ async def rebuild(
             done += len(rows)
             if progress:
                 progress(done, total)
-        finish = queries.FINISH_REBUILD
+        finish = sql(queries.FINISH_REBUILD)
         await db.execute(
             finish.asyncpg_sql,
             *finish.asyncpg_args({"projection": name, "position": after, "events": done}),

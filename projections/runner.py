@@ -47,11 +47,11 @@ async def acquire_consumer_names(db: Any, projection: str, stem: str, count: int
     raise ConfigurationError(f"no free consumer name for {projection} under {stem!r}")
 
 
-async def _prune_inbox(pool: Any, retention_s: int, stop: asyncio.Event) -> None:
+async def _prune_inbox(pool: Any, retention_s: int, schema: str, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             async with pool.acquire() as db:
-                deleted = await store.prune_inbox(db, retention_s)
+                deleted = await store.prune_inbox(db, retention_s, schema=schema)
             if deleted:
                 log.info("event=inbox_pruned rows=%d", deleted)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -115,7 +115,9 @@ async def run_projections(
                     pid=os.getpid(),
                 )
                 tasks.append(asyncio.create_task(worker.run(), name=f"{projection.name}/{name}"))
-        pruner = asyncio.create_task(_prune_inbox(pool, settings.inbox_retention_s, stop))
+        pruner = asyncio.create_task(
+            _prune_inbox(pool, settings.inbox_retention_s, settings.outbox_schema, stop)
+        )
         log.info(
             "event=projections_started projections=%s workers=%d stem=%s",
             ",".join(p.name for p in projections),

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outbox.envelope import MessagePriority
+from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.projection import Connection
 from outbox.streams.codec import StreamMessage, decode_entry, encode_fields
@@ -41,13 +42,28 @@ async def try_lock_consumer(db: Connection, projection: str, consumer: str) -> b
 
 
 async def register_consumer(
-    db: Connection, projection: str, consumer: str, host: str, pid: int
+    db: Connection,
+    projection: str,
+    consumer: str,
+    host: str,
+    pid: int,
+    *,
+    schema: str = DEFAULT_SCHEMA,
 ) -> None:
-    await db.execute(queries.REGISTER_CONSUMER.asyncpg_sql, projection, consumer, host, pid)
+    await db.execute(
+        queries.REGISTER_CONSUMER.in_schema(schema).asyncpg_sql, projection, consumer, host, pid
+    )
 
 
-async def heartbeat(db: Connection, projection: str, consumer: str, counters: Counters) -> None:
-    q = queries.HEARTBEAT
+async def heartbeat(
+    db: Connection,
+    projection: str,
+    consumer: str,
+    counters: Counters,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> None:
+    q = queries.HEARTBEAT.in_schema(schema)
     await db.execute(
         q.asyncpg_sql,
         *q.asyncpg_args(
@@ -64,15 +80,21 @@ async def heartbeat(db: Connection, projection: str, consumer: str, counters: Co
     )
 
 
-async def consumer_stopped(db: Connection, projection: str, consumer: str) -> None:
-    await db.execute(queries.CONSUMER_STOPPED.asyncpg_sql, projection, consumer)
+async def consumer_stopped(
+    db: Connection, projection: str, consumer: str, *, schema: str = DEFAULT_SCHEMA
+) -> None:
+    await db.execute(queries.CONSUMER_STOPPED.in_schema(schema).asyncpg_sql, projection, consumer)
 
 
-async def prune_inbox(db: Connection, retention_s: int, limit: int = 10_000) -> int:
+async def prune_inbox(
+    db: Connection, retention_s: int, limit: int = 10_000, *, schema: str = DEFAULT_SCHEMA
+) -> int:
     """Delete inbox rows older than INBOX_RETENTION, in bounded batches; returns the count."""
     total = 0
     while True:
-        status = await db.execute(queries.INBOX_PRUNE.asyncpg_sql, float(retention_s), limit)
+        status = await db.execute(
+            queries.INBOX_PRUNE.in_schema(schema).asyncpg_sql, float(retention_s), limit
+        )
         deleted = int(status.split()[-1])
         total += deleted
         if deleted < limit:
@@ -108,8 +130,11 @@ def message_from_row(row: Any, keys: Keys) -> StreamMessage:
     return decode_entry(key, "", fields_from_row(row))
 
 
-async def outbox_by_event_ids(db: Connection, event_ids: Sequence[str]) -> list[Any]:
-    return list(await db.fetch(queries.OUTBOX_BY_EVENT_IDS.asyncpg_sql, list(event_ids)))
+async def outbox_by_event_ids(
+    db: Connection, event_ids: Sequence[str], *, schema: str = DEFAULT_SCHEMA
+) -> list[Any]:
+    query = queries.OUTBOX_BY_EVENT_IDS.in_schema(schema)
+    return list(await db.fetch(query.asyncpg_sql, list(event_ids)))
 
 
 async def outbox_unapplied(
@@ -121,8 +146,9 @@ async def outbox_unapplied(
     retention_s: int,
     until_s: float,
     limit: int,
+    schema: str = DEFAULT_SCHEMA,
 ) -> list[Any]:
-    q = queries.OUTBOX_UNAPPLIED
+    q = queries.OUTBOX_UNAPPLIED.in_schema(schema)
     params = {
         "projection": projection,
         "service": service,

@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import store
 from outbox.projections.apply import Outcome, TransientError, apply_batch, is_transient
 from outbox.projections.projection import Projection
@@ -81,6 +82,7 @@ class WorkerConfig:
     inbox_retention_s: int = 7 * 86400
     heartbeat_s: float = 5.0
     dead_letter_ttl_s: int = 86400
+    schema: str = DEFAULT_SCHEMA
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -97,6 +99,7 @@ class WorkerConfig:
             inbox_retention_s=settings.inbox_retention_s,
             heartbeat_s=settings.projection_heartbeat_s,
             dead_letter_ttl_s=settings.dead_letter_ttl_s,
+            schema=settings.outbox_schema,
         )
 
 
@@ -199,7 +202,12 @@ class ProjectionWorker:
         await self._until_done(self.group.ensure_groups)
         await self._db(
             lambda db: store.register_consumer(
-                db, self.projection.name, self.consumer, self.host, self.pid
+                db,
+                self.projection.name,
+                self.consumer,
+                self.host,
+                self.pid,
+                schema=self.config.schema,
             )
         )
         log.info(
@@ -263,7 +271,9 @@ class ProjectionWorker:
         try:
             await self._heartbeat()
             await self._db(
-                lambda db: store.consumer_stopped(db, self.projection.name, self.consumer)
+                lambda db: store.consumer_stopped(
+                    db, self.projection.name, self.consumer, schema=self.config.schema
+                )
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("event=final_heartbeat_failed consumer=%s error=%r", self.consumer, error)
@@ -312,7 +322,9 @@ class ProjectionWorker:
     async def _heartbeat(self) -> None:
         counters = self.counters.take()
         await self._db(
-            lambda db: store.heartbeat(db, self.projection.name, self.consumer, counters)
+            lambda db: store.heartbeat(
+                db, self.projection.name, self.consumer, counters, schema=self.config.schema
+            )
         )
 
     # --- reading ---
@@ -357,7 +369,9 @@ class ProjectionWorker:
         if gone:  # trimmed while waiting for the retry: we know their event ids
             known = {retry.message.id: retry.message for _, retry in due}
             event_ids = [known[i].event_id for i in gone if i in known]
-            rows = await self._db(lambda db: store.outbox_by_event_ids(db, event_ids))
+            rows = await self._db(
+                lambda db: store.outbox_by_event_ids(db, event_ids, schema=self.config.schema)
+            )
             extra.extend(store.message_from_row(row, self.keys) for row in rows)
             log.warning(
                 "event=trimmed_refetch projection=%s by=event_id entries=%d found=%d",
@@ -411,6 +425,7 @@ class ProjectionWorker:
                     retention_s=self.config.inbox_retention_s,
                     until_s=until_s,
                     limit=REFETCH_LIMIT,
+                    schema=self.config.schema,
                 )
             found = [store.message_from_row(row, self.keys) for row in rows]
             messages.extend(m for m in found if m.event_id not in waiting)
@@ -497,7 +512,9 @@ class ProjectionWorker:
             try:
                 if self.batch_db is None:
                     self.batch_db = await self.pool.acquire()
-                return await apply_batch(self.batch_db, self.projection, batch)
+                return await apply_batch(
+                    self.batch_db, self.projection, batch, schema=self.config.schema
+                )
             except BaseException as error:
                 await self._release_batch_db()  # the pool resets it, or drops it if broken
                 if not (isinstance(error, TransientError) or is_transient(error)):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
+from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.preflight import CONNECTION_ERRORS
 from outbox.relay import queries
 from outbox.relay.errors import DatabaseUnavailableError
@@ -123,14 +124,27 @@ RELAY_STATEMENTS = (
 )
 
 
+def relay_statements(schema: str) -> tuple[str, ...]:
+    """:data:`RELAY_STATEMENTS` with the outbox tables in ``schema``."""
+    return tuple(in_schema(text, schema) for text in RELAY_STATEMENTS)
+
+
 class PgOutboxStore:
     """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure.
 
-    ``max_retries`` is the value every entry carries in its ``max_retries`` field (MAX_RETRIES).
+    ``max_retries`` is the value every entry carries in its ``max_retries`` field (MAX_RETRIES);
+    ``schema`` is the one the outbox tables are in (OUTBOX_SCHEMA).
     """
 
-    def __init__(self, url: str, application_name: str, max_retries: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        application_name: str,
+        max_retries: int,
+        schema: str = DEFAULT_SCHEMA,
+    ) -> None:
         self._url = url
+        self._schema = schema
         self._application_name = application_name
         self._max_retries = str(max_retries)
         self._conn: asyncpg.Connection | None = None
@@ -143,7 +157,7 @@ class PgOutboxStore:
     async def _call(self, method: str, query: str, *args: Any) -> Any:
         conn = await self._connection()
         try:
-            return await getattr(conn, method)(query, *args)
+            return await getattr(conn, method)(in_schema(query, self._schema), *args)
         except CONNECTION_ERRORS as error:
             await self._drop()
             raise DatabaseUnavailableError(f"PostgreSQL connection lost: {error}") from error

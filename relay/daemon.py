@@ -125,11 +125,15 @@ class Relay:
             exclusive=settings.relay_leases if exclusive is None else exclusive,
             notify_channel=settings.relay_notify_channel,
             on_notify=lambda: relay.poll.wake(),
+            schema=settings.outbox_schema,
         )
         relay = cls(
             settings,
             store=PgOutboxStore(
-                settings.libpq_url(), f"outbox-relay {instance}", settings.max_retries
+                settings.libpq_url(),
+                f"outbox-relay {instance}",
+                settings.max_retries,
+                settings.outbox_schema,
             ),
             publisher=RedisPublisher(client, keys),
             leases=leases,

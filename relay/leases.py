@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.preflight import CONNECTION_ERRORS
 from outbox.relay import queries
 from outbox.relay.cursor import connect
@@ -78,8 +79,11 @@ class LeaseSession:
         notify_channel: str = "",
         on_notify: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        schema: str = DEFAULT_SCHEMA,
     ) -> None:
         self._url = url
+        self._schema = schema
+        self._presence_space = queries.presence_lock_space(schema)
         self._instance_id = instance_id
         self._exclusive = exclusive
         self._notify_channel = notify_channel
@@ -99,9 +103,7 @@ class LeaseSession:
         conn = await connect(self._url, f"outbox-relay {self._instance_id}")
         try:
             if self._exclusive:
-                await conn.fetchval(
-                    queries.TRY_LOCK, queries.PRESENCE_LOCK_SPACE, self._instance_id
-                )
+                await conn.fetchval(queries.TRY_LOCK, self._presence_space, self._instance_id)
             if self._notify_channel:
                 await conn.add_listener(self._notify_channel, self._notified)
         except CONNECTION_ERRORS as error:
@@ -117,7 +119,7 @@ class LeaseSession:
     async def _call(self, method: str, query: str, *args: Any) -> Any:
         conn = await self._connection()
         try:
-            return await getattr(conn, method)(query, *args)
+            return await getattr(conn, method)(in_schema(query, self._schema), *args)
         except CONNECTION_ERRORS as error:
             lost = sorted(self._held)
             self._held.clear()
@@ -139,7 +141,7 @@ class LeaseSession:
             acquired.update(s for s in services if s not in self._held)
             self._held.update(acquired)
             return acquired, set()
-        live = await self._call("fetchval", queries.COUNT_LIVE_RELAYS, queries.PRESENCE_LOCK_SPACE)
+        live = await self._call("fetchval", queries.COUNT_LIVE_RELAYS, self._presence_space)
         share = fair_share(len(services), live)
         excess = set(sorted(self._held)[share:])
         free = [s for s in services if s not in self._held]

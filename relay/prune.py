@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.preflight import CONNECTION_ERRORS
 from outbox.relay import queries
 from outbox.relay.errors import DatabaseUnavailableError, RelayError
@@ -47,8 +48,11 @@ async def prune(
     *,
     chunk_size: int = 1000,
     progress: Callable[[PruneProgress], None] | None = None,
+    schema: str = DEFAULT_SCHEMA,
 ) -> PruneProgress:
-    """Delete published outbox rows older than ``older_than``; returns the totals."""
+    """Delete published outbox rows older than ``older_than`` (the outbox in ``schema``);
+    returns the totals."""
+    chunk_query = in_schema(queries.PRUNE_CHUNK, schema)
     cutoff = datetime.now(UTC) - older_than
     state = PruneProgress()
     try:
@@ -57,9 +61,7 @@ async def prune(
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {error}") from error
     try:
         while True:
-            row = await conn.fetchrow(
-                queries.PRUNE_CHUNK, state.walked_to_position, cutoff, chunk_size
-            )
+            row = await conn.fetchrow(chunk_query, state.walked_to_position, cutoff, chunk_size)
             if row is None or row["last_position"] is None:
                 break
             state.walked_to_position = row["last_position"]

@@ -6,12 +6,32 @@ connection) and :mod:`relay.prune`.
 
 from __future__ import annotations
 
+import zlib
+
 from outbox.envelope import MessagePriority
+from outbox.naming import DEFAULT_SCHEMA
 
 # Advisory-lock namespaces (first key of the two-int4 form, which never collides with the
 # one-bigint lock of the migrations): one lock per service lease, one per live relay.
 LEASE_LOCK_SPACE = 0x52454C41  # "RELA"
 PRESENCE_LOCK_SPACE = 0x52454C50  # "RELP"
+
+
+def presence_lock_space(schema: str) -> int:
+    """The presence locks of the relays of the outbox in ``schema``.
+
+    A relay takes ``ceil(services / live relays)`` services, so it must count only the relays
+    of its own outbox: relays of another schema in the same database hold other services.
+    Service leases stay in one space per database, keyed by service: a stream (a service
+    under one prefix) has one publisher, whichever schema it is read from.
+    """
+    if schema == DEFAULT_SCHEMA:
+        return PRESENCE_LOCK_SPACE
+    # crc32 is stable across processes and versions (hash() is not). Shifted into bits 4-27,
+    # it leaves the top nibble (the space stays a positive int4) and the low nibble (0, where
+    # LEASE_LOCK_SPACE's is 1) as they are.
+    return PRESENCE_LOCK_SPACE ^ (zlib.crc32(schema.encode()) & 0xFF_FFFF) << 4
+
 
 # --- cursor (relay/cursor.py) -------------------------------------------------------------
 

@@ -12,9 +12,9 @@ if ! "$OUTBOX" check; then
   echo "make run: the services above are missing; start them and run it again." >&2
   exit 2
 fi
-"$OUTBOX" migrate || exit 2
+"$OUTBOX" migrate --examples || exit 2
 
-url=$("$PYTHON" -c 'from outbox.settings import get_settings as g; s = g(); print(f"http://{s.monitor_host}:{s.monitor_port}/")')
+url=$("$PYTHON" -c 'from outbox.settings import get_settings as g, use_env_file as e; e(".env"); s = g(); print(f"http://{s.monitor_host}:{s.monitor_port}/")')
 names=(relay projections monitor demo)
 commands=(
   "$OUTBOX relay"

@@ -70,7 +70,9 @@ def template_database() -> Iterator[str]:
     with _admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
-    runner.upgrade("postgresql+psycopg://" + _url_for(name).split("://", 1)[1])
+    url = "postgresql+psycopg://" + _url_for(name).split("://", 1)[1]
+    runner.upgrade(url)
+    runner.upgrade_examples(url)  # the example projections' read models, which tests use
     yield name
     with _admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

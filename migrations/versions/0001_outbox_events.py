@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from outbox.migrations import target_schema
+from outbox.naming import DEFAULT_SCHEMA, quote
 from outbox.schema import XID8
 
 revision: str = "0001_outbox_events"
@@ -22,6 +24,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    schema = target_schema()
+    if schema != DEFAULT_SCHEMA:
+        op.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
     op.create_table(
         "outbox_events",
         sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False),
@@ -48,19 +53,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("position", name="outbox_events_pkey"),
         sa.UniqueConstraint("event_id", name="outbox_events_event_id_key"),
         sa.CheckConstraint("priority BETWEEN 0 AND 3", name="outbox_events_priority_check"),
+        schema=schema,
     )
     op.create_index(
-        "outbox_events_stream_cursor_idx", "outbox_events", ["stream", "txid", "position"]
+        "outbox_events_stream_cursor_idx",
+        "outbox_events",
+        ["stream", "txid", "position"],
+        schema=schema,
     )
-    op.create_index("outbox_events_correlation_idx", "outbox_events", ["correlation_id"])
+    op.create_index(
+        "outbox_events_correlation_idx", "outbox_events", ["correlation_id"], schema=schema
+    )
     op.create_index(
         "outbox_events_stream_dedup_key_idx",
         "outbox_events",
         ["stream", "dedup_key"],
         unique=True,
         postgresql_where=sa.text("dedup_key IS NOT NULL"),
+        schema=schema,
     )
 
 
 def downgrade() -> None:
-    op.drop_table("outbox_events")
+    op.drop_table("outbox_events", schema=target_schema())

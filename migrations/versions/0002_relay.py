@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from outbox.migrations import target_schema
 from outbox.schema import XID8
 
 revision: str = "0002_relay"
@@ -24,6 +25,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    schema = target_schema()
     op.create_table(
         "relay_cursors",
         sa.Column("stream", sa.Text, nullable=False),
@@ -36,6 +38,7 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
         ),
         sa.PrimaryKeyConstraint("stream", name="relay_cursors_pkey"),
+        schema=schema,
     )
     op.create_table(
         "relay_instances",
@@ -74,9 +77,11 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text, nullable=True),
         sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("instance_id", name="relay_instances_pkey"),
+        schema=schema,
     )
 
 
 def downgrade() -> None:
-    op.drop_table("relay_instances")
-    op.drop_table("relay_cursors")
+    schema = target_schema()
+    op.drop_table("relay_instances", schema=schema)
+    op.drop_table("relay_cursors", schema=schema)

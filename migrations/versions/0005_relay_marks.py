@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from outbox.migrations import target_schema
+
 revision: str = "0005_relay_marks"
 down_revision: str | None = "0004_tombstone_versions"
 branch_labels: str | Sequence[str] | None = None
@@ -30,8 +32,9 @@ def upgrade() -> None:
     op.add_column(
         "relay_cursors",
         sa.Column("marks", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        schema=target_schema(),
     )
 
 
 def downgrade() -> None:
-    op.drop_column("relay_cursors", "marks")
+    op.drop_column("relay_cursors", "marks", schema=target_schema())

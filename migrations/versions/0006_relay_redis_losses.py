@@ -23,6 +23,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from outbox.migrations import target_schema
+
 revision: str = "0006_relay_redis_losses"
 down_revision: str | None = "0005_relay_marks"
 branch_labels: str | Sequence[str] | None = None
@@ -30,18 +32,22 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    schema = target_schema()
     op.add_column(
         "relay_instances",
         sa.Column(
             "republishing", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
         ),
+        schema=schema,
     )
     op.add_column(
         "relay_instances",
         sa.Column("redis_losses", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        schema=schema,
     )
 
 
 def downgrade() -> None:
-    op.drop_column("relay_instances", "redis_losses")
-    op.drop_column("relay_instances", "republishing")
+    schema = target_schema()
+    op.drop_column("relay_instances", "redis_losses", schema=schema)
+    op.drop_column("relay_instances", "republishing", schema=schema)

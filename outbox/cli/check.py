@@ -87,6 +87,8 @@ async def _run(timeout_s: float) -> _Report:
                 "projection consumer": projection_queries.STATEMENTS,
                 "monitor": monitor_queries.STATEMENTS,
             },
+            schema=settings.outbox_schema,
+            sees_every_row=True,
         ),
     )
 

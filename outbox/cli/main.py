@@ -18,17 +18,86 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from outbox.errors import ConfigurationError
     from outbox.migrations import runner
     from outbox.settings import get_settings
 
+    settings = get_settings()
+    log = logging.getLogger("outbox.cli")
+    if args.sql and (args.examples or args.stamp):
+        raise ConfigurationError("--sql prints the outbox's own migrations only")
     if args.create_database and not args.sql:
-        runner.ensure_database(get_settings().libpq_url())
+        runner.ensure_database(settings.libpq_url())
+    if args.stamp:
+        runner.stamp(args.stamp)
+        log.info("event=stamped revision=%s schema=%s", args.stamp, settings.outbox_schema)
+        return 0
     if args.sql:
         runner.upgrade(revision=args.revision, sql=True)
-    else:
-        runner.upgrade(revision=args.revision)
-        logging.getLogger("outbox.cli").info("event=migrated revision=%s", args.revision)
+        return 0
+    runner.upgrade(revision=args.revision)
+    log.info("event=migrated revision=%s schema=%s", args.revision, settings.outbox_schema)
+    if args.examples:
+        runner.upgrade_examples()
+        log.info("event=migrated examples=true")
     return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from outbox.errors import ConfigurationError
+    from outbox.migrations import grants
+    from outbox.settings import get_settings
+
+    settings = get_settings()
+    try:
+        statements = grants.grant_emit_statements(args.role, args.service, settings.outbox_schema)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    if args.print:
+        with psycopg.connect(settings.libpq_url(), connect_timeout=10) as conn:
+            print(grants.render(statements, conn), end="")
+        return 0
+    grants.grant_emit(settings.libpq_url(), args.role, args.service, settings.outbox_schema)
+    logging.getLogger("outbox.cli").info(
+        "event=granted role=%s services=%s schema=%s",
+        args.role,
+        ",".join(args.service),
+        settings.outbox_schema,
+    )
+    return 0
+
+
+#: The extra that brings what each command needs (pyproject.toml, optional-dependencies).
+_EXTRAS = {
+    "migrate": "migrate",
+    "grant": "migrate",
+    "check": "relay",
+    "relay": "relay",
+    "prune": "relay",
+    "demo": "relay",
+    "project": "projections",
+    "projections": "projections",
+    "dlq": "projections",
+    "monitor": "monitor",
+}
+#: Modules of the extras, as opposed to the base install or a bug of ours.
+_OPTIONAL_MODULES = frozenset(
+    {
+        "alembic",
+        "asyncpg",
+        "fastapi",
+        "hiredis",
+        "prometheus_client",
+        "psycopg",
+        "redis",
+        "sqlalchemy",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+    }
+)
 
 
 def _read_settings() -> None:
@@ -60,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate",
         help="bring the database (DATABASE_URL) to the latest outbox schema",
-        description="Apply the outbox migrations (same as `alembic upgrade head`). Safe to run "
-        "concurrently and repeatedly.",
+        description="Apply the outbox migrations to the tables in OUTBOX_SCHEMA (default public), "
+        "recorded in their own version table, outbox_alembic_version, beside any alembic history "
+        "of your service. Safe to run concurrently and repeatedly.",
     )
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
     migrate.add_argument(
@@ -73,7 +143,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="fail instead of creating the database when it does not exist",
     )
+    migrate.add_argument(
+        "--examples",
+        action="store_true",
+        help="also create the example projections' read models (the demo's; never needed in a "
+        "service)",
+    )
+    migrate.add_argument(
+        "--stamp",
+        metavar="REVISION",
+        help="record REVISION as applied without running anything (to take over tables another "
+        "alembic history created)",
+    )
     migrate.set_defaults(handler=_migrate)
+
+    grant = sub.add_parser(
+        "grant",
+        help="let a service's database role emit its events, and nothing more",
+        description="Grant ROLE what emit() needs on OUTBOX_SCHEMA.outbox_events (USAGE, INSERT, "
+        "SELECT) and turn on row-level security so that it sees and writes only the rows of "
+        "its own services. Idempotent. Run as the outbox's owner (docs/adopting.md).",
+    )
+    grant.add_argument("role", help="the service's PostgreSQL role")
+    grant.add_argument(
+        "--service",
+        action="append",
+        required=True,
+        help="a service the role emits for (repeat for several)",
+    )
+    grant.add_argument("--print", action="store_true", help="print the SQL instead of running it")
+    grant.set_defaults(handler=_grant)
 
     # Each area registers its own subcommands (handlers import their package lazily).
     from outbox.cli import check as check_commands
@@ -105,6 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as error:
+        extra = _EXTRAS.get(args.command)
+        if extra is None or (error.name or "").split(".")[0] not in _OPTIONAL_MODULES:
+            raise
+        print(
+            f"outbox: `outbox {args.command}` needs {error.name}, which is not installed: "
+            f"pip install 'opsconductor-outbox[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as error:
         code = report_failure(error)
         if code is None:

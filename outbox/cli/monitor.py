@@ -18,7 +18,14 @@ def run(args: argparse.Namespace) -> int:
     from outbox.settings import get_settings
 
     settings = get_settings()
-    eventloop.run(require_current_schema(settings.libpq_url(), {"monitor": queries.STATEMENTS}))
+    eventloop.run(
+        require_current_schema(
+            settings.libpq_url(),
+            {"monitor": queries.STATEMENTS},
+            schema=settings.outbox_schema,
+            sees_every_row=True,
+        )
+    )
     host = args.host or settings.monitor_host
     port = args.port or settings.monitor_port
     config = uvicorn.Config(

@@ -43,7 +43,11 @@ def _project(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     eventloop.run(
-        require_current_schema(settings.libpq_url(), {"projection consumer": queries.STATEMENTS})
+        require_current_schema(
+            settings.libpq_url(),
+            {"projection consumer": queries.STATEMENTS},
+            schema=settings.outbox_schema,
+        )
     )
     load(settings.projection_modules)
     projections = select(args.names)
@@ -125,6 +129,7 @@ def _rebuild(args: argparse.Namespace) -> int:
                 keys,
                 progress=None if args.quiet else progress,
                 letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
+                schema=settings.outbox_schema,
             )
         finally:
             await db.close()
@@ -143,9 +148,14 @@ def _list_projections(args: argparse.Namespace) -> int:
     from outbox.projections.projection import load
     from outbox.settings import get_settings
 
-    for name, projection in sorted(load(get_settings().projection_modules).items()):
+    registered = load(get_settings().projection_modules)
+    for name, projection in sorted(registered.items()):
         types = ", ".join(sorted(projection.event_types))
         print(f"{name}\tstreams={','.join(projection.streams)}\thandles={types}")
+    if not registered:
+        print(
+            "no projections: PROJECTION_MODULES names no module that registers one", file=sys.stderr
+        )
     return 0
 
 
@@ -159,7 +169,9 @@ def _prune_inbox(args: argparse.Namespace) -> int:
         settings = get_settings()
         db = await asyncpg.connect(settings.libpq_url())
         try:
-            deleted = await prune_inbox(db, settings.inbox_retention_s)
+            deleted = await prune_inbox(
+                db, settings.inbox_retention_s, schema=settings.outbox_schema
+            )
         finally:
             await db.close()
         print(f"pruned {deleted} inbox rows older than {settings.inbox_retention_s} s")

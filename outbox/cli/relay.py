@@ -104,7 +104,14 @@ def _relay(args: argparse.Namespace) -> int:
         settings = type(settings).model_validate({**settings.model_dump(), **updates})
     except ValidationError as error:
         raise ConfigurationError(f"invalid relay option: {error}") from None
-    eventloop.run(require_current_schema(settings.libpq_url(), {"relay": RELAY_STATEMENTS}))
+    eventloop.run(
+        require_current_schema(
+            settings.libpq_url(),
+            {"relay": RELAY_STATEMENTS},
+            schema=settings.outbox_schema,
+            sees_every_row=True,
+        )
+    )
     relay = Relay.from_settings(settings)
     settle_for_batches()
     eventloop.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
@@ -128,8 +135,15 @@ def _prune(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    settings = get_settings()
     total = eventloop.run(
-        prune(get_settings().libpq_url(), older_than, chunk_size=args.chunk_size, progress=show)
+        prune(
+            settings.libpq_url(),
+            older_than,
+            chunk_size=args.chunk_size,
+            progress=show,
+            schema=settings.outbox_schema,
+        )
     )
     print(f"done: {total.deleted} published events older than {args.older_than} deleted")
     return 0

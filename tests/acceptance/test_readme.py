@@ -88,7 +88,9 @@ def test_readme_daemons_start_and_stop_on_ctrl_c(shell_env: dict[str, str], line
     env["MONITOR_PORT"] = str(free_port())
     if "--port 8099" in line:
         line = line.replace("--port 8099", f"--port {free_port()}")
-    subprocess.run(["outbox", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        ["outbox", "migrate", "--examples"], env=env, cwd=ROOT, check=True, capture_output=True
+    )
     process = subprocess.Popen(
         ["bash", "-c", f"exec env {line}"],  # env: a line may start with VAR=value
         cwd=ROOT,

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from outbox.naming import in_schema
 from outbox.projections.store import fields_from_row
 from outbox.relay import queries
 from outbox.relay.cursor import START, PgOutboxStore
@@ -31,7 +32,7 @@ async def test_the_batch_query_is_planned_once_not_at_every_poll(
         conn = await store._connection()
         plans = await conn.fetchrow(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-            queries.FETCH_BATCH,
+            in_schema(queries.FETCH_BATCH, "public"),  # as the store runs it
         )
     finally:
         await store.close()

@@ -1,4 +1,5 @@
-"""The migrations create exactly the tables the code defines, and round-trip."""
+"""The migrations create exactly the tables the code defines, in OUTBOX_SCHEMA, and round-trip;
+the example read models have a history of their own."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import psycopg
@@ -19,36 +19,52 @@ import outbox.projections.schema  # noqa: F401  (its tables join outbox.schema.m
 from outbox import migrations
 from outbox.migrations import runner
 from outbox.preflight import schema_problem
+from outbox.projections.examples import schema as examples_schema
 from outbox.relay.cursor import RELAY_STATEMENTS
 from outbox.schema import metadata
 from tests.conftest import _url_for as url_for
 from tests.conftest import sqlalchemy_url
 
 REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_TABLES = set(examples_schema.metadata.tables)
 
 
-def _diff(url: str, *, other_tables: frozenset[str] = frozenset()) -> list[object]:
-    """Differences between the database and our model; ``other_tables`` belong to someone else."""
-    ignored = {migrations.VERSION_TABLE, *other_tables}
+def _diff(
+    url: str,
+    *,
+    schema: str = "public",
+    model: sa.MetaData = metadata,
+    other_tables: frozenset[str] = frozenset(),
+) -> list[object]:
+    """Differences between ``schema`` of the database and ``model``; ``other_tables`` (and the
+    version tables) belong to someone else."""
+    ignored = {
+        migrations.VERSION_TABLE,
+        "outbox_examples_alembic_version",
+        "alembic_version",
+        *other_tables,
+    }
     engine = sa.create_engine(sqlalchemy_url(url, "psycopg"))
     try:
         with engine.connect() as conn:
+            # Reflection compares the connection's default schema with the model's tables.
+            conn.execute(sa.text(f'SET search_path TO "{schema}"'))
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "compare_server_default": True}
             )
             return [
                 d
-                for d in compare_metadata(context, metadata)
+                for d in compare_metadata(context, model)
                 if not (d[0] == "remove_table" and d[1].name in ignored)  # type: ignore[index,union-attr]
             ]
     finally:
         engine.dispose()
 
 
-def _tables(url: str) -> set[str]:
+def _tables(url: str, schema: str = "public") -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
         ).fetchall()
     return {r[0] for r in rows}
 
@@ -56,7 +72,9 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_from_empty_matches_the_table_definitions(empty_database_url: str) -> None:
     runner.upgrade(sqlalchemy_url(empty_database_url, "psycopg"))
     assert _diff(empty_database_url) == []
-    assert set(metadata.tables) <= _tables(empty_database_url)
+    # Exactly the outbox's tables: no read model of the examples in a service's database.
+    assert _tables(empty_database_url) == {*metadata.tables, migrations.VERSION_TABLE}
+    assert not EXAMPLE_TABLES & _tables(empty_database_url)
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database_url: str) -> None:
@@ -66,6 +84,59 @@ def test_downgrade_and_upgrade_round_trip(empty_database_url: str) -> None:
     assert _tables(empty_database_url) == {migrations.VERSION_TABLE}
     runner.upgrade(url)
     assert _diff(empty_database_url) == []
+
+
+def test_every_table_goes_into_the_configured_schema(empty_database_url: str) -> None:
+    """OUTBOX_SCHEMA=outbox: the schema is created, every table and the version table are in
+    it, nothing in public; the round trip works there too."""
+    url = sqlalchemy_url(empty_database_url, "psycopg")
+    runner.upgrade(url, schema="outbox")
+    assert _tables(empty_database_url, "outbox") == {*metadata.tables, migrations.VERSION_TABLE}
+    assert _tables(empty_database_url, "public") == set()
+    assert _diff(empty_database_url, schema="outbox") == []
+    runner.downgrade(url, "base", schema="outbox")
+    assert _tables(empty_database_url, "outbox") == {migrations.VERSION_TABLE}
+    runner.upgrade(url, schema="outbox")
+    assert _diff(empty_database_url, schema="outbox") == []
+
+
+def test_the_example_read_models_have_their_own_history(empty_database_url: str) -> None:
+    url = sqlalchemy_url(empty_database_url, "psycopg")
+    runner.upgrade_examples(url)
+    assert _tables(empty_database_url) == EXAMPLE_TABLES | {"outbox_examples_alembic_version"}
+    assert _diff(empty_database_url, model=examples_schema.metadata) == []
+    runner.upgrade(url)
+    runner.downgrade_examples(url)
+    assert not EXAMPLE_TABLES & _tables(empty_database_url)
+    assert _diff(empty_database_url) == []  # the outbox's own tables are untouched
+
+
+def test_the_examples_history_adopts_read_models_of_a_database_migrated_before(
+    empty_database_url: str,
+) -> None:
+    """Before 0.2 the outbox's revision 0003 created the example tables (0004 then added
+    deleted_version): such a database keeps its rows, and gets the column where 0004 never
+    ran, with the tombstones' versions (what 0004 did)."""
+    url = sqlalchemy_url(empty_database_url, "psycopg")
+    runner.upgrade(url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        # The read models as the old 0003 left them (before 0004).
+        conn.execute(
+            "CREATE TABLE directory_users (user_id text PRIMARY KEY, email text, name text,"
+            " role text, deleted boolean NOT NULL DEFAULT false, version bigint NOT NULL,"
+            " updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO directory_users (user_id, email, deleted, version) VALUES"
+            " ('u1', 'a@example.com', false, 3), ('u2', NULL, true, 7)"
+        )
+    runner.upgrade_examples(url)
+    with psycopg.connect(empty_database_url) as conn:
+        rows = conn.execute(
+            "SELECT user_id, deleted, version, deleted_version FROM directory_users ORDER BY 1"
+        ).fetchall()
+    assert rows == [("u1", False, 3, 0), ("u2", True, 7, 7)]
+    assert _tables(empty_database_url) >= EXAMPLE_TABLES
 
 
 def _run(args: list[str], url: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -95,76 +166,6 @@ def test_unreachable_database_is_one_clear_line() -> None:
     assert result.returncode == 2
     assert "cannot reach a service" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_a_service_with_its_own_alembic_setup_includes_ours(
-    empty_database_url: str, tmp_path: Path
-) -> None:
-    """The documented recipe (docs/operations.md): add our versions to version_locations."""
-    service = tmp_path / "identity_service"
-    (service / "migrations" / "versions").mkdir(parents=True)
-    (service / "alembic.ini").write_text(
-        textwrap.dedent(
-            """
-            [alembic]
-            script_location = migrations
-            version_locations = %(here)s/migrations/versions outbox.migrations:versions
-            """
-        )
-    )
-    (service / "migrations" / "env.py").write_text(
-        textwrap.dedent(
-            """
-            import os
-            import sqlalchemy as sa
-            from alembic import context
-
-            import outbox.schema
-
-            # The service's own models, plus ours, so autogenerate sees both.
-            service_metadata = sa.MetaData()
-            sa.Table("users", service_metadata, sa.Column("id", sa.Integer, primary_key=True))
-            target_metadata = [service_metadata, outbox.schema.metadata]
-
-            url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
-            engine = sa.create_engine(url)
-            with engine.connect() as connection:
-                context.configure(connection=connection, target_metadata=target_metadata)
-                with context.begin_transaction():
-                    context.run_migrations()
-            """
-        )
-    )
-    (service / "migrations" / "script.py.mako").write_text(
-        (REPO / "migrations" / "script.py.mako").read_text()
-    )
-    (service / "migrations" / "versions" / "0001_users.py").write_text(
-        textwrap.dedent(
-            """
-            import sqlalchemy as sa
-            from alembic import op
-
-            revision = "svc_0001_users"
-            down_revision = None
-            branch_labels = ("identity",)
-            depends_on = None
-
-            def upgrade():
-                op.create_table("users", sa.Column("id", sa.Integer, primary_key=True))
-
-            def downgrade():
-                op.drop_table("users")
-            """
-        )
-    )
-    alembic_cli = Path(sys.executable).with_name("alembic")
-    result = _run([str(alembic_cli), "upgrade", "heads"], empty_database_url, cwd=service)
-    assert result.returncode == 0, result.stderr
-    assert {"users", "outbox_events", "alembic_version"} <= _tables(empty_database_url)
-    assert _diff(empty_database_url, other_tables=frozenset({"users"})) == []
-    heads = _run([str(alembic_cli), "heads"], empty_database_url, cwd=service)
-    assert "(outbox)" in heads.stdout
-    assert "(identity)" in heads.stdout
 
 
 def test_outbox_migrate_creates_a_missing_database() -> None:
