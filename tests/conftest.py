@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fixtures_relay",
     "tests.fixtures_projections",
     "tests.fixtures_monitor",
+    "tests.fixtures_browser",
 ]
 
 _BASE = Settings()

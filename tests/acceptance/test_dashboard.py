@@ -19,6 +19,7 @@ from outbox.settings import Settings
 from outbox.streams.codec import encode_event
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
 from outbox.streams.keys import Keys
+from tests.fixtures_browser import CHROMIUM_SKIP_REASON
 from tests.fixtures_monitor import MonitorFactory
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -36,9 +37,7 @@ FLAGS = [
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
-    ),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=CHROMIUM_SKIP_REASON),
 ]
 
 

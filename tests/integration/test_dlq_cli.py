@@ -16,7 +16,7 @@ from outbox.streams.keys import Keys
 
 @pytest.fixture
 def sync_redis(stream_prefix: str) -> Iterator[redis.Redis]:
-    client = redis.Redis()
+    client = redis.Redis.from_url(Settings().redis_streams_url.get_secret_value())
     yield client
     keys = list(client.scan_iter(match=f"{stream_prefix}:*"))
     if keys:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,7 +29,16 @@ from outbox.streams.connection import redis_from_url
 from outbox.streams.consumer import GroupConsumer
 from outbox.streams.errors import translate
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The Redis the environment names (REDIS_STREAMS_URL), as in tests/conftest.py.
+REDIS_URL = Settings().redis_streams_url.get_secret_value()
+
+
+def url_for_user(user: str) -> str:
+    """REDIS_URL with ``user`` as its ACL user instead of any user and password it has."""
+    parts = urlsplit(REDIS_URL)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}{port}"))
 
 
 @pytest.fixture
@@ -245,14 +255,14 @@ async def test_acl_user_in_the_url(settings: Settings, redis_client: aioredis.Re
         "ACL", "SETUSER", user, "on", f">{password}", f"~{prefix}:*", "+@all"
     )
     try:
-        client = RedisStreamsClient(f"redis://{user}@127.0.0.1:6379/0", password)
+        client = RedisStreamsClient(url_for_user(user), password)
         await client.initialize()
         entry = await client.publish_message("identity", "user_created", "identity", {"a": 1})
         assert entry
         whoami = await client.redis.execute_command("ACL", "WHOAMI")
         assert whoami.decode() == user
         await client.close()
-        wrong = RedisStreamsClient(f"redis://{user}@127.0.0.1:6379/0", "not-the-password")
+        wrong = RedisStreamsClient(url_for_user(user), "not-the-password")
         with pytest.raises(RedisAuthError):
             await wrong.initialize()
     finally:
