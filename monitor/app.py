@@ -22,7 +22,6 @@ import redis.asyncio as aioredis
 from fastapi import (
     Depends,
     FastAPI,
-    Header,
     HTTPException,
     Query,
     Request,
@@ -31,11 +30,12 @@ from fastapi import (
 )
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority, uuid7
-from outbox.monitor import prometheus, queries, redis_stats
+from outbox.monitor import models, prometheus, queries, redis_stats
 from outbox.monitor.collector import Collector
 from outbox.monitor.dead_letters import present, select
 from outbox.monitor.security import (
@@ -45,6 +45,7 @@ from outbox.monitor.security import (
     parse_names,
     token_matches,
 )
+from outbox.naming import in_schema
 from outbox.settings import Settings, get_settings
 from outbox.streams.codec import encode_fields
 from outbox.streams.dead_letter import DeadLetterFilter, DeadLetters
@@ -124,9 +125,9 @@ class Monitor:
         while True:
             try:
                 snapshot = await self.collector.latest(max_age_s=0)
-                message = json.dumps(
-                    {"type": "snapshot", "snapshot": self.masked_copy(snapshot)}, default=str
-                )
+                # A snapshot holds names, counts and errors, never event data: masking it would
+                # only hide the monitor's own fields (a MONITOR_MASK_FIELDS of "status").
+                message = json.dumps({"type": "snapshot", "snapshot": snapshot}, default=str)
                 for queue in list(self.subscribers):
                     if queue.full():
                         queue.get_nowait()  # a slow client gets the newest, not a backlog
@@ -214,12 +215,27 @@ def get_collector(request: Request) -> Collector:
     return collector
 
 
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Write actions: refused without a configured token, 401 without the right one."""
+#: The write actions' ``Authorization: Bearer <MONITOR_ADMIN_TOKEN>``, as OpenAPI shows it.
+admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="MONITOR_ADMIN_TOKEN; without one configured, write actions are refused (403).",
+)
+
+
+def require_admin(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
+) -> None:
+    """Write actions: refused without a configured token, 401 without the right one.
+
+    ``admin_bearer`` only declares the scheme (it never refuses a request itself); the header is
+    checked as sent, in constant time, by ``token_matches``.
+    """
     token = get_monitor(request).settings.monitor_admin_token
     if token is None or not token.get_secret_value():
         raise HTTPException(403, "write actions are disabled: set MONITOR_ADMIN_TOKEN")
-    if not token_matches(authorization, token.get_secret_value()):
+    if not token_matches(request.headers.get("authorization"), token.get_secret_value()):
         raise HTTPException(
             401, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -239,6 +255,37 @@ Filter = Annotated[DeadLetterFilter, Depends(dead_letter_filter)]
 
 
 CollectorDep = Annotated[Collector, Depends(get_collector)]
+
+# What each route can answer besides success and FastAPI's 422 (a parameter out of range), for
+# OpenAPI. The exception handlers in create_app() answer 503 when PostgreSQL or Redis cannot be
+# reached and 507 when Redis is out of memory; get_collector answers 503 until the monitor runs.
+_COLLECTED = {503: "PostgreSQL or Redis is not reachable, or the monitor is starting"}
+_REDIS = {503: "Redis is not reachable"}
+_NOT_A_STREAM = {409: "the key holds another type than a stream (WRONGTYPE)"}
+_ADMIN = {
+    401: "no valid admin token: send `Authorization: Bearer <MONITOR_ADMIN_TOKEN>`",
+    403: "write actions are disabled: no MONITOR_ADMIN_TOKEN is configured",
+}
+_CHANGED = {409: "`expected` was given and another number of dead letters matches now"}
+_OUT_OF_MEMORY = {507: "Redis is out of memory (noeviction): the replay was refused"}
+
+
+def _errors(described: dict[int, str], *, entry_id: bool = False) -> dict[int | str, Any]:
+    """``responses=`` of a route: each error with its ErrorMessage body. An ``entry_id`` path
+    parameter has two kinds of 422: FastAPI's list of errors (not ``<ms>-<seq>``) and
+    :func:`entry_id`'s message (a part beyond 64 bits)."""
+    responses = models.error_responses(described)
+    if 401 in responses:
+        responses[401]["headers"] = {
+            "WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}
+        }
+    if entry_id:
+        refs = ("#/components/schemas/HTTPValidationError", "#/components/schemas/ErrorMessage")
+        responses[422] = {
+            "description": "Validation Error: not a stream entry id `<ms>-<seq>`",
+            "content": {"application/json": {"schema": {"anyOf": [{"$ref": r} for r in refs]}}},
+        }
+    return responses
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -279,12 +326,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def postgres_unavailable(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": "PostgreSQL is not reachable"}, status_code=503)
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], response_model=models.Health)
     async def health() -> dict[str, Any]:
         """The monitor process itself is up."""
         return {"status": "ok", "uptime_s": round(time.monotonic() - monitor.started, 3)}
 
-    @app.get("/ready", tags=["health"])
+    @app.get(
+        "/ready",
+        tags=["health"],
+        response_model=models.Readiness,
+        responses={
+            503: {"model": models.Readiness, "description": "PostgreSQL or Redis is not reachable"}
+        },
+    )
     async def ready() -> JSONResponse:
         """PostgreSQL and Redis are reachable."""
         checks: dict[str, str] = {}
@@ -304,33 +358,69 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 
-    @app.get("/api/snapshot", tags=["overview"])
+    @app.get(
+        "/api/snapshot",
+        tags=["overview"],
+        response_model=models.Snapshot,
+        responses=_errors(_COLLECTED),
+    )
     async def snapshot(c: CollectorDep) -> Any:
         """Everything at once: outbox, relays, streams, groups, projections, statuses."""
-        return monitor.masked_copy(await c.latest())
+        return await c.latest()
 
-    @app.get("/api/status", tags=["overview"])
+    @app.get(
+        "/api/status",
+        tags=["overview"],
+        response_model=models.Statuses,
+        responses=_errors(_COLLECTED),
+    )
     async def status(c: CollectorDep) -> Any:
         """OK / WARN / ERR per component, with the reason."""
         return (await c.latest())["status"]
 
-    @app.get("/api/outbox", tags=["outbox"])
+    @app.get(
+        "/api/outbox",
+        tags=["outbox"],
+        response_model=models.OutboxAndRelays,
+        responses=_errors(_COLLECTED),
+    )
     async def outbox_view(c: CollectorDep) -> Any:
         """Backlog per stream, oldest age, relay cursors, the transaction holding them back."""
         snap = await c.latest()
         return {"outbox": snap["outbox"], "relays": snap["relays"]}
 
-    @app.get("/api/projections", tags=["projections"])
+    @app.get(
+        "/api/projections",
+        tags=["projections"],
+        response_model=models.ProjectionList,
+        responses=_errors(_COLLECTED),
+    )
     async def projections_view(c: CollectorDep) -> Any:
         """Per projection: consumers with heartbeat age, processed, failures, dead letters, rate."""
         return (await c.latest())["projections"]
 
-    @app.get("/api/streams", tags=["streams"])
+    @app.get(
+        "/api/streams",
+        tags=["streams"],
+        response_model=models.StreamList,
+        responses=_errors(_COLLECTED),
+    )
     async def streams(c: CollectorDep) -> Any:
         """All streams: length, last id, consumer groups with lag, pending and consumers."""
         return (await c.latest())["streams"]
 
-    @app.get("/api/stream/{stream}", tags=["streams"])
+    @app.get(
+        "/api/stream/{stream}",
+        tags=["streams"],
+        response_model=models.Stream,
+        responses=_errors(
+            {
+                404: "not a stream of this prefix, or the stream does not exist",
+                **_NOT_A_STREAM,
+                503: "Redis is not reachable, or the monitor is starting",
+            }
+        ),
+    )
     async def stream(stream: NameParam, c: CollectorDep) -> Any:
         """One stream (a full key, or a service name for its NORMAL stream)."""
         key = monitor.stream_key(stream)
@@ -342,7 +432,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"stream {key} does not exist")
         return stats[0].as_dict()
 
-    @app.get("/api/pending/{stream}/{group}", tags=["streams"])
+    @app.get(
+        "/api/pending/{stream}/{group}",
+        tags=["streams"],
+        response_model=models.Pending,
+        responses=_errors(
+            {
+                404: "not a stream of this prefix, or no such stream or group",
+                **_NOT_A_STREAM,
+                **_REDIS,
+            }
+        ),
+    )
     async def pending(
         stream: NameParam,
         group: NameParam,
@@ -379,12 +480,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         }
 
-    @app.get("/api/metrics", tags=["redis"])
+    @app.get(
+        "/api/metrics",
+        tags=["redis"],
+        response_model=models.RedisServer,
+        responses=_errors(_COLLECTED),
+    )
     async def redis_metrics(c: CollectorDep) -> Any:
         """Redis memory, clients, ops/s, hit ratio, uptime."""
         return (await c.latest())["redis"]
 
-    @app.get("/api/events", tags=["events"])
+    @app.get(
+        "/api/events",
+        tags=["events"],
+        response_model=models.EventTrace,
+        responses=_errors({503: "PostgreSQL or Redis is not reachable"}),
+    )
     async def events(
         correlation_id: Annotated[str, Query(min_length=1, max_length=256)],
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
@@ -395,7 +506,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert monitor.collector is not None
         async with monitor.pool.acquire() as conn:
             rows = await conn.fetch(
-                queries.EVENTS_BY_CORRELATION,
+                in_schema(queries.EVENTS_BY_CORRELATION, monitor.settings.outbox_schema),
                 correlation_id,
                 limit,
                 monitor.collector.relay_alive_s,
@@ -448,7 +559,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return {"correlation_id": correlation_id, "events": result}
 
-    @app.get("/api/dead-letters", tags=["dead letters"])
+    @app.get(
+        "/api/dead-letters",
+        tags=["dead letters"],
+        response_model=models.DeadLetterList,
+        responses=_errors(_REDIS),
+    )
     async def dead_letters_list(
         where: Filter, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> Any:
@@ -456,7 +572,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         letters, total = await select(monitor.dead_letters(), where, limit)
         return {"total": total, "dead_letters": [present(x, monitor.masked) for x in letters]}
 
-    @app.get("/api/dead-letters/{entry_id}", tags=["dead letters"])
+    @app.get(
+        "/api/dead-letters/{entry_id}",
+        tags=["dead letters"],
+        response_model=models.DeadLetter,
+        responses=_errors({404: "no dead letter with this id", **_REDIS}, entry_id=True),
+    )
     async def dead_letter_show(entry_id: EntryId) -> Any:
         """One dead letter."""
         letter = await monitor.dead_letters().get(entry_id)
@@ -468,6 +589,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/api/dead-letters/{entry_id}/replay",
         tags=["dead letters"],
         dependencies=[Depends(require_admin)],
+        response_model=models.Replayed,
+        responses=_errors(
+            {**_ADMIN, 404: "no dead letter with this id", **_REDIS, **_OUT_OF_MEMORY},
+            entry_id=True,
+        ),
     )
     async def dead_letter_replay_one(entry_id: EntryId) -> Any:
         """Re-add one dead letter to its source stream (idempotent: projections keep an inbox)."""
@@ -480,7 +606,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"replayed": len(new_ids), "new_entry_ids": new_ids}
 
     @app.post(
-        "/api/dead-letters/replay", tags=["dead letters"], dependencies=[Depends(require_admin)]
+        "/api/dead-letters/replay",
+        tags=["dead letters"],
+        dependencies=[Depends(require_admin)],
+        response_model=models.ReplayedCount,
+        responses=_errors({**_ADMIN, **_CHANGED, **_REDIS, **_OUT_OF_MEMORY}),
     )
     async def dead_letter_replay(
         where: Filter, expected: Annotated[int | None, Query(ge=0)] = None
@@ -496,7 +626,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"replayed": len(new_ids)}
 
     @app.post(
-        "/api/dead-letters/purge", tags=["dead letters"], dependencies=[Depends(require_admin)]
+        "/api/dead-letters/purge",
+        tags=["dead letters"],
+        dependencies=[Depends(require_admin)],
+        response_model=models.Purged,
+        responses=_errors({**_ADMIN, **_CHANGED, **_REDIS}),
     )
     async def dead_letter_purge(
         where: Filter, expected: Annotated[int | None, Query(ge=0)] = None
@@ -510,7 +644,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("event=dead_letters_purged count=%d", deleted)
         return {"purged": deleted}
 
-    @app.get("/metrics", tags=["prometheus"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["prometheus"],
+        response_class=Response,
+        responses={
+            200: {"content": {prometheus.CONTENT_TYPE: {"schema": {"type": "string"}}}},
+            **_errors(_COLLECTED),
+        },
+    )
     async def metrics(c: CollectorDep) -> Response:
         """Prometheus text format."""
         return Response(prometheus.render(await c.latest()), media_type=prometheus.CONTENT_TYPE)
@@ -529,7 +671,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitor.subscribers.add(queue)
         try:
             assert monitor.collector is not None
-            first = monitor.masked_copy(await monitor.collector.latest())
+            first = await monitor.collector.latest()
             await websocket.send_text(
                 json.dumps({"type": "snapshot", "snapshot": first}, default=str)
             )

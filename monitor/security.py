@@ -1,6 +1,7 @@
 """What the monitor never shows and who may change anything.
 
-- Payload fields named in ``MONITOR_MASK_FIELDS`` are masked in every response (any depth).
+- Payload fields named in ``MONITOR_MASK_FIELDS`` are masked in every event payload the
+  monitor shows (the correlation trace, dead letters), at any depth.
 - Connection URLs and passwords never leave the process (``outbox.settings.redact_url``).
 - Write actions need ``Authorization: Bearer <MONITOR_ADMIN_TOKEN>``; with no token configured
   they are refused.
