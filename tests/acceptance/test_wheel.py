@@ -362,3 +362,69 @@ def test_installed_monitor_serves_the_dashboard_from_package_data(
         if monitor.poll() is None:
             monitor.kill()
             monitor.wait(timeout=10)
+
+
+# --- the public API type-checks in a user's code, against the installed wheel ---
+
+USER_SERVICE = ROOT / "tests" / "typing" / "user_service.py"
+#: What a service's own mypy configuration would say: strict, and asyncpg ships no hints.
+MYPY_CONFIG = """
+[mypy]
+strict = True
+python_version = 3.11
+
+[mypy-asyncpg.*]
+ignore_missing_imports = True
+"""
+MISUSES = """
+
+async def forgot_await(session: AsyncSession) -> uuid.UUID:
+    event = outbox.emit(session, service="assets", event_type="x", data={})
+    return event.event_id
+
+
+def bad_keyword(session: Session) -> None:
+    outbox.emit(session, service="assets", event_type="x", payload={})
+"""
+
+
+@pytest.fixture(scope="module")
+def typing_venv(monitor_venv: Venv) -> Venv:
+    """The [monitor,migrate] venv (SQLAlchemy, asyncpg, redis) with the service's mypy."""
+    monitor_venv.install("mypy==2.4.1")
+    return monitor_venv
+
+
+def _mypy(venv: Venv, folder: Path, source: str) -> subprocess.CompletedProcess[str]:
+    folder.mkdir(exist_ok=True)
+    (folder / "service.py").write_text(source)
+    (folder / "mypy.ini").write_text(MYPY_CONFIG)
+    return run(
+        [str(venv.bin / "python"), "-m", "mypy", "--config-file", "mypy.ini", "service.py"],
+        cwd=folder,
+        timeout=300,
+        env=venv.env(),
+    )
+
+
+def test_a_service_using_the_public_api_passes_mypy_strict(
+    typing_venv: Venv, tmp_path: Path
+) -> None:
+    """py.typed is in the one root, and emit(), the streams client and projections have
+    precise signatures: tests/typing/user_service.py checks clean under --strict."""
+    result = _mypy(typing_venv, tmp_path / "service", USER_SERVICE.read_text())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
+
+
+def test_mypy_catches_a_misuse_of_the_public_api(typing_venv: Venv, tmp_path: Path) -> None:
+    """The check has teeth: an async emit() not awaited, or a wrong keyword, is an error."""
+    result = _mypy(typing_venv, tmp_path / "misuse", USER_SERVICE.read_text() + MISUSES)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert '"Coroutine[Any, Any, Event]" has no attribute "event_id"' in result.stdout
+    assert 'Unexpected keyword argument "payload"' in result.stdout
+    # Every error is in the misuses, none in the correct code above them.
+    first_misuse = len(USER_SERVICE.read_text().splitlines()) + 1
+    lines = [int(m) for m in re.findall(r"^service\.py:(\d+): error", result.stdout, re.M)]
+    assert lines
+    assert min(lines) >= first_misuse, result.stdout
