@@ -90,12 +90,9 @@ def database_url(service_role: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(
-    database_url: str, stream_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    """Overrides conftest's: every component with OUTBOX_SCHEMA=outbox."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("STREAM_PREFIX", stream_prefix)
+def settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Conftest's, on the platform database above, with OUTBOX_SCHEMA=outbox for every
+    component and for emit()."""
     monkeypatch.setenv("OUTBOX_SCHEMA", SCHEMA)
     get_settings.cache_clear()
     outbox.configure(schema=SCHEMA)
@@ -229,6 +226,13 @@ async def test_relay_projection_monitor_and_prune_with_the_outbox_in_its_own_sch
                 return any(r["stream"] == "assets" and r["unpublished"] == 0 for r in rows)
 
             await wait_until(caught_up, what="the monitor showing no backlog")
+            trace = await live.http.get(
+                "/api/events", params={"correlation_id": events[0].correlation_id}
+            )
+            assert trace.status_code == 200, trace.text
+            (traced,) = trace.json()["events"]
+            assert traced["event_id"] == str(events[0].event_id)
+            assert traced["published"] is True
 
         async def counted() -> bool:
             projections = (await live.http.get("/api/projections")).json()
