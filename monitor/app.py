@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from fastapi import (
     Depends,
     FastAPI,
@@ -48,6 +47,7 @@ from outbox.monitor.security import (
 from outbox.naming import in_schema
 from outbox.settings import Settings, get_settings
 from outbox.streams.codec import encode_fields
+from outbox.streams.connection import RedisClient, client_from_url
 from outbox.streams.dead_letter import DeadLetterFilter, DeadLetters
 from outbox.streams.errors import RedisOutOfMemoryError, RedisUnavailableError
 from outbox.streams.keys import Keys
@@ -76,22 +76,21 @@ class Monitor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.stream_prefix)
+        self.keys = Keys.for_settings(settings)
         self.masked = parse_names(settings.monitor_mask_fields)
         self.started = time.monotonic()
         self.pool: asyncpg.Pool | None = None
-        self.redis: aioredis.Redis | None = None
+        self.redis: RedisClient | None = None
         self.collector: Collector | None = None
         self.subscribers: set[asyncio.Queue[str]] = set()
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
-        self.redis = aioredis.Redis.from_url(
+        self.redis = client_from_url(
             settings.redis_streams_url.get_secret_value(),
-            password=settings.redis_password.get_secret_value()
-            if settings.redis_password
-            else None,
+            cluster=settings.cluster,
+            password=settings.redis_password_text(),
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=5,

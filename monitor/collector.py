@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from outbox.monitor import redis_stats, sources
 from outbox.monitor.status import LOST_AFTER_INTERVALS, Sample, Status, heartbeat, trend, worst
 from outbox.settings import Settings
+from outbox.streams.connection import RedisClient
 from outbox.streams.keys import Keys
 
 #: Rates (published/s, applied/s) are taken over this much recent history.
@@ -38,14 +38,14 @@ class Collector:
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.redis = redis
-        self.keys = Keys(settings.stream_prefix)
+        self.keys = Keys.for_settings(settings)
         self.clock = clock
         self.window_s = settings.monitor_window_s
         self.samples: dict[str, deque[Sample]] = {}

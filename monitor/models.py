@@ -193,8 +193,28 @@ class Pending(Body):
     entries: list[PendingEntry]
 
 
+class RedisNode(Body):
+    """One primary of a Redis Cluster: its own figures, or why it did not answer."""
+
+    node: str = Field(description="host:port")
+    error: str | None
+    redis_version: str | None = None
+    used_memory_bytes: int = 0
+    used_memory_human: str | None = None
+    maxmemory_bytes: int = 0
+    maxmemory_policy: str | None = None
+    connected_clients: int = 0
+    instantaneous_ops_per_sec: int = 0
+    total_commands_processed: int = 0
+    keyspace_hits: int = 0
+    keyspace_misses: int = 0
+    hit_ratio: float | None = None
+    uptime_seconds: int = 0
+
+
 class RedisServer(Body):
-    """Redis server figures from ``INFO``."""
+    """Redis server figures from ``INFO``; on a cluster the primaries' sums, each primary's own
+    in ``nodes`` (empty on a single Redis)."""
 
     redis_version: str | None
     used_memory_bytes: int
@@ -208,6 +228,7 @@ class RedisServer(Body):
     keyspace_misses: int
     hit_ratio: float | None
     uptime_seconds: int
+    nodes: list[RedisNode]
 
 
 # --- projections (sources.py) ------------------------------------------------------------------

@@ -218,6 +218,20 @@ class SnapshotCollector(Collector):
                 metric = _gauge(name, doc, [])
                 metric.add_metric([], redis.get(key) or 0)
                 yield metric
+            nodes = redis.get("nodes") or []
+            if nodes:  # a Redis Cluster: each primary on its own
+                up = _gauge("outbox_redis_node_up", "1 when a cluster primary answered", ["node"])
+                memory = _gauge(
+                    "outbox_redis_node_memory_used_bytes",
+                    "Memory used by one Redis Cluster primary",
+                    ["node"],
+                )
+                for node in nodes:
+                    up.add_metric([node["node"]], 0 if node.get("error") else 1)
+                    if not node.get("error"):
+                        memory.add_metric([node["node"]], node.get("used_memory_bytes") or 0)
+                yield up
+                yield memory
 
 
 def render(snapshot: dict[str, Any]) -> bytes:

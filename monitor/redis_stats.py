@@ -9,13 +9,15 @@ Entry ids are ``<ms>-<seq>``, so every age is computed from ids against Redis's 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from outbox.streams.connection import raw_pipeline
+from outbox.streams.cluster import on_each_primary
+from outbox.streams.connection import RedisClient, raw_pipeline
 
 #: Undelivered entries counted one by one when Redis reports the lag as nil.
 NULL_LAG_COUNT_CAP = 10_000
@@ -108,7 +110,7 @@ def _missing(error: Exception) -> bool:
 
 
 async def collect(
-    client: aioredis.Redis, keys: list[str]
+    client: RedisClient, keys: list[str]
 ) -> tuple[float, list[StreamStats], dict[str, Any]]:
     """Redis's clock (Unix seconds), the figures of each stream in ``keys``, server figures."""
     # One command per stream: its groups, each group's oldest pending entry (the PEL is ordered
@@ -116,14 +118,25 @@ async def collect(
     # back as the protocol's lists (raw_pipeline): redis-py's packing and parsing of hundreds of
     # commands cost more than Redis answering them.
     commands: list[tuple[Any, ...]] = [("TIME",), ("INFO",)]
-    commands += [("XINFO", "STREAM", key, "FULL", "COUNT", 1) for key in keys]
-    replies = await raw_pipeline(client, commands)
-    for reply in replies[:2]:
-        if isinstance(reply, Exception):
-            raise reply
-    seconds, micros = cast("list[Any]", replies[0])
-    server = server_figures(parse_info(_text(replies[1])))
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    if isinstance(client, RedisCluster):
+        # TIME and INFO of every primary (the memory of each node matters on its own: one full
+        # node refuses its streams' writes), and each XINFO to the node of its key.
+        per_node, replies = await asyncio.gather(
+            on_each_primary(client, commands),
+            raw_pipeline(client, [_xinfo(key) for key in keys]),
+        )
+        now_ms, server = _cluster_figures(per_node)
+        replies = [None, None, *replies]
+    else:
+        commands += [_xinfo(key) for key in keys]
+        replies = await raw_pipeline(client, commands)
+        for reply in replies[:2]:
+            if isinstance(reply, Exception):
+                raise reply
+        seconds, micros = cast("list[Any]", replies[0])
+        server = server_figures(parse_info(_text(replies[1])))
+        server["nodes"] = []
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
     streams: list[StreamStats] = []
     behind: list[tuple[StreamStats, dict[str, Any]]] = []
     for key, info in zip(keys, replies[2:], strict=True):
@@ -203,6 +216,61 @@ def _group(stats: StreamStats, group: dict[str, Any], undelivered: Any, now_ms: 
         oldest_pending_id=oldest_pending,
         oldest_pending_age_s=max(0.0, (now_ms - pending_ms) / 1000) if pending_ms else 0.0,
     )
+
+
+def _xinfo(key: str) -> tuple[Any, ...]:
+    return ("XINFO", "STREAM", key, "FULL", "COUNT", 1)
+
+
+def _cluster_figures(
+    per_node: dict[str, list[object] | BaseException],
+) -> tuple[int, dict[str, Any]]:
+    """The clock (of the first node that answered), the server figures summed over the
+    primaries, and each primary's own under ``nodes``. Raises when no primary answered."""
+    nodes: list[dict[str, Any]] = []
+    now_ms: int | None = None
+    for name, result in sorted(per_node.items()):
+        if isinstance(result, BaseException) or any(isinstance(r, Exception) for r in result):
+            error = result if isinstance(result, BaseException) else result[1]
+            nodes.append({"node": name, "error": str(error)})
+            continue
+        seconds, micros = cast("list[Any]", result[0])
+        if now_ms is None:
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+        nodes.append({"node": name, "error": None, **server_figures(parse_info(_text(result[1])))})
+    answered = [node for node in nodes if node["error"] is None]
+    if now_ms is None or not answered:
+        raise ConnectionError(f"no Redis Cluster primary answered: {nodes}")
+    total: dict[str, Any] = dict(answered[0])
+    for name in (
+        "used_memory_bytes",
+        "maxmemory_bytes",
+        "connected_clients",
+        "instantaneous_ops_per_sec",
+        "total_commands_processed",
+        "keyspace_hits",
+        "keyspace_misses",
+    ):
+        total[name] = sum(node[name] for node in answered)
+    hits, misses = total["keyspace_hits"], total["keyspace_misses"]
+    total["hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
+    total["uptime_seconds"] = min(node["uptime_seconds"] for node in answered)
+    total["used_memory_human"] = _human(total["used_memory_bytes"])
+    policies = {node["maxmemory_policy"] for node in answered}
+    total["maxmemory_policy"] = policies.pop() if len(policies) == 1 else "mixed"
+    total.pop("node")
+    total.pop("error")
+    total["nodes"] = nodes
+    return now_ms, total
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024:
+            return f"{value:.2f}{unit}"
+        value /= 1024
+    return f"{value:.2f}T"
 
 
 def parse_info(text: str) -> dict[str, str]:

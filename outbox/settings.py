@@ -22,7 +22,14 @@ import re
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.errors import ConfigurationError
@@ -96,6 +103,20 @@ class ClientSettings(_Names):
         validation_alias=_env("REDIS_PASSWORD"),
         description="Redis password (AUTH); unset means no password.",
     )
+    redis_cluster: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        validation_alias=_env("REDIS_CLUSTER"),
+        description="true: REDIS_STREAMS_URL names a node of a Redis Cluster (any node; the "
+        "others are discovered). auto: a single Redis, and a cluster found there is refused "
+        "with what to set. false: a single Redis, unchecked.",
+    )
+    stream_key_layout: Literal["document", "tagged"] | None = Field(
+        default=None,
+        validation_alias=_env("STREAM_KEY_LAYOUT"),
+        description="document: <prefix>:<service>:events (the original document's names); "
+        "tagged: <prefix>:{<service>}:events, every key of a service in one cluster slot. "
+        "Default: tagged when REDIS_CLUSTER=true, else document.",
+    )
     max_retries: int = Field(default=3, ge=0, le=1000, validation_alias=_env("MAX_RETRIES"))
     dead_letter_ttl_s: int = Field(default=86400, ge=60, validation_alias=_env("DEAD_LETTER_TTL"))
     retry_base_delay_ms: int = Field(
@@ -104,6 +125,42 @@ class ClientSettings(_Names):
     retry_max_delay_ms: int = Field(
         default=30_000, ge=0, validation_alias=_env("RETRY_MAX_DELAY_MS")
     )
+
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _lower_cluster(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("stream_key_layout", mode="before")
+    @classmethod
+    def _lower_layout(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
+    @model_validator(mode="after")
+    def _layout_fits_cluster(self) -> ClientSettings:
+        if self.redis_cluster == "true" and self.stream_key_layout == "document":
+            raise ValueError(
+                "STREAM_KEY_LAYOUT=document cannot work on a Redis Cluster: a service's streams "
+                "would land in different slots; use tagged (the default with REDIS_CLUSTER=true)"
+            )
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """REDIS_CLUSTER=true: a Redis Cluster client."""
+        return self.redis_cluster == "true"
+
+    @property
+    def tagged_keys(self) -> bool:
+        """Hash-tagged key names (STREAM_KEY_LAYOUT, by default tagged on a cluster)."""
+        if self.stream_key_layout is None:
+            return self.cluster
+        return self.stream_key_layout == "tagged"
+
+    def redis_password_text(self) -> str | None:
+        return self.redis_password.get_secret_value() if self.redis_password else None
 
 
 class Settings(ClientSettings, EmitSettings):

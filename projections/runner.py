@@ -79,7 +79,7 @@ async def run_projections(
     count = workers or settings.processor_workers
     stem = consumer_stem or settings.projection_consumer_name or socket.gethostname()
     config = WorkerConfig.from_settings(settings)
-    keys = Keys(settings.stream_prefix)
+    keys = Keys.for_settings(settings)
     loop = asyncio.get_running_loop()
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,12 +87,15 @@ async def run_projections(
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     # str responses: the codec looks fields up by str name, so no per-field bytes fallback.
     redis = await connect(
-        settings.redis_streams_url.get_secret_value(), password, decode_responses=True
+        settings.redis_streams_url.get_secret_value(),
+        password,
+        cluster=settings.cluster,
+        decode_responses=True,
     )
     pool = await asyncpg.create_pool(
         settings.libpq_url(),
         min_size=1,
-        max_size=len(projections) * count + 2,
+        max_size=count * sum(len(p.streams) if settings.cluster else 1 for p in projections) + 2,
         # Short set-based statements, run constantly: JIT compilation would cost more than it
         # saves once the planner's estimates pass jit_above_cost.
         server_settings={"jit": "off", "application_name": "outbox-projections"},
@@ -101,20 +104,32 @@ async def run_projections(
     tasks: list[asyncio.Task[Any]] = []
     try:
         for projection in projections:
-            names = await acquire_consumer_names(names_db, projection.name, stem, count)
-            for name in names:
-                worker = ProjectionWorker(
-                    projection,
-                    redis=redis,
-                    pool=pool,
-                    keys=keys,
-                    consumer=name,
-                    config=config,
-                    stop=stop,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
-                tasks.append(asyncio.create_task(worker.run(), name=f"{projection.name}/{name}"))
+            # A consumer reads its streams with one XREADGROUP. On a cluster the streams of
+            # different services live in different slots, so each service gets consumers of
+            # its own: <stem>.<service>-<index>.
+            groups = (
+                [(f"{stem}.{service}", [service]) for service in projection.streams]
+                if settings.cluster
+                else [(stem, list(projection.streams))]
+            )
+            for group_stem, services in groups:
+                names = await acquire_consumer_names(names_db, projection.name, group_stem, count)
+                for name in names:
+                    worker = ProjectionWorker(
+                        projection,
+                        redis=redis,
+                        pool=pool,
+                        keys=keys,
+                        consumer=name,
+                        config=config,
+                        stop=stop,
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        services=services,
+                    )
+                    tasks.append(
+                        asyncio.create_task(worker.run(), name=f"{projection.name}/{name}")
+                    )
         pruner = asyncio.create_task(
             _prune_inbox(pool, settings.inbox_retention_s, settings.outbox_schema, stop)
         )

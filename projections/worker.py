@@ -36,7 +36,6 @@ from operator import attrgetter
 from typing import Any, TypeVar
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
@@ -46,7 +45,7 @@ from outbox.projections.apply import Outcome, TransientError, apply_batch, is_tr
 from outbox.projections.projection import Projection
 from outbox.settings import Settings
 from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, entry_ms
-from outbox.streams.connection import backoff_delay_s, raw_pipeline
+from outbox.streams.connection import RedisClient, backoff_delay_s, raw_pipeline
 from outbox.streams.consumer import Entry, GroupConsumer, ack_commands
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
 from outbox.streams.errors import StreamsError, translate
@@ -147,7 +146,7 @@ class ProjectionWorker:
         self,
         projection: Projection,
         *,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         pool: Any,
         keys: Keys,
         consumer: str,
@@ -155,6 +154,7 @@ class ProjectionWorker:
         stop: asyncio.Event,
         host: str = "",
         pid: int = 0,
+        services: Sequence[str] | None = None,
     ) -> None:
         self.projection = projection
         self.pool = pool
@@ -165,7 +165,7 @@ class ProjectionWorker:
         self.host = host
         self.pid = pid
         streams = {
-            priority: [keys.stream(service, priority) for service in projection.streams]
+            priority: [keys.stream(service, priority) for service in services or projection.streams]
             for priority in (MessagePriority.CRITICAL, MessagePriority.HIGH, MessagePriority.NORMAL)
         }
         self.group = GroupConsumer(redis, projection.name, consumer, streams)

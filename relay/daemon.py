@@ -41,8 +41,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import redis.asyncio as aioredis
-
 from outbox.relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
 from outbox.relay.errors import (
     DatabaseUnavailableError,
@@ -56,6 +54,7 @@ from outbox.relay.publisher import Publisher, RedisPublisher, connect_redis
 from outbox.relay.status import RelayStatus, default_instance_id
 from outbox.relay.wakeup import AdaptivePoll, Backoff
 from outbox.settings import Settings
+from outbox.streams.connection import RedisClient
 from outbox.streams.keys import Keys
 
 log = logging.getLogger("outbox.relay")
@@ -85,7 +84,7 @@ class Relay:
         leases: Leases,
         keys: Keys,
         instance_id: str,
-        trim_client: aioredis.Redis | None = None,
+        trim_client: RedisClient | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -116,7 +115,7 @@ class Relay:
     ) -> Relay:
         """A relay on DATABASE_URL and REDIS_STREAMS_URL. ``exclusive=False`` bypasses leases."""
         instance = instance_id or settings.relay_instance_id or default_instance_id()
-        keys = Keys(settings.stream_prefix)
+        keys = Keys.for_settings(settings)
         client = connect_redis(settings)
         relay: Relay
         leases = LeaseSession(
@@ -260,7 +259,11 @@ class Relay:
         if new:
             for service, stored in (await self.store.load(new)).items():
                 self._cursors[service] = self._committed[service] = stored.cursor
-                self._marks.took(stored.marks)
+                # Marks of keys of another layout (STREAM_KEY_LAYOUT changed) name no stream
+                # this relay writes: they are dropped at the next commit.
+                self._marks.took(
+                    {k: mark for k, mark in stored.marks.items() if self.keys.parse_stream(k)}
+                )
         now = time.monotonic()
         ready = {
             s: self._cursors[s]
@@ -502,7 +505,9 @@ class Relay:
             log.warning("event=trim_failed error=%r", str(error))
             return
         for result in results:
-            if result.trimmed:
+            if result.error is not None:
+                log.warning("event=trim_failed stream=%s error=%r", result.stream, result.error)
+            elif result.trimmed:
                 log.info(
                     "event=stream_trimmed stream=%s trimmed=%d minid=%s",
                     result.stream,

@@ -15,10 +15,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from outbox.streams.connection import reply_text
+from outbox.streams.connection import RedisClient, reply_text
 from outbox.streams.errors import RedisUnavailableError
 from outbox.streams.keys import TRIM_LUA
 
@@ -30,10 +29,12 @@ class TrimResult:
     stream: str
     trimmed: int
     minid: str
+    #: Why the stream could not be trimmed this time (its Redis, or cluster node, is down).
+    error: str | None = None
 
 
 async def trim_stream(
-    client: aioredis.Redis,
+    client: RedisClient,
     stream: str,
     *,
     retention_s: float,
@@ -49,13 +50,19 @@ async def trim_stream(
             reply = await client.evalsha(TRIM_SHA, 1, stream, *args)
         except redis_errors.NoScriptError:
             reply = await client.eval(TRIM_LUA, 1, stream, *args)
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+    except (
+        redis_errors.ConnectionError,
+        redis_errors.TimeoutError,
+        redis_errors.ClusterError,  # a cluster node down or failing over, the slot map stale
+        redis_errors.TryAgainError,  # the slot is being migrated
+        OSError,
+    ) as error:
         raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
     return TrimResult(stream, int(reply[0]), reply_text(reply[1]))
 
 
 async def trim_streams(
-    client: aioredis.Redis,
+    client: RedisClient,
     streams: Iterable[str],
     *,
     retention_s: float,
@@ -63,15 +70,28 @@ async def trim_streams(
     dead_letter_ttl_s: float = 0,
     exact: bool = False,
 ) -> list[TrimResult]:
-    """Trim the given event streams by their groups and retention, and the dead letters by age."""
-    results = [
-        await trim_stream(client, stream, retention_s=retention_s, exact=exact)
-        for stream in streams
-    ]
+    """Trim the given event streams by their groups and retention, and the dead letters by age.
+
+    A stream that cannot be trimmed now (on a cluster, its node is down) gets its error in its
+    result and the others are trimmed all the same; when none could be, the error is raised.
+    """
+    results: list[TrimResult] = []
+    for stream in streams:
+        results.append(await _trim_or_error(client, stream, retention_s, True, exact))
     if dead_letter is not None:
-        results.append(
-            await trim_stream(
-                client, dead_letter, retention_s=dead_letter_ttl_s, honour_groups=False, exact=exact
-            )
-        )
+        results.append(await _trim_or_error(client, dead_letter, dead_letter_ttl_s, False, exact))
+    failed = [result for result in results if result.error is not None]
+    if results and len(failed) == len(results):
+        raise RedisUnavailableError(failed[0].error or "Redis is unavailable")
     return results
+
+
+async def _trim_or_error(
+    client: RedisClient, stream: str, retention_s: float, honour_groups: bool, exact: bool
+) -> TrimResult:
+    try:
+        return await trim_stream(
+            client, stream, retention_s=retention_s, honour_groups=honour_groups, exact=exact
+        )
+    except RedisUnavailableError as error:
+        return TrimResult(stream, 0, "", str(error))

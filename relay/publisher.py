@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from outbox.envelope import MessagePriority
 from outbox.relay.cursor import Cursor, OutboxRow
 from outbox.settings import Settings
-from outbox.streams.connection import reply_text
+from outbox.streams.connection import RedisClient, client_from_url, raw_pipeline, reply_text
 from outbox.streams.errors import RedisUnavailableError, StreamRefusedError
 from outbox.streams.keys import Keys
 from outbox.streams.publish import StreamBatch, publish_batches
@@ -63,13 +63,13 @@ class Publisher(Protocol):
     async def close(self) -> None: ...
 
 
-def connect_redis(settings: Settings) -> aioredis.Redis:
-    """A Redis client for the relay. Timeouts bound a hung server; the relay's own backoff,
-    not the client's, decides when to try again."""
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return aioredis.Redis.from_url(
+def connect_redis(settings: Settings) -> RedisClient:
+    """A Redis client for the relay (of a cluster with REDIS_CLUSTER=true). Timeouts bound a
+    hung server; the relay's own backoff, not the client's, decides when to try again."""
+    return client_from_url(
         settings.redis_streams_url.get_secret_value(),
-        password=password,
+        cluster=settings.cluster,
+        password=settings.redis_password_text(),
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=0,
@@ -80,7 +80,7 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
 class RedisPublisher:
     """:class:`Publisher` on a redis-py asyncio client."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
         self._client = client
         self._keys = keys
         self._streams: dict[tuple[str, int], str] = {}  # (service, priority) -> stream key
@@ -123,8 +123,16 @@ class RedisPublisher:
     async def watermarks(self, streams: Sequence[str]) -> dict[str, str | None]:
         if not streams:
             return {}
+        marks = [self._keys.watermark(stream) for stream in streams]
+        values: Sequence[object]
         try:
-            values = await self._client.mget([self._keys.watermark(stream) for stream in streams])
+            if isinstance(self._client, RedisCluster):
+                # One GET per key, each to its node (an MGET may not span slots).
+                values = await raw_pipeline(
+                    self._client, [("GET", mark) for mark in marks], raise_on_error=True
+                )
+            else:
+                values = await self._client.mget(marks)
         except redis_errors.RedisError as error:
             # Whatever the reason, the watermarks cannot be read now; the check waits for the
             # next heartbeat, and the pump reports what is wrong with Redis.

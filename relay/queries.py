@@ -164,6 +164,17 @@ FORGET_OLD_INSTANCES = """
 DELETE FROM relay_instances WHERE heartbeat_at < now() - interval '1 day'
 """
 
+# --- forget marks (outbox forget-marks) --------------------------------------------------
+
+# After the streams moved to another Redis (a new cluster), the marks describe streams that
+# are no longer there: a relay would take their absence for a loss and publish every service
+# again from the start. Returns the services whose marks were cleared.
+FORGET_MARKS = """
+UPDATE relay_cursors SET marks = '{}'::jsonb, updated_at = now()
+ WHERE marks <> '{}'::jsonb
+RETURNING stream
+"""
+
 # --- prune (relay/prune.py) ---------------------------------------------------------------
 
 # One chunk of outbox retention: walk the next rows by position and delete those that are older

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.context import current_correlation_id, new_correlation_id
 from outbox.envelope import MessagePriority, uuid7
 from outbox.settings import client_settings
 from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
-from outbox.streams.connection import backoff_delay_s, connect, reply_text
+from outbox.streams.connection import RedisClient, backoff_delay_s, connect, reply_text
 from outbox.streams.consumer import Entry, GroupConsumer
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
 from outbox.streams.errors import (
@@ -99,19 +98,20 @@ class RedisStreamsClient:
         self.redis_url = redis_url or settings.redis_streams_url.get_secret_value()
         secret = settings.redis_password.get_secret_value() if settings.redis_password else None
         self._password = password if password is not None else secret
-        self.keys = Keys(prefix or settings.stream_prefix)
+        self.keys = Keys(prefix or settings.stream_prefix, settings.tagged_keys)
+        self._cluster = settings.cluster
         self.max_retries = settings.max_retries if max_retries is None else max_retries
         self._dead_letter_ttl_s = settings.dead_letter_ttl_s
         self._retry_base_s = settings.retry_base_delay_ms / 1000
         self._retry_cap_s = settings.retry_max_delay_ms / 1000
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._readers: dict[tuple[str, str, str], _Reader] = {}
         # (stream, id) -> deliveries not yet acked. One id can exist on two priority streams
         # of a service (ids are per stream), hence a list.
         self._delivered: dict[tuple[str, str], list[_Delivery]] = {}
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         if self._redis is None:
             raise StreamsError("RedisStreamsClient is not initialized; await client.initialize()")
         return self._redis
@@ -119,7 +119,9 @@ class RedisStreamsClient:
     async def initialize(self) -> None:
         """Connect (and check the connection with PING)."""
         if self._redis is None:
-            self._redis = await connect(self.redis_url, self._password or None)
+            self._redis = await connect(
+                self.redis_url, self._password or None, cluster=self._cluster
+            )
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -1,4 +1,5 @@
-"""Open a Redis connection: TLS (``rediss://``), ACL users (``redis://user@host``), reconnects.
+"""Open a Redis connection: TLS (``rediss://``), ACL users (``redis://user@host``), reconnects,
+a single Redis or a Redis Cluster (REDIS_CLUSTER).
 
 A lost connection is retried with exponential backoff and full jitter by redis-py itself
 (``Retry`` on ConnectionError/TimeoutError), so a Redis restart costs callers a delay, not an
@@ -18,11 +19,16 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from outbox.settings import redact_url
+from outbox.errors import ConfigurationError
+from outbox.settings import ClientSettings, redact_url
 from outbox.streams.errors import is_refusal, translate
+
+#: A client of a single Redis or of a Redis Cluster: both have the commands the project uses.
+RedisClient = aioredis.Redis | RedisCluster
 
 log = logging.getLogger("outbox.streams.connection")
 
@@ -70,11 +76,14 @@ class ReconnectRetry(Retry):
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-def redis_from_url(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:
+def redis_from_url(
+    url: str, password: str | None = None, *, cluster: bool = False, **options: Any
+) -> RedisClient:
     """A redis.asyncio client; a password in the URL wins over ``password``.
 
     ``rediss://`` selects redis-py's SSLConnection; ``redis://user@host`` authenticates as that
     ACL user (AUTH user password, https://redis.io/docs/latest/operate/oss_and_stack/management/security/acl/).
+    ``cluster``: a Redis Cluster client; the URL names any node, the others are discovered.
     """
     retry = ReconnectRetry(
         ExponentialWithJitterBackoff(cap=RECONNECT_CAP_S, base=RECONNECT_BASE_S),
@@ -89,18 +98,89 @@ def redis_from_url(url: str, password: str | None = None, **options: Any) -> aio
     }
     if password:
         kwargs["password"] = password
-    return aioredis.Redis.from_url(url, **kwargs)
+    return client_from_url(url, cluster=cluster, **kwargs)
 
 
-async def connect(url: str, password: str | None = None, **options: Any) -> aioredis.Redis:
-    """Open a client and check it answers (PING); errors become project errors."""
-    client = redis_from_url(url, password, **options)
+def client_from_url(url: str, *, cluster: bool, **options: Any) -> RedisClient:
+    """``Redis.from_url`` or, for a cluster, ``RedisCluster.from_url`` (the URL names any node;
+    the client discovers the others and follows slot moves and failovers)."""
+    if cluster:
+        # The cluster client checks its nodes' connections itself on every redirect, and
+        # retries (refreshing the slot map) by its own rules.
+        options.pop("health_check_interval", None)
+        options.pop("retry_on_timeout", None)
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
+async def refuse_unexpected_cluster(client: RedisClient, url: str) -> None:
+    """A single-Redis client (REDIS_CLUSTER auto) that reached a cluster node: refuse, with
+    what to set, instead of failing later with MOVED on most keys."""
+    if isinstance(client, RedisCluster):
+        return
+    info = await client.info("cluster")
+    if int(info.get("cluster_enabled", 0)):
+        raise ConfigurationError(_unexpected_cluster(url))
+
+
+def _unexpected_cluster(url: str) -> str:
+    return (
+        f"Redis at {redact_url(url)} is a Redis Cluster: set REDIS_CLUSTER=true (the keys then "
+        "use the tagged layout, STREAM_KEY_LAYOUT=tagged; docs/cluster.md)"
+    )
+
+
+async def check_redis_mode(settings: ClientSettings) -> None:
+    """At a command's start: REDIS_CLUSTER must fit the server. ``auto`` refuses a cluster
+    (with what to set); ``true`` refuses a single Redis. A Redis that cannot be reached now is
+    not a mismatch: the command waits for it as it always does."""
+    url = settings.redis_streams_url.get_secret_value()
+    if settings.redis_cluster == "false":
+        return
+    client = aioredis.Redis.from_url(
+        url,
+        password=settings.redis_password_text(),
+        socket_connect_timeout=5,
+        socket_timeout=5,
+    )
+    try:
+        info = await client.info("cluster")
+    except redis_errors.RedisError:
+        return
+    finally:
+        await client.aclose()
+    enabled = bool(int(info.get("cluster_enabled", 0)))
+    if enabled and not settings.cluster:
+        raise ConfigurationError(_unexpected_cluster(url))
+    if settings.cluster and not enabled:
+        raise ConfigurationError(
+            f"REDIS_CLUSTER=true, but Redis at {redact_url(url)} is not a cluster node "
+            "(cluster_enabled:0): unset REDIS_CLUSTER for a single Redis"
+        )
+
+
+async def connect(
+    url: str,
+    password: str | None = None,
+    *,
+    cluster: bool = False,
+    check_cluster: bool = True,
+    **options: Any,
+) -> RedisClient:
+    """Open a client and check it answers (PING); errors become project errors. A single-Redis
+    client that reached a cluster is refused (``check_cluster``)."""
+    client = redis_from_url(url, password, cluster=cluster, **options)
     try:
         await client.ping()
+        if check_cluster:
+            await refuse_unexpected_cluster(client, url)
     except redis_errors.RedisError as error:
         await client.aclose()
         raise translate(error) from None
-    log.debug("event=redis_connected url=%s", redact_url(url))
+    except BaseException:
+        await client.aclose()
+        raise
+    log.debug("event=redis_connected url=%s cluster=%s", redact_url(url), cluster)
     return client
 
 
@@ -111,8 +191,15 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
     _pack_hiredis = None
 
 
+def pack(command: Sequence[Any]) -> bytes:
+    """One command in the protocol's form, packed by hiredis (C) when it is installed."""
+    if _pack_hiredis is not None:
+        return _pack_hiredis(tuple(command))
+    return b"".join(aioredis.Connection().pack_command(*command))  # pragma: no cover
+
+
 async def raw_pipeline(
-    client: aioredis.Redis, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = False
+    client: RedisClient, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = False
 ) -> list[object]:
     """Send every command in one write, then read every reply: one round trip.
 
@@ -121,7 +208,20 @@ async def raw_pipeline(
     protocol's own (lists and strings, no redis-py response callbacks); commands are packed by
     hiredis in C. For the hot paths (the relay's publish, the monitor's snapshot, the consumers'
     XACKs), where redis-py's per-command packing and parsing cost more than Redis itself.
+
+    On a Redis Cluster each command goes to the node of its key, one round trip per node
+    (:mod:`outbox.streams.cluster`); an unreachable node's commands get its connection error as
+    their reply.
     """
+    if isinstance(client, RedisCluster):
+        from outbox.streams.cluster import cluster_pipeline
+
+        routed = await cluster_pipeline(client, commands)
+        if raise_on_error:
+            for reply in routed:
+                if isinstance(reply, BaseException):
+                    raise reply
+        return routed
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from outbox.streams.codec import entry_ms
-from outbox.streams.connection import reply_text
+from outbox.streams.connection import RedisClient, reply_text
 from outbox.streams.errors import translate
 from outbox.streams.keys import Keys
 
@@ -145,7 +144,7 @@ def decode_dead_letter(entry_id: str, fields: Mapping[Any, Any]) -> DeadLetter:
 class DeadLetters:
     """The dead-letter stream of one prefix."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, ttl_s: int) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
@@ -164,7 +163,7 @@ class DeadLetters:
     async def add(self, fields: Mapping[str, str]) -> str:
         command = self.add_command(fields)
         try:
-            entry_id = await self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
+            entry_id = await self.redis.execute_command(*command)
         except redis_errors.RedisError as error:
             raise translate(error, self.keys.dead_letter) from None
         return reply_text(entry_id)

@@ -1,15 +1,24 @@
 """Every Redis key pattern of the project, named once.
 
-Stream names keep the original document's form, ``<prefix>:<service>:events``; priorities above
-NORMAL get their own stream (``…:events:high``, ``…:events:critical``). LOW travels on the NORMAL
-stream (its priority is in the entry). A key that must live in the same Redis Cluster slot as a
-stream (its publish watermark) wraps the whole stream name in a hash tag: ``{<stream>}:watermark``
-hashes exactly like ``<stream>`` (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags).
+Two layouts of the same names (STREAM_KEY_LAYOUT):
+
+- ``document`` (a single Redis): the original document's ``<prefix>:<service>:events``;
+  priorities above NORMAL get their own stream (``…:events:high``, ``…:events:critical``); LOW
+  travels on the NORMAL stream (its priority is in the entry).
+- ``tagged`` (a Redis Cluster, required there): ``<prefix>:{<service>}:events[:high|:critical]``,
+  so every key of a service hashes to the slot of ``<service>`` and one XREADGROUP or one script
+  can use them together (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags).
+
+A key that must live in the same slot as its stream (the publish watermark) is the stream's name
+plus a suffix when the name already carries a hash tag, and otherwise wraps the whole name in
+one (``{<stream>}:watermark``, which hashes exactly like ``<stream>``): never nested braces, whose
+first ``{…}`` would be the tag and put the key in another slot than its stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from outbox.envelope import MessagePriority
 
@@ -22,15 +31,35 @@ def _suffix(priority: MessagePriority) -> str:
     return f":{priority.label}" if priority > MessagePriority.NORMAL else ""
 
 
+class _Settings(Protocol):
+    """The part of :class:`outbox.settings.ClientSettings` that names the keys."""
+
+    @property
+    def stream_prefix(self) -> str: ...
+
+    @property
+    def tagged_keys(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one prefix (``STREAM_PREFIX``, default ``opsconductor``)."""
+    """Key names under one prefix (``STREAM_PREFIX``, default ``opsconductor``), in the
+    document's layout or, with ``tagged``, hash-tagged by service."""
 
     prefix: str
+    tagged: bool = False
+
+    @classmethod
+    def for_settings(cls, settings: _Settings) -> Keys:
+        return cls(settings.stream_prefix, settings.tagged_keys)
+
+    def _service(self, service: str) -> str:
+        return f"{{{service}}}" if self.tagged else service
 
     def stream(self, service: str, priority: MessagePriority = MessagePriority.NORMAL) -> str:
-        """``<prefix>:<service>:events`` (+ ``:high`` / ``:critical``)."""
-        return f"{self.prefix}:{service}:events{_suffix(priority)}"
+        """``<prefix>:<service>:events`` (+ ``:high`` / ``:critical``); the service in braces
+        in the tagged layout."""
+        return f"{self.prefix}:{self._service(service)}:events{_suffix(priority)}"
 
     def streams_of(self, service: str) -> list[str]:
         """The service's streams, highest priority first."""
@@ -42,7 +71,9 @@ class Keys:
 
     def watermark(self, stream: str) -> str:
         """Cursor ``<txid>:<position>`` of the last event published to ``stream`` (see
-        :data:`PUBLISH_LUA`); hash-tagged into the stream's cluster slot."""
+        :data:`PUBLISH_LUA`), in the stream's cluster slot."""
+        if "{" in stream and "}" in stream.split("{", 1)[1]:
+            return f"{stream}:watermark"
         return f"{{{stream}}}:watermark"
 
     @property
@@ -59,6 +90,12 @@ class Keys:
         if not stream.startswith(head):
             return None
         parts = stream[len(head) :].split(":")
+        if self.tagged:
+            if not (parts[0].startswith("{") and parts[0].endswith("}")) or len(parts[0]) < 3:
+                return None
+            parts[0] = parts[0][1:-1]
+        elif "{" in parts[0] or "}" in parts[0]:
+            return None
         if len(parts) == 2 and parts[1] == "events":
             return parts[0], MessagePriority.NORMAL
         if len(parts) == 3 and parts[1] == "events":

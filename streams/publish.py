@@ -4,7 +4,9 @@ Each stream's batch is one ``EVALSHA`` of :data:`streams.keys.PUBLISH_LUA`, whic
 moves the stream's watermark in the same atomic step as its XADDs; the batches of all streams are
 written to the socket together and their replies read back in order (a pipeline). Publishing the
 same events again (a relay restarted before it committed its cursor, two relays on one stream)
-therefore adds nothing, and entry ids stay Redis's time-based ``*`` ids.
+therefore adds nothing, and entry ids stay Redis's time-based ``*`` ids. On a Redis Cluster the
+batches go to the nodes that own their streams, one round trip per node, all nodes at once
+(:mod:`outbox.streams.cluster`).
 
 Each event is three arguments, its entry's fields one JSON text that the script decodes: packing
 about thirty arguments per event cost the relay more CPU than everything else it does. redis-py's
@@ -20,10 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
-from outbox.streams.connection import raw_pipeline, reply_text
+from outbox.streams.cluster import on_each_primary
+from outbox.streams.connection import RedisClient, raw_pipeline, reply_text
 from outbox.streams.errors import RedisUnavailableError, StreamRefusedError, translate
 from outbox.streams.keys import PUBLISH_LUA, Keys
 
@@ -78,15 +82,37 @@ _UNAVAILABLE = (
     redis_errors.BusyLoadingError,
     redis_errors.ReadOnlyError,
 )
+#: On a cluster, what one node's state makes of its streams' batches while the others go on:
+#: the node is down or failing over, or the slot is being migrated (TRYAGAIN) or unserved.
+_NODE_UNAVAILABLE = (
+    *_UNAVAILABLE,
+    OSError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.MovedError,
+    redis_errors.AskError,
+)
+
+
+async def _load_script(client: RedisClient) -> None:
+    """SCRIPT LOAD on the single Redis, or on every primary that answers (a restarted node or a
+    newly promoted replica has an empty script cache)."""
+    if isinstance(client, RedisCluster):
+        await on_each_primary(client, [("SCRIPT", "LOAD", PUBLISH_LUA)])
+    else:
+        await client.script_load(PUBLISH_LUA)
 
 
 async def publish_batches(
-    client: aioredis.Redis, keys: Keys, batches: Sequence[StreamBatch]
+    client: RedisClient, keys: Keys, batches: Sequence[StreamBatch]
 ) -> list[PublishResult | StreamRefusedError]:
-    """Publish every batch in one round trip; one result (or refusal) per batch, in order.
+    """Publish every batch in one round trip (one per node of a cluster); one result (or
+    refusal) per batch, in order.
 
     Raises :class:`RedisUnavailableError` when Redis cannot take the call at all. A refusal of
-    one stream does not stop the others.
+    one stream does not stop the others; on a cluster, neither does a node that is down: its
+    streams are refused (and retried by the caller) while the other nodes' streams are published.
     """
     batches = [batch for batch in batches if batch.count]
     if not batches:
@@ -103,20 +129,35 @@ async def publish_batches(
         )
         for batch in batches
     ]
+    cluster = isinstance(client, RedisCluster)
     try:
         replies = await raw_pipeline(client, commands)
-        if any(isinstance(reply, redis_errors.NoScriptError) for reply in replies):
-            # A restarted or failed-over Redis has an empty script cache. Load and send again:
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # A restarted Redis, or a replica promoted on a cluster, has an empty script cache.
+            # Load and send again:
             # batches that did run are skipped by their watermark the second time.
-            await client.script_load(PUBLISH_LUA)
-            replies = await raw_pipeline(client, commands)
+            await _load_script(client)
+            again = await raw_pipeline(client, [commands[i] for i in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
     except _UNAVAILABLE as error:
         raise RedisUnavailableError(f"Redis is unavailable: {error}") from error
+    down = _NODE_UNAVAILABLE if cluster else _UNAVAILABLE
+    if all(isinstance(reply, down) for reply in replies):
+        first = replies[0]
+        raise RedisUnavailableError(f"Redis is unavailable: {first}") from (
+            first if isinstance(first, BaseException) else None
+        )
     results: list[PublishResult | StreamRefusedError] = []
     for batch, reply in zip(batches, replies, strict=True):
-        if isinstance(reply, _UNAVAILABLE):
-            raise RedisUnavailableError(f"Redis is unavailable: {reply}") from reply
-        if isinstance(reply, redis_errors.RedisError):
+        if isinstance(reply, down):
+            if not cluster:
+                raise RedisUnavailableError(f"Redis is unavailable: {reply}") from reply
+            results.append(
+                StreamRefusedError(batch.stream, f"its cluster node is unavailable ({reply})")
+            )
+        elif isinstance(reply, redis_errors.RedisError):
             # The reason in the project's words: "out of memory (OOM)", "not a stream
             # (WRONGTYPE)"; redis-py strips the error code from the message.
             results.append(StreamRefusedError(batch.stream, str(translate(reply, batch.stream))))

@@ -74,6 +74,11 @@ function render(snap) {
   $("card-dead").textContent = fmt(snap.dead_letters.count);
   $("card-memory").textContent = bytes(snap.redis.used_memory_bytes);
   $("card-redis").textContent = `${fmt(snap.redis.connected_clients)} clients · ${fmt(snap.redis.instantaneous_ops_per_sec)} ops/s · up ${age(snap.redis.uptime_seconds)}`;
+  // On a Redis Cluster, each primary's memory: one full node refuses its own streams' writes.
+  const nodes = snap.redis.nodes || [];
+  $("card-nodes").textContent = nodes
+    .map((n) => (n.error ? `${n.node}: DOWN` : `${n.node}: ${bytes(n.used_memory_bytes)}`))
+    .join(" · ");
 
   push(snap.at, publishRate, applyRate, unpublished, lag + pending);
   drawChart($("chart-throughput"), [history.published, history.applied]);

@@ -36,14 +36,22 @@ async def _check_postgres(url: str, timeout_s: float) -> str | None:
     return None
 
 
-async def _check_redis(url: str, password: str | None, timeout_s: float) -> str | None:
-    import redis.asyncio as aioredis
+async def _check_redis(settings: Any, timeout_s: float) -> str | None:
+    from outbox.errors import ConfigurationError
+    from outbox.streams.connection import check_redis_mode, client_from_url
 
-    client = aioredis.Redis.from_url(
-        url, password=password, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    client = client_from_url(
+        settings.redis_streams_url.get_secret_value(),
+        cluster=settings.cluster,
+        password=settings.redis_password_text(),
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
     )
     try:
         await client.ping()
+        await check_redis_mode(settings)
+    except ConfigurationError as error:
+        return str(error)
     except Exception as error:
         return f"{type(error).__name__}: {error}"
     finally:
@@ -69,9 +77,8 @@ async def _run(timeout_s: float) -> _Report:
     settings = get_settings()
     pg_url = settings.libpq_url()
     redis_url = settings.redis_streams_url.get_secret_value()
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
     pg, rd = await asyncio.gather(
-        _check_postgres(pg_url, timeout_s), _check_redis(redis_url, password, timeout_s)
+        _check_postgres(pg_url, timeout_s), _check_redis(settings, timeout_s)
     )
     return _Report(
         services=[

@@ -76,6 +76,7 @@ _EXTRAS = {
     "check": "relay",
     "relay": "relay",
     "prune": "relay",
+    "forget-marks": "relay",
     "demo": "relay",
     "project": "projections",
     "projections": "projections",

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from outbox.monitor.app import create_app
     from outbox.preflight import require_current_schema
     from outbox.settings import get_settings
+    from outbox.streams.connection import check_redis_mode
 
     settings = get_settings()
     eventloop.run(
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
             sees_every_row=True,
         )
     )
+    eventloop.run(check_redis_mode(settings))
     host = args.host or settings.monitor_host
     port = args.port or settings.monitor_port
     config = uvicorn.Config(

@@ -40,6 +40,7 @@ def _project(args: argparse.Namespace) -> int:
     from outbox.projections.projection import load, select
     from outbox.projections.runner import run_projections
     from outbox.settings import get_settings
+    from outbox.streams.connection import check_redis_mode
 
     settings = get_settings()
     eventloop.run(
@@ -49,6 +50,7 @@ def _project(args: argparse.Namespace) -> int:
             schema=settings.outbox_schema,
         )
     )
+    eventloop.run(check_redis_mode(settings))
     load(settings.projection_modules)
     projections = select(args.names)
     settle_for_batches()
@@ -109,9 +111,11 @@ def _rebuild(args: argparse.Namespace) -> int:
             args.yes,
         ):
             return 2
-        keys = Keys(settings.stream_prefix)
+        keys = Keys.for_settings(settings)
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = await connect(settings.redis_streams_url.get_secret_value(), password)
+        redis = await connect(
+            settings.redis_streams_url.get_secret_value(), password, cluster=settings.cluster
+        )
         db = await asyncpg.connect(settings.libpq_url())
         started = time.monotonic()
         last = [0.0]
@@ -211,10 +215,12 @@ def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
 
         settings = get_settings()
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = await connect(settings.redis_streams_url.get_secret_value(), password)
+        redis = await connect(
+            settings.redis_streams_url.get_secret_value(), password, cluster=settings.cluster
+        )
         try:
             return await action(
-                DeadLetters(redis, Keys(settings.stream_prefix), settings.dead_letter_ttl_s)
+                DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
             )
         finally:
             await redis.aclose()

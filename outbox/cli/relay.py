@@ -90,6 +90,7 @@ def _relay(args: argparse.Namespace) -> int:
     from outbox.relay.cursor import RELAY_STATEMENTS
     from outbox.relay.daemon import Relay, run_until_signalled
     from outbox.settings import get_settings
+    from outbox.streams.connection import check_redis_mode
 
     updates = {
         field: getattr(args, field)
@@ -112,6 +113,7 @@ def _relay(args: argparse.Namespace) -> int:
             sees_every_row=True,
         )
     )
+    eventloop.run(check_redis_mode(settings))
     relay = Relay.from_settings(settings)
     settle_for_batches()
     eventloop.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
@@ -146,6 +148,17 @@ def _prune(args: argparse.Namespace) -> int:
         )
     )
     print(f"done: {total.deleted} published events older than {args.older_than} deleted")
+    return 0
+
+
+def _forget_marks(args: argparse.Namespace) -> int:
+    from outbox.cli import eventloop
+    from outbox.relay.admin import forget_marks
+    from outbox.settings import get_settings
+
+    settings = get_settings()
+    services = eventloop.run(forget_marks(settings.libpq_url(), schema=settings.outbox_schema))
+    print(f"forgot the marks of {len(services)} service(s): {', '.join(services) or 'none'}")
     return 0
 
 
@@ -188,3 +201,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--chunk-size", type=int, default=1000, help="rows per delete transaction (default 1000)"
     )
     prune.set_defaults(handler=_prune)
+
+    forget = sub.add_parser(
+        "forget-marks",
+        help="after moving the streams to another Redis: forget what the old one held",
+        description="Clear the relays' marks (what each stream was last seen to hold). Needed "
+        "once after the streams moved to another Redis, such as a new Redis Cluster: else the "
+        "relays take the empty streams for lost writes and publish every service again from "
+        "the start. Refused while a relay runs. See docs/cluster.md.",
+    )
+    forget.set_defaults(handler=_forget_marks)
