@@ -6,6 +6,7 @@
 - ``cluster_settings``: the test's settings pointed at it, ``REDIS_CLUSTER=true``.
 - :func:`start_cluster`: a cluster of its own, optionally with replicas, for tests that kill,
   pause or fail over nodes.
+- ``redis_target``: runs a test twice, on the single Redis and on the shared cluster.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import pytest
 import redis
 
 from outbox.settings import Settings, get_settings
+from outbox.streams.keys import Keys
 
 
 def _command(client: redis.Redis, *args: Any) -> Any:
@@ -246,3 +248,43 @@ def cluster_settings(
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@dataclass
+class RedisTarget:
+    """The Redis a test runs against: the environment's single Redis or the shared cluster."""
+
+    name: str
+    url: str
+    cluster: bool
+    client: Any  # redis.asyncio Redis or RedisCluster
+
+    def env(self) -> dict[str, str]:
+        """What the processes of the test get in their environment."""
+        return {"REDIS_STREAMS_URL": self.url, "REDIS_CLUSTER": "true" if self.cluster else "auto"}
+
+    def keys(self, prefix: str) -> Keys:
+        return Keys(prefix, tagged=self.cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def redis_target(
+    request: pytest.FixtureRequest, settings: Settings, stream_prefix: str
+) -> AsyncIterator[RedisTarget]:
+    """Runs the test once on the single Redis of the environment and once on the shared
+    3-primary cluster; the test's keys (its prefix) are deleted afterwards."""
+    from outbox.streams.connection import client_from_url
+
+    if request.param == "cluster":
+        servers: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        target = RedisTarget(
+            "cluster", servers.url, True, client_from_url(servers.url, cluster=True)
+        )
+    else:
+        url = settings.redis_streams_url.get_secret_value()
+        target = RedisTarget("single", url, False, client_from_url(url, cluster=False))
+    yield target
+    keys = [key async for key in target.client.scan_iter(match=f"{stream_prefix}:*", count=1000)]
+    for key in keys:
+        await target.client.delete(key)
+    await target.client.aclose()

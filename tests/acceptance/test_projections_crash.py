@@ -25,6 +25,7 @@ from outbox import EventSpec
 from outbox.envelope import Event
 from outbox.settings import Settings
 from outbox.streams.keys import Keys
+from tests.fixtures_cluster import RedisTarget
 from tests.fixtures_projections import emit_events, poll, xadd_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +189,8 @@ async def _drained(redis: aioredis.Redis, keys: Keys) -> bool:
 
 
 async def _consumers_up(conn: asyncpg.Connection, pid: int) -> bool:
-    """Every consumer of the process ``pid`` (3 projections x PROCESSOR_WORKERS) registered."""
+    """Every consumer of the process ``pid`` (3 projections x PROCESSOR_WORKERS; each of the
+    example projections reads one service, so as many on a cluster) registered."""
     count = await conn.fetchval("SELECT count(*) FROM projection_consumers WHERE pid = $1", pid)
     return int(count) == len(PROJECTIONS) * 2
 
@@ -200,12 +202,14 @@ async def test_sigkilled_consumers_end_with_the_exact_fold(
     database_url: str,
     stream_prefix: str,
     asyncpg_conn: asyncpg.Connection,
-    redis_client: aioredis.Redis,
+    redis_target: RedisTarget,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    keys = Keys(stream_prefix)
+    """On the single Redis and on the 3-primary cluster (consumers per service there)."""
+    redis_client = redis_target.client
+    keys = redis_target.keys(stream_prefix)
     events = await emit_events(database_url, _events(50_000))
-    env = _env(settings, database_url, stream_prefix)
+    env = {**_env(settings, database_url, stream_prefix), **redis_target.env()}
     processes.extend([_start(env), _start(env)])
 
     # The events are fed in 22 bursts, one before each kill, so every kill lands while events

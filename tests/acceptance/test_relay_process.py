@@ -21,6 +21,7 @@ from outbox.envelope import MessagePriority
 from outbox.relay.cursor import Cursor
 from outbox.settings import Settings
 from outbox.streams.keys import Keys
+from tests.fixtures_cluster import RedisTarget
 from tests.fixtures_relay import cursor_order_ok, emit_events, published, wait_until
 
 SERVICES = ("identity", "assets", "automation", "network")
@@ -92,12 +93,15 @@ async def _verify_exactly_once(
 @pytest.mark.timeout(240)
 async def test_relay_sigkilled_at_random_moments_publishes_everything_once(
     asyncpg_conn: asyncpg.Connection,
-    redis_client: aioredis.Redis,
+    redis_target: RedisTarget,
     settings: Settings,
     relays: RelayProcesses,
     database_url: str,
 ) -> None:
-    keys = Keys(settings.stream_prefix)
+    """On the single Redis and on the 3-primary cluster."""
+    redis_client = redis_target.client
+    relays.env.update(redis_target.env())
+    keys = redis_target.keys(settings.stream_prefix)
     total, rate_per_s = 50_000, 2_000
     rng = random.Random(3)
 
