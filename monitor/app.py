@@ -88,7 +88,7 @@ class Monitor:
     async def start(self) -> None:
         settings = self.settings
         self.redis = client_from_url(
-            settings.redis_streams_url.get_secret_value(),
+            settings.redis_url(),
             cluster=settings.cluster,
             password=settings.redis_password_text(),
             decode_responses=True,

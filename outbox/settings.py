@@ -110,6 +110,20 @@ class ClientSettings(_Names):
         "others are discovered). auto: a single Redis, and a cluster found there is refused "
         "with what to set. false: a single Redis, unchecked.",
     )
+    redis_sentinels: str | None = Field(
+        default=None,
+        validation_alias=_env("REDIS_SENTINELS"),
+        description="host:port,host:port of Redis Sentinels: the primary of "
+        "REDIS_SENTINEL_MASTER is asked of them and followed through failovers; "
+        "REDIS_STREAMS_URL then gives only the user, password, TLS and database number. "
+        "Or write REDIS_STREAMS_URL as redis+sentinel://[user:password@]h1:26379,h2:26379/"
+        "<master>[/<db>].",
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        validation_alias=_env("REDIS_SENTINEL_MASTER"),
+        description="The Sentinel service name of the primary (REDIS_SENTINELS).",
+    )
     stream_key_layout: Literal["document", "tagged"] | None = Field(
         default=None,
         validation_alias=_env("STREAM_KEY_LAYOUT"),
@@ -140,6 +154,11 @@ class ClientSettings(_Names):
 
     @model_validator(mode="after")
     def _layout_fits_cluster(self) -> ClientSettings:
+        if self.redis_cluster == "true" and self.redis_sentinels:
+            raise ValueError(
+                "REDIS_SENTINELS and REDIS_CLUSTER=true exclude each other: a Redis Cluster "
+                "fails over by itself, Sentinel watches a single primary"
+            )
         if self.redis_cluster == "true" and self.stream_key_layout == "document":
             raise ValueError(
                 "STREAM_KEY_LAYOUT=document cannot work on a Redis Cluster: a service's streams "
@@ -158,6 +177,26 @@ class ClientSettings(_Names):
         if self.stream_key_layout is None:
             return self.cluster
         return self.stream_key_layout == "tagged"
+
+    def redis_url(self) -> str:
+        """The URL to connect with: REDIS_STREAMS_URL, or with REDIS_SENTINELS the
+        ``redis+sentinel://`` URL made of the sentinels, REDIS_SENTINEL_MASTER and
+        REDIS_STREAMS_URL's credentials, TLS and database."""
+        url = self.redis_streams_url.get_secret_value()
+        if not self.redis_sentinels:
+            return url
+        scheme, _, rest = url.partition("://")
+        userinfo, at, location = rest.rpartition("@")
+        path = location.partition("/")[2]
+        db = path.split("?", 1)[0] or "0"
+        sentinels = ",".join(h.strip() for h in self.redis_sentinels.split(",") if h.strip())
+        base = "rediss" if scheme == "rediss" else "redis"
+        return f"{base}+sentinel://{userinfo}{at}{sentinels}/{self.redis_sentinel_master}/{db}"
+
+    @property
+    def sentinel(self) -> bool:
+        """The primary is found through Redis Sentinel."""
+        return "+sentinel://" in self.redis_url()
 
     def redis_password_text(self) -> str | None:
         return self.redis_password.get_secret_value() if self.redis_password else None

@@ -87,7 +87,7 @@ async def run_projections(
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     # str responses: the codec looks fields up by str name, so no per-field bytes fallback.
     redis = await connect(
-        settings.redis_streams_url.get_secret_value(),
+        settings.redis_url(),
         password,
         cluster=settings.cluster,
         decode_responses=True,

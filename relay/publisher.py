@@ -67,7 +67,7 @@ def connect_redis(settings: Settings) -> RedisClient:
     """A Redis client for the relay (of a cluster with REDIS_CLUSTER=true). Timeouts bound a
     hung server; the relay's own backoff, not the client's, decides when to try again."""
     return client_from_url(
-        settings.redis_streams_url.get_secret_value(),
+        settings.redis_url(),
         cluster=settings.cluster,
         password=settings.redis_password_text(),
         socket_timeout=10,

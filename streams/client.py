@@ -95,7 +95,7 @@ class RedisStreamsClient:
         # Only the client's own variables, from the environment: nothing else of the service's
         # configuration can make this fail.
         settings = client_settings()
-        self.redis_url = redis_url or settings.redis_streams_url.get_secret_value()
+        self.redis_url = redis_url or settings.redis_url()
         secret = settings.redis_password.get_secret_value() if settings.redis_password else None
         self._password = password if password is not None else secret
         self.keys = Keys(prefix or settings.stream_prefix, settings.tagged_keys)

@@ -16,11 +16,13 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 
 from outbox.errors import ConfigurationError
@@ -102,8 +104,12 @@ def redis_from_url(
 
 
 def client_from_url(url: str, *, cluster: bool, **options: Any) -> RedisClient:
-    """``Redis.from_url`` or, for a cluster, ``RedisCluster.from_url`` (the URL names any node;
-    the client discovers the others and follows slot moves and failovers)."""
+    """``Redis.from_url``; for a cluster, ``RedisCluster.from_url`` (the URL names any node;
+    the client discovers the others and follows slot moves and failovers); for a
+    ``redis+sentinel://`` URL, a client of the primary that the sentinels name, which asks them
+    again after a failover."""
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        return _sentinel_client(url, **options)
     if cluster:
         # The cluster client checks its nodes' connections itself on every redirect, and
         # retries (refreshing the slot map) by its own rules.
@@ -111,6 +117,71 @@ def client_from_url(url: str, *, cluster: bool, **options: Any) -> RedisClient:
         options.pop("retry_on_timeout", None)
         return RedisCluster.from_url(url, **options)
     return aioredis.Redis.from_url(url, **options)
+
+
+class _SentinelPrimary(aioredis.Redis):
+    """A client of the primary a Sentinel names; closing it closes its sentinel connections."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool = self.connection_pool
+        await super().aclose(close_connection_pool)
+        manager = getattr(pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """``redis+sentinel://[user:password@]h1:26379,h2:26379/<master>[/<db>][?sentinel_password=…]``
+    → (sentinels, master name, the primary's connection options)."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    userinfo, _, location = rest.rpartition("@")
+    hosts, _, path = location.partition("/")
+    parts = [part for part in path.split("/") if part]
+    if not hosts or not parts:
+        raise ConfigurationError(
+            "a Sentinel URL is redis+sentinel://[user:password@]host:port[,host:port…]/<master>"
+            f"[/<db>]; got {redact_url(url)}"
+        )
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":")
+        sentinels.append((name or host.strip(), int(port) if port.isdigit() else 26379))
+    options: dict[str, Any] = {"db": int(parts[1]) if len(parts) > 1 else 0}
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if colon:
+            options["password"] = unquote(password)
+    if scheme.startswith("rediss"):
+        options["ssl"] = True
+    for pair in query.split("&") if query else ():
+        key, _, value = pair.partition("=")
+        if key == "sentinel_password":
+            options["sentinel_password"] = unquote(value)
+    return sentinels, parts[0], options
+
+
+def _sentinel_client(url: str, **options: Any) -> aioredis.Redis:
+    sentinels, master, primary = parse_sentinel_url(url)
+    sentinel_password = primary.pop("sentinel_password", None)
+    # The URL's password is the primary's; REDIS_PASSWORD (``password``) fills in when it has
+    # none. Sentinels have their own, if any (?sentinel_password=).
+    if "password" in primary:
+        options.pop("password", None)
+    options.pop("health_check_interval", None)
+    sentinel_kwargs = {
+        "socket_timeout": options.get("socket_timeout") or 5,
+        "socket_connect_timeout": options.get("socket_connect_timeout") or 5,
+    }
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client: aioredis.Redis = manager.master_for(
+        master, redis_class=_SentinelPrimary, **primary, **options
+    )
+    return client
 
 
 async def refuse_unexpected_cluster(client: RedisClient, url: str) -> None:
@@ -134,11 +205,12 @@ async def check_redis_mode(settings: ClientSettings) -> None:
     """At a command's start: REDIS_CLUSTER must fit the server. ``auto`` refuses a cluster
     (with what to set); ``true`` refuses a single Redis. A Redis that cannot be reached now is
     not a mismatch: the command waits for it as it always does."""
-    url = settings.redis_streams_url.get_secret_value()
+    url = settings.redis_url()
     if settings.redis_cluster == "false":
         return
-    client = aioredis.Redis.from_url(
+    client = client_from_url(
         url,
+        cluster=False,
         password=settings.redis_password_text(),
         socket_connect_timeout=5,
         socket_timeout=5,

@@ -288,3 +288,136 @@ async def redis_target(
     for key in keys:
         await target.client.delete(key)
     await target.client.aclose()
+
+
+# --- Redis Sentinel -------------------------------------------------------------------------
+
+
+@dataclass
+class SentinelServers:
+    """A primary, its replica and three sentinels watching them as ``mymaster``."""
+
+    primary: ClusterNode
+    replica: ClusterNode
+    sentinels: list[subprocess.Popen[bytes]]
+    sentinel_ports: list[int]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/mymaster/0"
+
+    def sentinel_client(self, index: int = 0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.sentinel_ports[index], socket_timeout=5)
+
+    def primary_port(self) -> int:
+        address = _command(
+            self.sentinel_client(), "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"
+        )
+        return int(address[1])
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+        for node in (self.primary, self.replica):
+            with contextlib.suppress(ProcessLookupError, AssertionError):
+                node.resume()
+            node.kill()
+
+
+def _plain_server(port: int, directory: Path, *extra: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server") or "redis-server"
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+            return process
+        time.sleep(0.02)
+    raise RuntimeError(f"redis-server did not start on {port}")
+
+
+def start_sentinels(directory: Path) -> SentinelServers:
+    """A primary, a replica of it and three sentinels (quorum 2, down after 1 s)."""
+    primary_port, replica_port, *sentinel_ports = _free_ports(5)
+    nodes = []
+    for port, extra in (
+        (primary_port, ()),
+        (replica_port, ("--replicaof", "127.0.0.1", str(primary_port))),
+    ):
+        node_dir = directory / f"redis-{port}"
+        node_dir.mkdir(parents=True)
+        node = ClusterNode(port, node_dir)
+        node.process = _plain_server(port, node_dir, *extra)
+        nodes.append(node)
+    primary, replica = nodes
+    sentinels = []
+    binary = shutil.which("redis-server") or "redis-server"
+    for port in sentinel_ports:
+        config = directory / f"sentinel-{port}.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {primary_port} 2\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 5000\n"
+            "sentinel parallel-syncs mymaster 1\n"
+        )
+        sentinels.append(
+            subprocess.Popen(
+                [binary, str(config), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    servers = SentinelServers(primary, replica, sentinels, sentinel_ports)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ready = (
+                all(
+                    len(_command(servers.sentinel_client(i), "SENTINEL", "REPLICAS", "mymaster"))
+                    == 1
+                    and len(
+                        _command(servers.sentinel_client(i), "SENTINEL", "SENTINELS", "mymaster")
+                    )
+                    == 2
+                    for i in range(len(sentinel_ports))
+                )
+                and replica.client().info("replication").get("master_link_status") == "up"
+            )
+            if ready:
+                return servers
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.1)
+    servers.stop()
+    raise RuntimeError("the sentinels did not find each other and the replica")
+
+
+@pytest.fixture
+def sentinel_servers(tmp_path: Path) -> Iterator[SentinelServers]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server on PATH (Debian: redis-server)")
+    servers = start_sentinels(tmp_path / "sentinel")
+    yield servers
+    servers.stop()

@@ -41,7 +41,7 @@ async def _check_redis(settings: Any, timeout_s: float) -> str | None:
     from outbox.streams.connection import check_redis_mode, client_from_url
 
     client = client_from_url(
-        settings.redis_streams_url.get_secret_value(),
+        settings.redis_url(),
         cluster=settings.cluster,
         password=settings.redis_password_text(),
         socket_connect_timeout=timeout_s,
@@ -76,7 +76,7 @@ async def _run(timeout_s: float) -> _Report:
 
     settings = get_settings()
     pg_url = settings.libpq_url()
-    redis_url = settings.redis_streams_url.get_secret_value()
+    redis_url = settings.redis_url()
     pg, rd = await asyncio.gather(
         _check_postgres(pg_url, timeout_s), _check_redis(settings, timeout_s)
     )

@@ -113,9 +113,7 @@ def _rebuild(args: argparse.Namespace) -> int:
             return 2
         keys = Keys.for_settings(settings)
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = await connect(
-            settings.redis_streams_url.get_secret_value(), password, cluster=settings.cluster
-        )
+        redis = await connect(settings.redis_url(), password, cluster=settings.cluster)
         db = await asyncpg.connect(settings.libpq_url())
         started = time.monotonic()
         last = [0.0]
@@ -215,9 +213,7 @@ def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
 
         settings = get_settings()
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = await connect(
-            settings.redis_streams_url.get_secret_value(), password, cluster=settings.cluster
-        )
+        redis = await connect(settings.redis_url(), password, cluster=settings.cluster)
         try:
             return await action(
                 DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
