@@ -16,7 +16,9 @@ from typing import Any, Protocol
 import asyncpg
 
 from outbox.monitor import redis_stats, sources
+from outbox.monitor.redis_stats import StreamStats
 from outbox.monitor.status import LOST_AFTER_INTERVALS, Sample, Status, heartbeat, trend, worst
+from outbox.partitioning import Partition, Partitioning
 from outbox.settings import Settings
 from outbox.streams.connection import RedisClient
 from outbox.streams.keys import Keys
@@ -81,12 +83,18 @@ class Collector:
             outbox = await sources.outbox_side(conn, self.relay_alive_s, schema)
             relays = await sources.relay_side(conn, schema)
             projections = await sources.projection_side(conn, schema)
+            partitionings, owners = await sources.partition_side(conn, schema)
         services = sorted(
             set(self.configured_services)
             | {row["stream"] for row in outbox["streams"]}
             | {stream for relay in relays for stream in relay.get("streams", [])}
         )
-        keys = [key for service in services for key in self.keys.streams_of(service)]
+        keys = [
+            key
+            for service in services
+            for partition in partitionings.get(service, Partitioning()).every_partition()
+            for key in self.keys.streams_of(service, partition)
+        ]
         keys += [self.keys.dead_letter, self.keys.metrics]
         redis_now, streams, server = await redis_stats.collect(self.redis, keys)
         dead_letter = next((s for s in streams if s.key == self.keys.dead_letter), None)
@@ -94,7 +102,10 @@ class Collector:
         # exact and cheap; the relay's watermark keeps re-publishes out of it.
         added = {s.key: s.entries_added or 0 for s in streams}
         for row in outbox["streams"]:
-            row["published"] = sum(added.get(k, 0) for k in self.keys.streams_of(row["stream"]))
+            every = partitionings.get(row["stream"], Partitioning()).every_partition()
+            row["published"] = sum(
+                added.get(k, 0) for p in every for k in self.keys.streams_of(row["stream"], p)
+            )
         snapshot: dict[str, Any] = {
             "at": datetime.now(UTC).isoformat(),
             "db_now": outbox["db_now"],
@@ -106,6 +117,7 @@ class Collector:
             "streams": [s.as_dict() for s in streams if s.exists or s.error],
             "projections": projections,
             "dead_letters": {"count": dead_letter.length if dead_letter else 0},
+            "partitions": self._partitions(owners, streams),
             "redis": server,
         }
         now = self.clock()
@@ -113,6 +125,25 @@ class Collector:
         snapshot["collect_ms"] = round((self.clock() - started) * 1000, 2)
         self._latest = (now, snapshot)
         return snapshot
+
+    def _partitions(
+        self, owners: list[dict[str, Any]], streams: list[StreamStats]
+    ) -> list[dict[str, Any]]:
+        """Each projection partition with its owner and its lag: the entries of its streams
+        after the projection's group, which the owner keeps at its checkpoint."""
+        by_key = {stats.key: stats for stats in streams}
+        rows = []
+        for owner in owners:
+            partition = Partition(owner["epoch"], owner["partition"])
+            lag = 0
+            for key in self.keys.streams_of(owner["service"], partition):
+                stats = by_key.get(key)
+                if stats is None:
+                    continue
+                group = next((g for g in stats.groups if g.name == owner["projection"]), None)
+                lag += group.lag_entries if group is not None else stats.length
+            rows.append({**owner, "lag_entries": lag})
+        return rows
 
     def _record(self, name: str, now: float, behind: float, progress: float) -> deque[Sample]:
         """Append one observation of a component and forget those older than the window."""

@@ -304,6 +304,20 @@ class DeadLetterCount(Body):
     count: int
 
 
+class PartitionOwner(Body):
+    """One partition of a projection on a partitioned service (decision 0014)."""
+
+    projection: str
+    service: str
+    epoch: int
+    partition: int
+    owner: str | None = Field(description="the consumer that holds its lease, if any")
+    fence: int = Field(description="bumped at every change of owner")
+    drained: bool = Field(description="an old epoch's partition applied to its end")
+    lease_left_s: float | None
+    lag_entries: int = Field(description="entries of its streams not yet applied")
+
+
 class Snapshot(Body):
     """``GET /api/snapshot``: everything at once, as the dashboard and ``/ws`` get it."""
 
@@ -317,6 +331,7 @@ class Snapshot(Body):
     streams: list[Stream]
     projections: list[Projection]
     dead_letters: DeadLetterCount
+    partitions: list[PartitionOwner]
     redis: RedisServer
     status: Statuses
     collect_ms: float

@@ -129,8 +129,21 @@ SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.a
  LIMIT $2
 """.replace("{republishing}", _REPUBLISHING.format(alive="$3"))
 
+# Partitioned services (decision 0014) and who owns each partition of each projection.
+PARTITIONINGS = """
+SELECT stream, epoch, partitions, requested, history::text AS history FROM stream_partitions
+"""
+PARTITION_OWNERS = """
+SELECT projection, stream, epoch, partition, owner, fence, drained,
+       extract(epoch FROM lease_until - clock_timestamp()) AS lease_left_s
+  FROM projection_partitions
+ ORDER BY projection, stream, epoch, partition
+"""
+
 #: Every statement above, for the schema check at start (outbox/preflight.py).
 STATEMENTS = (
+    PARTITIONINGS,
+    PARTITION_OWNERS,
     OLDEST_WRITE_TRANSACTION,
     DATABASE_NOW,
     OUTBOX_STREAMS,

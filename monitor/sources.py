@@ -10,6 +10,7 @@ import asyncpg
 
 from outbox.monitor import queries
 from outbox.naming import DEFAULT_SCHEMA, in_schema
+from outbox.partitioning import Partitioning
 
 #: Backlogs are counted up to this many events per stream (then shown as "at least").
 UNPUBLISHED_COUNT_CAP = 100_000
@@ -89,6 +90,30 @@ async def relay_side(
         }
         for row in await conn.fetch(in_schema(queries.RELAYS, schema))
     ]
+
+
+async def partition_side(
+    conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA
+) -> tuple[dict[str, Partitioning], list[dict[str, Any]]]:
+    """Each partitioned service's partitioning, and each projection partition's owner."""
+    partitionings = {
+        row["stream"]: Partitioning.from_row(row)
+        for row in await conn.fetch(in_schema(queries.PARTITIONINGS, schema))
+    }
+    owners = [
+        {
+            "projection": row["projection"],
+            "service": row["stream"],
+            "epoch": row["epoch"],
+            "partition": row["partition"],
+            "owner": row["owner"],
+            "fence": int(row["fence"]),
+            "drained": bool(row["drained"]),
+            "lease_left_s": _float(row["lease_left_s"]) if row["owner"] else None,
+        }
+        for row in await conn.fetch(in_schema(queries.PARTITION_OWNERS, schema))
+    ]
+    return partitionings, owners
 
 
 async def projection_side(

@@ -26,6 +26,9 @@ TABLES = (
     "projection_inbox",
     "projection_consumers",
     "projection_checkpoints",
+    "stream_partitions",
+    "projection_partitions",
+    "projection_members",
 )
 
 # A bare table name: not part of a longer identifier (outbox_events_pkey), not already

@@ -124,3 +124,65 @@ relay_instances = sa.Table(
     sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("instance_id", name="relay_instances_pkey"),
 )
+
+# --- partitions (relay/ and projections/, migration 0007, decision 0014) ---
+
+# One row per service that is or was partitioned; a service without one has one partition.
+stream_partitions = sa.Table(
+    "stream_partitions",
+    metadata,
+    sa.Column("stream", sa.Text, nullable=False),
+    sa.Column("partitions", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("since_txid", XID8(), nullable=True),
+    sa.Column("since_position", sa.BigInteger, nullable=True),
+    # A new count asked for (outbox partitions set), applied by the relay between two batches.
+    sa.Column("requested", sa.Integer, nullable=True),
+    # [{"epoch": e, "partitions": n}, …] for every epoch from 1: what each epoch's streams are.
+    sa.Column("history", postgresql.JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.PrimaryKeyConstraint("stream", name="stream_partitions_pkey"),
+    sa.CheckConstraint(
+        "partitions BETWEEN 1 AND 1024 AND (requested IS NULL OR requested BETWEEN 1 AND 1024)",
+        name="stream_partitions_count_check",
+    ),
+)
+
+# Who consumes each partition of a projection, with its fencing token and checkpoints.
+projection_partitions = sa.Table(
+    "projection_partitions",
+    metadata,
+    sa.Column("projection", sa.Text, nullable=False),
+    sa.Column("stream", sa.Text, nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("owner", sa.Text, nullable=True),
+    sa.Column("fence", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    # {stream key: last applied entry id} of the partition's priority streams.
+    sa.Column(
+        "checkpoints", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
+    ),
+    sa.Column("drained", sa.Boolean, nullable=False, server_default=sa.text("false")),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.PrimaryKeyConstraint(
+        "projection", "stream", "epoch", "partition", name="projection_partitions_pkey"
+    ),
+)
+
+# The members sharing a projection's partitions of a service: one per consuming process.
+projection_members = sa.Table(
+    "projection_members",
+    metadata,
+    sa.Column("projection", sa.Text, nullable=False),
+    sa.Column("stream", sa.Text, nullable=False),
+    sa.Column("member", sa.Text, nullable=False),
+    sa.Column(
+        "heartbeat_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.PrimaryKeyConstraint("projection", "stream", "member", name="projection_members_pkey"),
+)

@@ -322,6 +322,14 @@ class Settings(ClientSettings, EmitSettings):
     dead_consumer_idle_ms: int = Field(
         default=600_000, ge=1, validation_alias=_env("DEAD_CONSUMER_IDLE_MS")
     )
+    partition_lease_s: float = Field(
+        default=6.0,
+        ge=1,
+        le=600,
+        validation_alias=_env("PARTITION_LEASE_S"),
+        description="How long a consumer owns a partition without renewing it (renewed every "
+        "quarter of it); a dead consumer's partitions are taken over after at most this.",
+    )
     inbox_retention_s: int = Field(
         default=7 * 86400, ge=60, validation_alias=_env("INBOX_RETENTION")
     )

@@ -192,5 +192,122 @@ OUTBOX_UNAPPLIED = Query(
     """,
 )
 
+# --- partitions (projections/partitions.py, decision 0014) ---
+
+PARTITIONING = Query(
+    "partitioning",
+    """
+    SELECT stream, epoch, partitions, requested, history::text AS history
+      FROM stream_partitions WHERE stream = :service
+    """,
+)
+# Every partition of the epochs given gets its row, unowned, from the start of its streams.
+ENSURE_PARTITIONS = Query(
+    "ensure_partitions",
+    """
+    INSERT INTO projection_partitions (projection, stream, epoch, partition)
+    SELECT :projection, :service, e, p
+      FROM unnest(CAST(:epochs AS int[]), CAST(:partitions AS int[])) AS k(e, p)
+    ON CONFLICT DO NOTHING
+    """,
+)
+PARTITION_ROWS = Query(
+    "partition_rows",
+    """
+    SELECT epoch, partition, owner, fence, drained,
+           lease_until IS NOT NULL AND lease_until > clock_timestamp() AS leased
+      FROM projection_partitions
+     WHERE projection = :projection AND stream = :service
+     ORDER BY epoch, partition
+    """,
+)
+# The members sharing a projection's partitions of a service that are alive now.
+LIVE_MEMBERS = Query(
+    "live_members",
+    """
+    SELECT member FROM projection_members
+     WHERE projection = :projection AND stream = :service
+       AND heartbeat_at > clock_timestamp() - make_interval(secs => :lease_s)
+     ORDER BY member
+    """,
+)
+MEMBER_ALIVE = Query(
+    "member_alive",
+    """
+    INSERT INTO projection_members (projection, stream, member)
+    VALUES (:projection, :service, :member)
+    ON CONFLICT (projection, stream, member) DO UPDATE SET heartbeat_at = now()
+    """,
+)
+MEMBER_GONE = Query(
+    "member_gone",
+    """
+    DELETE FROM projection_members
+     WHERE projection = :projection AND stream = :service AND member = :member
+    """,
+)
+# Taking a free partition (or one whose owner's lease ran out) moves its fence on: a batch of
+# the former owner then fails its check and is rolled back. Waits for a batch in flight (its
+# FOR UPDATE).
+CLAIM_PARTITION = Query(
+    "claim_partition",
+    """
+    UPDATE projection_partitions
+       SET owner = :owner, fence = fence + 1,
+           lease_until = clock_timestamp() + make_interval(secs => :lease_s), updated_at = now()
+     WHERE projection = :projection AND stream = :service AND epoch = :epoch
+       AND partition = :partition AND NOT drained
+       AND (owner IS NULL OR lease_until IS NULL OR lease_until < clock_timestamp())
+    RETURNING fence, checkpoints::text AS checkpoints
+    """,
+)
+RENEW_PARTITION = Query(
+    "renew_partition",
+    """
+    UPDATE projection_partitions
+       SET lease_until = clock_timestamp() + make_interval(secs => :lease_s)
+     WHERE projection = :projection AND stream = :service AND epoch = :epoch
+       AND partition = :partition AND owner = :owner AND fence = :fence
+    RETURNING 1
+    """,
+)
+RELEASE_PARTITION = Query(
+    "release_partition",
+    """
+    UPDATE projection_partitions SET owner = NULL, lease_until = NULL, updated_at = now()
+     WHERE projection = :projection AND stream = :service AND epoch = :epoch
+       AND partition = :partition AND owner = :owner AND fence = :fence
+    """,
+)
+# In the batch's transaction, first: the row locked, still this owner's with this fence.
+CHECK_FENCE = Query(
+    "check_fence",
+    """
+    SELECT checkpoints::text AS checkpoints FROM projection_partitions
+     WHERE projection = :projection AND stream = :service AND epoch = :epoch
+       AND partition = :partition AND owner = :owner AND fence = :fence
+       FOR UPDATE
+    """,
+)
+# In the batch's transaction, last: where the partition's streams are applied up to.
+SAVE_CHECKPOINTS = Query(
+    "save_checkpoints",
+    """
+    UPDATE projection_partitions
+       SET checkpoints = CAST(:checkpoints AS jsonb), updated_at = now()
+     WHERE projection = :projection AND stream = :service AND epoch = :epoch
+       AND partition = :partition AND owner = :owner AND fence = :fence
+    """,
+)
+MARK_DRAINED = Query(
+    "mark_drained",
+    """
+    UPDATE projection_partitions
+       SET drained = true, owner = NULL, lease_until = NULL, updated_at = now()
+     WHERE projection = :projection AND stream = :service AND epoch = :epoch
+       AND partition = :partition AND owner = :owner AND fence = :fence
+    """,
+)
+
 #: Every statement above, for the schema check at start (outbox/preflight.py).
 STATEMENTS = tuple(q.asyncpg_sql for q in list(globals().values()) if isinstance(q, Query))

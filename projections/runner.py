@@ -22,10 +22,12 @@ import asyncpg
 
 from outbox.errors import ConfigurationError
 from outbox.projections import store
+from outbox.projections.partitions import PartitionConfig, PartitionMember
 from outbox.projections.projection import Projection
 from outbox.projections.worker import ProjectionWorker, WorkerConfig
 from outbox.settings import Settings
 from outbox.streams.connection import connect
+from outbox.streams.dead_letter import DeadLetters
 from outbox.streams.keys import Keys
 
 log = logging.getLogger("outbox.projections.runner")
@@ -79,6 +81,15 @@ async def run_projections(
     count = workers or settings.processor_workers
     stem = consumer_stem or settings.projection_consumer_name or socket.gethostname()
     config = WorkerConfig.from_settings(settings)
+    partition_config = PartitionConfig(
+        batch_size=settings.projection_batch_size,
+        block_ms=settings.projection_block_ms,
+        max_retries=settings.max_retries,
+        retry_base_s=settings.retry_base_delay_ms / 1000,
+        retry_cap_s=settings.retry_max_delay_ms / 1000,
+        lease_s=settings.partition_lease_s,
+        schema=settings.outbox_schema,
+    )
     keys = Keys.for_settings(settings)
     loop = asyncio.get_running_loop()
     if handle_signals:
@@ -95,7 +106,10 @@ async def run_projections(
     pool = await asyncpg.create_pool(
         settings.libpq_url(),
         min_size=1,
-        max_size=count * sum(len(p.streams) if settings.cluster else 1 for p in projections) + 2,
+        # Consumers, plus a member and its partition readers per service (decision 0014).
+        max_size=count * sum(len(p.streams) if settings.cluster else 1 for p in projections)
+        + sum(len(p.streams) for p in projections)
+        + 8,
         # Short set-based statements, run constantly: JIT compilation would cost more than it
         # saves once the planner's estimates pass jit_above_cost.
         server_settings={"jit": "off", "application_name": "outbox-projections"},
@@ -114,6 +128,24 @@ async def run_projections(
             )
             for group_stem, services in groups:
                 names = await acquire_consumer_names(names_db, projection.name, group_stem, count)
+                for service in services:
+                    # Idle until the service is partitioned (outbox partitions set).
+                    member = PartitionMember(
+                        projection,
+                        service,
+                        names[0],
+                        redis=redis,
+                        pool=pool,
+                        keys=keys,
+                        letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
+                        config=partition_config,
+                        stop=stop,
+                    )
+                    tasks.append(
+                        asyncio.create_task(
+                            member.run(), name=f"{projection.name}/{service}/partitions"
+                        )
+                    )
                 for name in names:
                     worker = ProjectionWorker(
                         projection,

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 import asyncpg
 
 from outbox.naming import DEFAULT_SCHEMA, in_schema
+from outbox.partitioning import Partitioning
 from outbox.preflight import CONNECTION_ERRORS
 from outbox.relay import queries
 from outbox.relay.errors import DatabaseUnavailableError
@@ -73,9 +74,23 @@ class OutboxStore(Protocol):
         """The stored cursor and marks of each service."""
         ...
 
-    async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
+    async def fetch(
+        self,
+        cursors: Mapping[str, Cursor],
+        limit: int,
+        partitions: Mapping[str, int] | None = None,
+    ) -> dict[str, list[OutboxRow]]:
         """Up to ``limit`` committed events per service after its cursor, in cursor order, each
-        with its stream entry's fields."""
+        with its stream entry's fields and its partition among the service's ``partitions``
+        (1 when not given)."""
+        ...
+
+    async def partitionings(self, services: Sequence[str]) -> dict[str, Partitioning]:
+        """Each service's epoch and partition count (epoch 0 for one without a row)."""
+        ...
+
+    async def start_epoch(self, service: str, cursor: Cursor) -> Partitioning | None:
+        """Start the epoch asked for, after ``cursor``; None when none is asked for."""
         ...
 
     async def advance(
@@ -121,6 +136,7 @@ RELAY_STATEMENTS = (
     queries.FETCH_BATCH,
     queries.ADVANCE_CURSORS,
     queries.WRITE_STATUS,
+    queries.LOAD_PARTITIONINGS,
 )
 
 
@@ -178,8 +194,14 @@ class PgOutboxStore:
         }
         return {service: found.get(service, Stored(START, {})) for service in services}
 
-    async def fetch(self, cursors: Mapping[str, Cursor], limit: int) -> dict[str, list[OutboxRow]]:
+    async def fetch(
+        self,
+        cursors: Mapping[str, Cursor],
+        limit: int,
+        partitions: Mapping[str, int] | None = None,
+    ) -> dict[str, list[OutboxRow]]:
         services = list(cursors)
+        counts = partitions or {}
         rows = await self._call(
             "fetch",
             queries.FETCH_BATCH,
@@ -188,6 +210,7 @@ class PgOutboxStore:
             [cursors[s].position for s in services],
             limit,
             self._max_retries,
+            [counts.get(s, 1) for s in services],
         )
         batches: dict[str, list[OutboxRow]] = {}
         for row in rows:  # already in cursor order per service (FETCH_BATCH's ORDER BY)
@@ -211,6 +234,17 @@ class PgOutboxStore:
                 for s in services
             ],
         )
+
+    async def partitionings(self, services: Sequence[str]) -> dict[str, Partitioning]:
+        rows = await self._call("fetch", queries.LOAD_PARTITIONINGS, list(services))
+        found = {row["stream"]: Partitioning.from_row(row) for row in rows}
+        return {service: found.get(service, Partitioning()) for service in services}
+
+    async def start_epoch(self, service: str, cursor: Cursor) -> Partitioning | None:
+        row = await self._call(
+            "fetchrow", queries.START_EPOCH, service, cursor.txid, cursor.position
+        )
+        return None if row is None else Partitioning.from_row(row)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from outbox.partitioning import Partitioning
 from outbox.relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
 from outbox.relay.errors import (
     DatabaseUnavailableError,
@@ -108,6 +109,10 @@ class Relay:
         self._paused: dict[str, _Paused] = {}
         self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
         self._committed_at = 0.0
+        # Each held service's epoch and partition count (decision 0014), read again every
+        # heartbeat interval for the epochs `outbox partitions set` asks for.
+        self._partitionings: dict[str, Partitioning] = {}
+        self._partitionings_read_at = 0.0
 
     @classmethod
     def from_settings(
@@ -255,6 +260,7 @@ class Relay:
             self._republishing.pop(service, None)
             self.status.stream_errors.pop(service, None)
             self._marks.forget(service)
+            self._partitionings.pop(service, None)
         new = sorted(active - self._cursors.keys())
         if new:
             for service, stored in (await self.store.load(new)).items():
@@ -264,6 +270,7 @@ class Relay:
                 self._marks.took(
                     {k: mark for k, mark in stored.marks.items() if self.keys.parse_stream(k)}
                 )
+        await self._follow_partitionings(active, force=bool(new))
         now = time.monotonic()
         ready = {
             s: self._cursors[s]
@@ -288,7 +295,9 @@ class Relay:
             return True, False
         after = {s: cursor_of(batches[s][-1]) if s in batches else c for s, c in ready.items()}
         published, read_ahead = await asyncio.gather(
-            self._publish(batches), self.store.fetch(after, limit), return_exceptions=True
+            self._publish(batches),
+            self.store.fetch(after, limit, self._routed()),
+            return_exceptions=True,
         )
         if isinstance(published, BaseException):
             raise published
@@ -310,11 +319,50 @@ class Relay:
         # Used once: an empty read-ahead means "nothing then", so the next poll reads afresh.
         self._read_ahead = {}
         if missing:
-            batches.update(await self.store.fetch(missing, self.settings.relay_batch_size))
+            batches.update(
+                await self.store.fetch(missing, self.settings.relay_batch_size, self._routed())
+            )
         return batches
 
+    def _routed(self) -> dict[str, int]:
+        return {s: p.routed for s, p in self._partitionings.items() if p.routed > 1}
+
+    def _epochs(self) -> dict[str, int]:
+        return {s: p.epoch for s, p in self._partitionings.items() if p.epoch}
+
+    async def _follow_partitionings(self, active: set[str], *, force: bool) -> None:
+        """Read the held services' partitionings (every heartbeat interval, or now after new
+        leases) and start any epoch asked for, at the service's cursor once committed: each
+        event after it goes to the new epoch's streams (decision 0014)."""
+        now = time.monotonic()
+        if (
+            not force
+            and now - self._partitionings_read_at < self.settings.relay_heartbeat_interval_s
+        ):
+            return
+        self._partitionings_read_at = now
+        self._partitionings = await self.store.partitionings(sorted(active))
+        requested = [s for s, p in self._partitionings.items() if p.requested is not None]
+        if not requested:
+            return
+        # What was published is committed first: the new epoch starts exactly there.
+        await self._commit_cursors(force=True)
+        for service in requested:
+            started = await self.store.start_epoch(service, self._committed[service])
+            if started is None:
+                continue
+            self._partitionings[service] = started
+            self._read_ahead.pop(service, None)  # read with the old partition count
+            log.info(
+                "event=partition_epoch_started service=%s epoch=%d partitions=%d since=%s",
+                service,
+                started.epoch,
+                started.partitions,
+                self._committed[service],
+            )
+
     async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
-        outcomes = await self.publisher.publish(batches, self._marks.by_stream)
+        outcomes = await self.publisher.publish(batches, self._marks.by_stream, self._epochs())
         for service, outcome in outcomes.items():
             self._marks.took(outcome.marks)
             if outcome.behind:
@@ -492,7 +540,12 @@ class Relay:
     async def _trim(self) -> None:
         if self._trim_client is None:
             return
-        streams = [stream for s in sorted(self.leases.held) for stream in self.keys.streams_of(s)]
+        streams = [
+            stream
+            for s in sorted(self.leases.held)
+            for partition in self._partitionings.get(s, Partitioning()).every_partition()
+            for stream in self.keys.streams_of(s, partition)
+        ]
         try:
             results = await trim_streams(
                 self._trim_client,

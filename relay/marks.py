@@ -23,21 +23,28 @@ class Marks:
     def __init__(self, keys: Keys) -> None:
         self._keys = keys
         self.by_stream: dict[str, Cursor] = {}
+        #: service -> its streams with a mark (partitions included), kept as marks arrive.
+        self._by_service: dict[str, set[str]] = {}
 
     def took(self, marks: Mapping[str, Cursor]) -> None:
         """Streams accepted batches (loaded from ``relay_cursors`` or just published)."""
+        for stream in marks:
+            if stream not in self.by_stream:
+                parsed = self._keys.parse_stream(stream)
+                if parsed is not None:
+                    self._by_service.setdefault(parsed[0], set()).add(stream)
         self.by_stream.update(marks)
 
     def forget(self, service: str) -> None:
         """The service is no longer held."""
-        for stream in self._keys.streams_of(service):
+        for stream in self._by_service.pop(service, ()):
             self.by_stream.pop(stream, None)
 
     def of(self, service: str) -> dict[str, Cursor]:
-        """The service's marks, to commit with its cursor."""
+        """The service's marks (every partition's), to commit with its cursor."""
         return {
             stream: self.by_stream[stream]
-            for stream in self._keys.streams_of(service)
+            for stream in self._by_service.get(service, ())
             if stream in self.by_stream
         }
 
@@ -69,5 +76,5 @@ class Marks:
             if mark == START:
                 self.by_stream.pop(stream, None)
             else:
-                self.by_stream[stream] = mark
+                self.took({stream: mark})
         return min(found.values())

@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 
 from outbox.envelope import MessagePriority
+from outbox.partitioning import Partition
 from outbox.relay.cursor import Cursor, OutboxRow
 from outbox.settings import Settings
 from outbox.streams.connection import RedisClient, client_from_url, raw_pipeline, reply_text
@@ -50,10 +51,15 @@ class Publisher(Protocol):
     """The Redis boundary as the daemon sees it."""
 
     async def publish(
-        self, batches: Mapping[str, Sequence[OutboxRow]], seen: Mapping[str, Cursor]
+        self,
+        batches: Mapping[str, Sequence[OutboxRow]],
+        seen: Mapping[str, Cursor],
+        epochs: Mapping[str, int] | None = None,
     ) -> dict[str, ServiceOutcome]:
         """Publish each service's rows (in cursor order). ``seen``: the watermark each stream
-        was last seen to take (stream key → cursor). Raises RedisUnavailableError."""
+        was last seen to take (stream key → cursor); ``epochs``: each partitioned service's
+        epoch, whose streams its rows' ``partition`` names (decision 0014). Raises
+        RedisUnavailableError."""
         ...
 
     async def watermarks(self, streams: Sequence[str]) -> dict[str, str | None]:
@@ -83,20 +89,31 @@ class RedisPublisher:
     def __init__(self, client: RedisClient, keys: Keys) -> None:
         self._client = client
         self._keys = keys
-        self._streams: dict[tuple[str, int], str] = {}  # (service, priority) -> stream key
+        # (service, epoch, partition, priority) -> stream key
+        self._streams: dict[tuple[str, int, int, int], str] = {}
 
     async def publish(
-        self, batches: Mapping[str, Sequence[OutboxRow]], seen: Mapping[str, Cursor]
+        self,
+        batches: Mapping[str, Sequence[OutboxRow]],
+        seen: Mapping[str, Cursor],
+        epochs: Mapping[str, int] | None = None,
     ) -> dict[str, ServiceOutcome]:
         stream_batches: list[StreamBatch] = []
         owners: list[str] = []
         for service, rows in batches.items():
             by_stream: dict[str, StreamBatch] = {}
+            epoch = epochs.get(service, 0) if epochs else 0
             for row in rows:
-                stream = self._streams.get((service, row["priority"]))
+                part = row["partition"] if epoch else 0
+                route = (service, epoch, part, row["priority"])
+                stream = self._streams.get(route)
                 if stream is None:
-                    stream = self._keys.stream(service, _PRIORITIES[row["priority"]])
-                    self._streams[(service, row["priority"])] = stream
+                    stream = self._keys.stream(
+                        service,
+                        _PRIORITIES[row["priority"]],
+                        Partition(epoch, part) if epoch else None,
+                    )
+                    self._streams[route] = stream
                 batch = by_stream.get(stream)
                 if batch is None:
                     mark = seen.get(stream)

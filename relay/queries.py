@@ -103,9 +103,18 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
 # pg_current_snapshot() is the statement's own snapshot (GetActiveSnapshot), so the xmin horizon
 # and the rows read agree: every transaction below the horizon is finished, and its rows are
 # visible to this very statement (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
+# ``partition``: the event's partition among $6, the service's partition count (1: the
+# unpartitioned stream): a stable 64-bit hash of the aggregate id (the event id when there is
+# none), non-negative, modulo the count (decision 0014). hashtextextended is what PostgreSQL's
+# own hash partitioning uses, so it does not change between versions.
 FETCH_BATCH = f"""
-SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields
-  FROM unnest($1::text[], $2::xid8[], $3::bigint[]) AS c(stream, txid, position)
+SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields,
+       CASE WHEN c.partitions > 1
+            THEN ((hashtextextended(coalesce(o.aggregate_id, o.event_id::text), 0)
+                   & 9223372036854775807) % c.partitions)::int
+            ELSE 0 END AS partition
+  FROM unnest($1::text[], $2::xid8[], $3::bigint[], $6::int[])
+       AS c(stream, txid, position, partitions)
   CROSS JOIN LATERAL (
         SELECT * FROM outbox_events e
          WHERE e.stream = c.stream
@@ -115,6 +124,26 @@ SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields
          LIMIT $4) o
  -- Each service's rows in cursor order (the LATERAL yields them so, but only this promises it).
  ORDER BY o.stream, o.txid, o.position
+"""
+
+# --- partitions (relay/partitions.py, decision 0014) --------------------------------------
+
+LOAD_PARTITIONINGS = """
+SELECT stream, epoch, partitions, requested, history::text AS history
+  FROM stream_partitions WHERE stream = ANY($1::text[])
+"""
+
+# A new epoch, started at the service's committed cursor by the relay that holds the service:
+# every event after the cursor goes to the new epoch's streams.
+START_EPOCH = """
+UPDATE stream_partitions
+   SET epoch = epoch + 1, partitions = requested, requested = NULL,
+       since_txid = $2, since_position = $3,
+       history = history || jsonb_build_array(
+           jsonb_build_object('epoch', epoch + 1, 'partitions', requested)),
+       updated_at = now()
+ WHERE stream = $1 AND requested IS NOT NULL
+RETURNING stream, epoch, partitions, requested, history::text AS history
 """
 
 # Cursors only move forward, so a relay that lost its lease (or a test relay without leases)
@@ -173,6 +202,23 @@ FORGET_MARKS = """
 UPDATE relay_cursors SET marks = '{}'::jsonb, updated_at = now()
  WHERE marks <> '{}'::jsonb
 RETURNING stream
+"""
+
+# A new partition count for a service, for its relay to start at its next batch boundary. A
+# service that was never partitioned gets its row (epoch 0: its one stream).
+REQUEST_PARTITIONS = """
+INSERT INTO stream_partitions AS p (stream, partitions, epoch, requested)
+VALUES ($1, 1, 0, $2)
+ON CONFLICT (stream) DO UPDATE
+   SET requested = CASE WHEN p.partitions = EXCLUDED.requested AND p.epoch > 0 THEN NULL
+                        ELSE EXCLUDED.requested END,
+       updated_at = now()
+RETURNING stream, epoch, partitions, requested, history::text AS history
+"""
+
+ALL_PARTITIONINGS = """
+SELECT stream, epoch, partitions, requested, history::text AS history
+  FROM stream_partitions ORDER BY stream
 """
 
 # --- prune (relay/prune.py) ---------------------------------------------------------------

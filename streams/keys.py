@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from outbox.envelope import MessagePriority
+from outbox.partitioning import Partition
 
 #: Consumer group of a projection: one per projection name and stream.
 DEAD_LETTER_SERVICE = "dead_letter"
@@ -56,18 +57,40 @@ class Keys:
     def _service(self, service: str) -> str:
         return f"{{{service}}}" if self.tagged else service
 
-    def stream(self, service: str, priority: MessagePriority = MessagePriority.NORMAL) -> str:
+    def stream(
+        self,
+        service: str,
+        priority: MessagePriority = MessagePriority.NORMAL,
+        partition: Partition | None = None,
+    ) -> str:
         """``<prefix>:<service>:events`` (+ ``:high`` / ``:critical``); the service in braces
-        in the tagged layout."""
-        return f"{self.prefix}:{self._service(service)}:events{_suffix(priority)}"
+        in the tagged layout; a partition of epoch ``e`` ≥ 1 is ``<service>.<e>.<p>`` in their
+        place (decision 0014)."""
+        name = service if partition is None or partition.epoch == 0 else partition.name(service)
+        return f"{self.prefix}:{self._service(name)}:events{_suffix(priority)}"
 
-    def streams_of(self, service: str) -> list[str]:
-        """The service's streams, highest priority first."""
+    def streams_of(self, service: str, partition: Partition | None = None) -> list[str]:
+        """The service's (or one partition's) streams, highest priority first."""
         return [
-            self.stream(service, MessagePriority.CRITICAL),
-            self.stream(service, MessagePriority.HIGH),
-            self.stream(service, MessagePriority.NORMAL),
+            self.stream(service, MessagePriority.CRITICAL, partition),
+            self.stream(service, MessagePriority.HIGH, partition),
+            self.stream(service, MessagePriority.NORMAL, partition),
         ]
+
+    def parse_partition(self, stream: str) -> tuple[str, Partition, MessagePriority] | None:
+        """``(service, partition, priority)`` of one of our event streams (epoch 0 for a
+        service's unpartitioned streams), or None for any other key."""
+        parsed = self._parse(stream)
+        if parsed is None:
+            return None
+        name, priority = parsed
+        service, dot, rest = name.partition(".")
+        if not dot:
+            return service, Partition(0, 0), priority
+        epoch, dot, index = rest.partition(".")
+        if not (dot and epoch.isdigit() and index.isdigit()) or int(epoch) < 1:
+            return None
+        return service, Partition(int(epoch), int(index)), priority
 
     def watermark(self, stream: str) -> str:
         """Cursor ``<txid>:<position>`` of the last event published to ``stream`` (see
@@ -85,7 +108,12 @@ class Keys:
         return self.stream(METRICS_SERVICE)
 
     def parse_stream(self, stream: str) -> tuple[str, MessagePriority] | None:
-        """``(service, priority)`` of one of our event streams, or None for any other key."""
+        """``(service, priority)`` of one of our event streams (of any partition), or None for
+        any other key."""
+        parsed = self.parse_partition(stream)
+        return None if parsed is None else (parsed[0], parsed[2])
+
+    def _parse(self, stream: str) -> tuple[str, MessagePriority] | None:
         head = f"{self.prefix}:"
         if not stream.startswith(head):
             return None

@@ -119,6 +119,13 @@ function render(snap) {
     p.consumers.map((c) => `${c.consumer} (${c.stopped ? "stopped" : age(c.heartbeat_age_s)})`).join(", ") || "–"]),
     "no projection running");
 
+  // Partitioned services (decision 0014): who owns each partition, and how far behind it is.
+  fill("table-partitions", (snap.partitions || []).map((p) => [p.projection,
+    `${p.service} ${p.epoch}.${p.partition}`, p.drained ? "drained" : (p.owner || "–"),
+    num(fmt(p.fence)), num(fmt(p.lag_entries)),
+    num(p.lease_left_s === null ? "–" : `${Math.max(0, p.lease_left_s).toFixed(1)} s`)]),
+    "no partitioned service");
+
   if (snap.dead_letters.count !== lastDeadCount) { lastDeadCount = snap.dead_letters.count; loadDeadLetters(); }
 }
 

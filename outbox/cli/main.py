@@ -77,6 +77,7 @@ _EXTRAS = {
     "relay": "relay",
     "prune": "relay",
     "forget-marks": "relay",
+    "partitions": "relay",
     "demo": "relay",
     "project": "projections",
     "projections": "projections",

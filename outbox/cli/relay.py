@@ -162,6 +162,43 @@ def _forget_marks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partitions_set(args: argparse.Namespace) -> int:
+    from outbox.cli import eventloop
+    from outbox.relay.admin import request_partitions
+    from outbox.settings import get_settings
+
+    settings = get_settings()
+    found = eventloop.run(
+        request_partitions(
+            settings.libpq_url(), args.service, args.partitions, schema=settings.outbox_schema
+        )
+    )
+    if found.requested is None:
+        print(f"{args.service} already has {found.partitions} partitions (epoch {found.epoch})")
+    else:
+        print(
+            f"{args.service}: {found.requested} partitions asked for; the relay starts epoch "
+            f"{found.epoch + 1} at its next batch, and projections consume it once every "
+            "partition before it is drained"
+        )
+    return 0
+
+
+def _partitions_list(args: argparse.Namespace) -> int:
+    from outbox.cli import eventloop
+    from outbox.relay.admin import partitionings
+    from outbox.settings import get_settings
+
+    settings = get_settings()
+    found = eventloop.run(partitionings(settings.libpq_url(), schema=settings.outbox_schema))
+    for service, partitioning in found.items():
+        asked = f", {partitioning.requested} asked for" if partitioning.requested else ""
+        print(f"{service}\tepoch={partitioning.epoch}\tpartitions={partitioning.routed}{asked}")
+    if not found:
+        print("no partitioned service (each has its one stream)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this area's subcommands to the ``outbox`` parser."""
     relay = sub.add_parser(
@@ -211,3 +248,25 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "the start. Refused while a relay runs. See docs/cluster.md.",
     )
     forget.set_defaults(handler=_forget_marks)
+
+    partitions = sub.add_parser(
+        "partitions",
+        help="partition a service's streams by aggregate, or change its partition count",
+        description="A partitioned service's events are spread over N streams by a stable hash "
+        "of their aggregate id; each partition of a projection is consumed by one consumer at "
+        "a time, so every aggregate's events are applied in order (docs/cluster.md, "
+        "decision 0014).",
+    )
+    actions = partitions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    setting = actions.add_parser(
+        "set",
+        help="ask for N partitions of SERVICE (the relay switches at its next batch)",
+        description="Record a new partition count. The relay holding SERVICE starts a new "
+        "epoch at its next batch boundary; projections consume the new partitions once every "
+        "partition before them is drained, so no aggregate's events are reordered.",
+    )
+    setting.add_argument("service")
+    setting.add_argument("partitions", type=int)
+    setting.set_defaults(handler=_partitions_set)
+    listing = actions.add_parser("list", help="each partitioned service's epoch and count")
+    listing.set_defaults(handler=_partitions_list)
