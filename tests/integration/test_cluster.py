@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,68 @@ def _single_url(settings: Settings) -> Any:
     fixture points the environment at the cluster)."""
     assert not settings.cluster
     return settings.redis_streams_url
+
+
+async def test_outbox_dlq_on_a_cluster(
+    cluster_settings: Settings, cluster_client: RedisCluster, database_url: str
+) -> None:
+    """Dead letters (their own slot) listed and replayed to their source stream (another
+    slot) by the command, on the cluster."""
+    from outbox.streams.codec import encode_fields
+    from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
+
+    keys = Keys.for_settings(cluster_settings)
+    source = keys.stream("identity")
+    letters = DeadLetters(cluster_client, keys, 3600)
+    payload = encode_fields(
+        event_id="00000000-0000-7000-8000-000000000001",
+        event_type="user_created",
+        service="identity",
+        source="identity",
+        data_json='{"user_id": "u1"}',
+        priority=MessagePriority.NORMAL,
+        occurred_at=datetime.now(UTC),
+        correlation_id="c1",
+        position=1,
+        max_retries=3,
+    )
+    await letters.add(
+        dead_letter_fields(
+            source_stream=source,
+            group="user_directory",
+            entry_id="1-1",
+            attempts=4,
+            error="RuntimeError: boom",
+            payload=payload,
+            consumer="c",
+        )
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_STREAMS_URL": cluster_settings.redis_streams_url.get_secret_value(),
+        "REDIS_CLUSTER": "true",
+        "STREAM_PREFIX": cluster_settings.stream_prefix,
+    }
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [OUTBOX, "dlq", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert source in listed.stdout
+    assert "1 dead letter(s)" in listed.stderr
+    replayed = await asyncio.to_thread(
+        subprocess.run,
+        [OUTBOX, "dlq", "replay", "--all", "--yes"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert await cluster_client.xlen(source) == 1
+    assert await cluster_client.xlen(keys.dead_letter) == 0
