@@ -44,7 +44,13 @@ from outbox.projections import store
 from outbox.projections.apply import Outcome, TransientError, apply_batch, is_transient
 from outbox.projections.projection import Projection
 from outbox.settings import Settings
-from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, entry_ms
+from outbox.streams.codec import (
+    MalformedEntryError,
+    StreamMessage,
+    decode_entry,
+    entry_ms,
+    is_marker,
+)
 from outbox.streams.connection import RedisClient, backoff_delay_s, raw_pipeline
 from outbox.streams.consumer import Entry, GroupConsumer, ack_commands
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
@@ -461,9 +467,14 @@ class ProjectionWorker:
                 trimmed.append(entry)
                 continue
             try:
-                append(decode_entry(entry.stream, entry.id, entry.fields))
+                message = decode_entry(entry.stream, entry.id, entry.fields)
             except MalformedEntryError as error:
                 letters.append(_Letter(entry.stream, entry.id, 1, str(error), entry.fields))
+                continue
+            if is_marker(message):  # the original library's stream_initialized entry
+                acks[entry.stream].append(entry.id)
+                continue
+            append(message)
         refetched = list(extra)
         if trimmed:
             refetched += await self._refetch_trimmed(trimmed)

@@ -27,7 +27,13 @@ from redis import exceptions as redis_errors
 from outbox.context import current_correlation_id, new_correlation_id
 from outbox.envelope import MessagePriority, uuid7
 from outbox.settings import client_settings
-from outbox.streams.codec import MalformedEntryError, StreamMessage, decode_entry, encode_fields
+from outbox.streams.codec import (
+    MalformedEntryError,
+    StreamMessage,
+    decode_entry,
+    encode_fields,
+    is_marker,
+)
 from outbox.streams.connection import RedisClient, backoff_delay_s, connect, reply_text
 from outbox.streams.consumer import Entry, GroupConsumer
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
@@ -281,9 +287,12 @@ class RedisStreamsClient:
                         f"entry {entry.id} of {entry.stream} was trimmed while pending; its "
                         "event is in the outbox log (projections re-fetch it from there)"
                     )
-                message = decode_entry(name, entry.id, entry.fields)
+                message = decode_entry(name, entry.id, entry.fields, entry.stream)
             except MalformedEntryError as error:
                 await self._dead_letter(consumer, entry, attempts=1, error=str(error))
+                continue
+            if is_marker(message):  # the original library's stream_initialized entry
+                await consumer.ack({entry.stream: [entry.id]})
                 continue
             deliveries = self._delivered.setdefault((name, entry.id), [])
             delivery = _Delivery(entry.stream, consumer.group, consumer.consumer)

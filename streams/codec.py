@@ -186,15 +186,66 @@ def _load_json(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
-def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> StreamMessage:
+#: Namespace of the event ids given to entries that the original library published (no
+#: ``event_id``): uuid5 of ``<stream key>/<entry id>``, the same for every consumer.
+LEGACY_NAMESPACE = uuid.UUID("6f757462-6f78-4c65-8761-637953747265")
+#: What the original library's ``initialize()`` adds at id 0-1 to every stream: not an event.
+STREAM_INITIALIZED = "stream_initialized"
+MARKER_ID = "0-1"
+
+
+def legacy_event_id(stream: str, entry_id: str) -> str:
+    """The event id of an entry the original library published (it carries none): derived
+    from the stream and the entry id, so a redelivery or a replay of that entry is recognised,
+    but the same event published twice is two events (weaker than the outbox's dedup)."""
+    return str(uuid.uuid5(LEGACY_NAMESPACE, f"{stream}/{entry_id}"))
+
+
+def _legacy(stream: str, key: str, entry_id: str, get: Any) -> dict[str, str]:
+    """The envelope fields of an entry in the original library's format (``id, stream,
+    event_type, service, data, priority`` as ``low|normal|high|critical``, ``timestamp,
+    retry_count, max_retries, correlation_id, user_id``), missing ones defaulted. Its own ``id``
+    field is ignored: the library does not promise it is unique or even set."""
+    event_id = legacy_event_id(key, entry_id)
+    key_parts = key.split(":")
+    service = get("service") or get("stream") or (key_parts[1] if len(key_parts) > 2 else stream)
+    return {
+        "event_id": event_id,
+        "service": service.strip("{}"),
+        "data": get("data") or "{}",
+        "priority": get("priority") or "normal",
+        "correlation_id": get("correlation_id") or event_id,
+        # The marker of initialize() at 0-1 may carry no event type of its own.
+        "event_type": STREAM_INITIALIZED if entry_id == MARKER_ID else "",
+    }
+
+
+def is_marker(message: StreamMessage) -> bool:
+    """The original library's ``stream_initialized`` marker: consumers ack and skip it."""
+    return message.event_type == STREAM_INITIALIZED
+
+
+def decode_entry(
+    stream: str, entry_id: str, fields: Mapping[Any, Any], key: str | None = None
+) -> StreamMessage:
     """Decode entry fields (str or bytes keys) or raise :class:`MalformedEntryError`.
 
     This runs once per event in every consumer, so it reads each field once, straight from the
     mapping (decoded in one pass when the client returns bytes), and builds the message with
-    positional arguments.
+    positional arguments. An entry of the original library (no ``event_id``) is decoded too,
+    with an event id derived from the stream ``key`` (default ``stream``) and the entry id
+    (:func:`legacy_event_id`).
     """
     try:
         get = _as_text_fields(fields).get
+        if get("event_id") is None and (get("event_type") or entry_id == MARKER_ID):
+            legacy = _legacy(stream, key or stream, entry_id, get)
+            plain = get
+
+            def get(name: str, default: Any = None) -> Any:
+                value = plain(name)  # the original library writes "" for a missing value
+                return legacy.get(name, default) if value in (None, "") else value
+
         event_id = get("event_id")
         event_type = get("event_type")
         service = get("service")
@@ -224,7 +275,7 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> Strea
         occurred_at = datetime.fromisoformat(occurred_text) if occurred_text else None
         timestamp_text = get("timestamp")
         if timestamp_text is not None:
-            timestamp = float(timestamp_text)
+            timestamp = _timestamp(timestamp_text)
         elif occurred_at is not None:
             timestamp = occurred_at.timestamp()
         else:
@@ -261,6 +312,14 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> Strea
         raise MalformedEntryError(
             f"entry {entry_id} of {stream} cannot be decoded: {error}"
         ) from None
+
+
+def _timestamp(text: str) -> float:
+    """Unix seconds, or an ISO 8601 time (the original library's ``timestamp`` may be either)."""
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(text).timestamp()
 
 
 # CloudEvents 1.0 (https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md).

@@ -69,7 +69,18 @@ def test_registry_selects_by_name() -> None:
 def test_latest_keeps_the_newest_event_per_key() -> None:
     events = [_message(3, "a"), _message(1, "a"), _message(2, "b")]
     newest = latest(events, lambda m: m.data["user_id"])
-    assert sorted(version(m) for m in newest) == [2, 3]
+    assert sorted(m.position or 0 for m in newest) == [2, 3]
+
+
+def test_an_outbox_event_is_newer_than_any_the_original_library_published() -> None:
+    """A service moving to the outbox updates the rows its direct XADDs wrote (issue 23)."""
+    legacy = decode_entry(
+        "p:identity:events",
+        "4102444800000-0",
+        {"event_type": "user_updated", "data": "{}", "timestamp": "4102444800.0"},  # in 2100
+    )
+    assert legacy.position is None
+    assert version(_message(1, "a")) > version(legacy)
 
 
 def test_dead_letter_filter() -> None:
