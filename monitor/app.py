@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority, uuid7
-from outbox.monitor import models, prometheus, queries, redis_stats
+from outbox.monitor import models, prometheus, queries, redis_stats, trace
 from outbox.monitor.collector import Collector
 from outbox.monitor.dead_letters import present, select
 from outbox.monitor.security import (
@@ -200,6 +200,14 @@ class Monitor:
         if self.keys.parse_stream(candidate) is None:
             raise HTTPException(404, f"{name!r} is not a stream of prefix {self.keys.prefix!r}")
         return candidate
+
+    def stream_keys(self, name: str) -> tuple[str | None, list[str]]:
+        """(service, its streams highest priority first) for a service name; (None, [key])
+        for a full key (:meth:`stream_key`)."""
+        key = self.stream_key(name)
+        if key == name:
+            return None, [key]
+        return name, self.keys.streams_of(name)
 
 
 def get_monitor(request: Request) -> Monitor:
@@ -399,6 +407,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return (await c.latest())["projections"]
 
     @app.get(
+        "/api/consumers",
+        tags=["projections"],
+        response_model=models.ClientConsumerList,
+        responses=_errors(_COLLECTED),
+    )
+    async def consumers_view(c: CollectorDep) -> Any:
+        """Consumers of the document's client (``consume_messages``): heartbeat age, counters."""
+        return (await c.latest())["consumers"]
+
+    @app.get(
         "/api/streams",
         tags=["streams"],
         response_model=models.StreamList,
@@ -411,7 +429,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/api/stream/{stream}",
         tags=["streams"],
-        response_model=models.Stream,
+        response_model=models.StreamOrService,
         responses=_errors(
             {
                 404: "not a stream of this prefix, or the stream does not exist",
@@ -421,15 +439,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     async def stream(stream: NameParam, c: CollectorDep) -> Any:
-        """One stream (a full key, or a service name for its NORMAL stream)."""
-        key = monitor.stream_key(stream)
+        """One stream (a full key), or every priority stream of a service (a service name:
+        CRITICAL, HIGH and NORMAL, with the service's totals per group)."""
+        service, keys = monitor.stream_keys(stream)
         assert monitor.redis is not None
-        _, stats, _ = await redis_stats.collect(monitor.redis, [key])
-        if stats[0].error:
-            raise HTTPException(409, f"{key} is not a stream: {stats[0].error}")
-        if not stats[0].exists:
-            raise HTTPException(404, f"stream {key} does not exist")
-        return stats[0].as_dict()
+        _, stats, _ = await redis_stats.collect(monitor.redis, keys)
+        for one in stats:
+            if one.error:
+                raise HTTPException(409, f"{one.key} is not a stream: {one.error}")
+        found = [one for one in stats if one.exists]
+        if not found:
+            raise HTTPException(404, f"stream {' / '.join(keys)} does not exist")
+        if service is None:
+            return found[0].as_dict()
+        return redis_stats.service_totals(service, found)
 
     @app.get(
         "/api/pending/{stream}/{group}",
@@ -448,35 +471,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         group: NameParam,
         count: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Any:
-        """A group's pending entries: summary, and the oldest ``count`` with consumer and idle."""
-        key = monitor.stream_key(stream)
+        """A group's pending entries: summary, and the ``count`` longest idle with consumer and
+        idle time. A service name covers all its priority streams (``keys``; each entry names
+        its ``stream``); ``min_id`` / ``max_id`` are then those of the highest priority stream
+        with pending entries."""
+        service, keys = monitor.stream_keys(stream)
         assert monitor.redis is not None
-        try:
-            summary = await monitor.redis.xpending(key, group)
-            entries = await monitor.redis.xpending_range(key, group, "-", "+", count)
-        except redis_errors.ResponseError as error:
-            text = str(error)
-            if "NOGROUP" in text or "no such key" in text.lower():
-                raise HTTPException(404, f"no group {group!r} on stream {key}") from None
-            if "WRONGTYPE" in text:
-                raise HTTPException(409, f"{key} is not a stream") from None
-            raise
-        return {
-            "stream": key,
-            "group": group,
-            "pending": summary["pending"],
-            "min_id": summary["min"],
-            "max_id": summary["max"],
-            "consumers": summary["consumers"],
-            "entries": [
+        total = 0
+        min_id = max_id = None
+        consumers: dict[str, int] = {}
+        entries: list[dict[str, Any]] = []
+        grouped = []
+        for key in keys:
+            try:
+                summary = await monitor.redis.xpending(key, group)
+                rows = await monitor.redis.xpending_range(key, group, "-", "+", count)
+            except redis_errors.ResponseError as error:
+                text = str(error)
+                if "NOGROUP" in text or "no such key" in text.lower():
+                    continue
+                if "WRONGTYPE" in text:
+                    raise HTTPException(409, f"{key} is not a stream") from None
+                raise
+            grouped.append(key)
+            total += summary["pending"]
+            if summary["pending"] and min_id is None:
+                min_id, max_id = summary["min"], summary["max"]
+            for consumer in summary["consumers"]:
+                consumers[consumer["name"]] = consumers.get(consumer["name"], 0) + int(
+                    consumer["pending"]
+                )
+            entries += [
                 {
                     "id": e["message_id"],
+                    "stream": key,
                     "consumer": e["consumer"],
                     "idle_ms": e["time_since_delivered"],
                     "deliveries": e["times_delivered"],
                 }
-                for e in entries
-            ],
+                for e in rows
+            ]
+        if not grouped:
+            raise HTTPException(404, f"no group {group!r} on stream {' / '.join(keys)}")
+        if len(keys) > 1:
+            entries.sort(key=lambda e: -e["idle_ms"])
+        return {
+            "stream": service or keys[0],
+            "keys": grouped,
+            "group": group,
+            "pending": total,
+            "min_id": min_id,
+            "max_id": max_id,
+            "consumers": [{"name": n, "pending": p} for n, p in consumers.items()],
+            "entries": entries[:count],
         }
 
     @app.get(
@@ -499,24 +546,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         correlation_id: Annotated[str, Query(min_length=1, max_length=256)],
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> Any:
-        """Every event of a correlation and where each one is now."""
+        """Every event of a correlation and where each one is now: those of the outbox in
+        commit order, then those published directly to Redis (``position`` null: the document's
+        ``publish_event`` or the original library), found among the newest 10,000 entries of
+        each stream."""
         assert monitor.pool is not None
         assert monitor.redis is not None
         assert monitor.collector is not None
+        schema = monitor.settings.outbox_schema
+        snap = await monitor.collector.latest()
+        keys = [
+            s["key"]
+            for s in snap["streams"]
+            if s["exists"] and not s["error"] and monitor.keys.parse_stream(s["key"])
+        ]
         async with monitor.pool.acquire() as conn:
             rows = await conn.fetch(
-                in_schema(queries.EVENTS_BY_CORRELATION, monitor.settings.outbox_schema),
+                in_schema(queries.EVENTS_BY_CORRELATION, schema),
                 correlation_id,
                 limit,
                 monitor.collector.relay_alive_s,
             )
+            direct = await trace.direct_events(
+                monitor.redis, keys, correlation_id, limit - len(rows)
+            )
+            direct_applied = await trace.applied_by(conn, [m.event_id for m in direct], schema)
         dead = (
             {
                 letter.event_id: letter
                 async for letter in monitor.dead_letters().iterate()
                 if letter.event_id
             }
-            if rows
+            if rows or direct
             else {}
         )
         result = []
@@ -549,6 +610,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "republishing": row["republishing"],
                     "entry": entry,
                     "applied_by": list(row["applied_by"]),
+                    "dead_letter": (
+                        {"id": letter.id, "group": letter.group, "error": letter.error}
+                        if letter
+                        else None
+                    ),
+                }
+            )
+        for message in direct:
+            letter = dead.get(message.event_id)
+            applied = direct_applied.get(message.event_id, [])
+            result.append(
+                {
+                    "event_id": message.event_id,
+                    "position": None,
+                    "service": message.service,
+                    "event_type": message.event_type,
+                    "priority": int(message.priority),
+                    "aggregate_id": message.aggregate_id,
+                    "causation_id": message.causation_id,
+                    "user_id": message.user_id,
+                    "occurred_at": datetime.fromtimestamp(message.timestamp, UTC).isoformat(),
+                    "data": monitor.masked_copy(message.data),
+                    "where": "dead_lettered" if letter else "applied" if applied else "published",
+                    "published": True,
+                    "republishing": False,
+                    "entry": {"stream": message.stream, "id": message.id},
+                    "applied_by": applied,
                     "dead_letter": (
                         {"id": letter.id, "group": letter.group, "error": letter.error}
                         if letter

@@ -84,10 +84,17 @@ class Collector:
             relays = await sources.relay_side(conn, schema)
             projections = await sources.projection_side(conn, schema)
             partitionings, owners = await sources.partition_side(conn, schema)
+        reports = await sources.client_consumers(self.redis, self.keys)
         services = sorted(
             set(self.configured_services)
             | {row["stream"] for row in outbox["streams"]}
             | {stream for relay in relays for stream in relay.get("streams", [])}
+            | {
+                parsed[0]
+                for report in reports
+                for key in report.streams
+                if (parsed := self.keys.parse_stream(key)) is not None
+            }
         )
         keys = [
             key
@@ -116,7 +123,11 @@ class Collector:
             "relays": relays,
             "streams": [s.as_dict() for s in streams if s.exists or s.error],
             "projections": projections,
-            "dead_letters": {"count": dead_letter.length if dead_letter else 0},
+            "consumers": sources.client_consumer_rows(reports, redis_now),
+            "dead_letters": {
+                "count": dead_letter.length if dead_letter else 0,
+                "added": (dead_letter.entries_added or 0) if dead_letter else 0,
+            },
             "partitions": self._partitions(owners, streams),
             "redis": server,
         }
@@ -227,6 +238,20 @@ class Collector:
                     components.append(
                         _component(f"{name}/{consumer['consumer']}", "consumer", lost)
                     )
+
+        for consumer in snapshot["consumers"]:
+            name = f"client:{consumer['group']}/{consumer['consumer']}"
+            seen.add(name)
+            samples = self._record(name, now, 0, consumer["processed"])
+            consumer["processing_rate_per_s"] = self._rate(samples)
+            if consumer["stopped"]:
+                continue
+            beat = heartbeat(
+                consumer["heartbeat_age_s"],
+                consumer["heartbeat_interval_s"],
+                name=f"consumer {consumer['consumer']}",
+            )
+            components.append(_component(name, "consumer", beat or Status("OK", "heartbeat fresh")))
 
         blocker = snapshot["outbox"].get("oldest_write_transaction")
         if blocker and blocker["age_s"] > HOLDBACK_WARN_S:

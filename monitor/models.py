@@ -146,6 +146,25 @@ class ConsumerGroup(Body):
     consumers: list[StreamConsumer]
 
 
+class ServiceGroup(Body):
+    """A consumer group over all the priority streams of a service."""
+
+    name: str
+    pending: int
+    lag_entries: int
+    lag_seconds: float = Field(description="the largest of its streams")
+    oldest_pending_age_s: float
+
+
+class ServiceStreams(Body):
+    """``GET /api/stream/{service}``: every priority stream of a service, and the totals."""
+
+    service: str
+    length: int
+    groups: list[ServiceGroup]
+    streams: list[Stream] = Field(description="those that exist, highest priority first")
+
+
 class Stream(Body):
     """A Redis stream of this prefix (``error`` when the key holds another type)."""
 
@@ -157,6 +176,13 @@ class Stream(Body):
     entries_added: int | None
     error: str | None
     groups: list[ConsumerGroup]
+
+
+class StreamOrService(RootModel[Stream | ServiceStreams]):
+    """``GET /api/stream/{stream}``: a :class:`Stream` for a full key, a
+    :class:`ServiceStreams` for a service name."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class StreamList(RootModel[list[Stream]]):
@@ -176,15 +202,18 @@ class PendingEntry(Body):
     """An entry delivered to a consumer and not acknowledged yet."""
 
     id: str
+    stream: str
     consumer: str
     idle_ms: int
     deliveries: int
 
 
 class Pending(Body):
-    """``GET /api/pending/{stream}/{group}``: a group's pending entries, oldest first."""
+    """``GET /api/pending/{stream}/{group}``: pending entries, oldest first (longest idle
+    first across the streams of a service)."""
 
-    stream: str
+    stream: str = Field(description="the key asked for, or the service name")
+    keys: list[str] = Field(description="the streams searched that have the group")
     group: str
     pending: int
     min_id: str | None
@@ -269,6 +298,32 @@ class ProjectionList(RootModel[list[Projection]]):
     model_config = ConfigDict(strict=True)
 
 
+class ClientConsumer(Body):
+    """A consumer of ``RedisStreamsClient.consume_messages`` (its heartbeat in Redis), running
+    or stopped within the last hour; one that died stays, heartbeat lost, for a day."""
+
+    group: str
+    consumer: str
+    streams: list[str]
+    host: str
+    pid: int
+    processed: int = Field(description="messages acknowledged")
+    failures: int = Field(description="retry_message calls")
+    dead_lettered: int
+    reclaimed: int = Field(description="entries taken over from consumers idle too long")
+    last_error: str | None
+    stopped: bool
+    heartbeat_interval_s: float
+    heartbeat_age_s: float | None
+    processing_rate_per_s: float | None = None
+
+
+class ClientConsumerList(RootModel[list[ClientConsumer]]):
+    """``GET /api/consumers``."""
+
+    model_config = ConfigDict(strict=True)
+
+
 # --- statuses (collector.py, status.py) --------------------------------------------------------
 
 
@@ -302,6 +357,7 @@ class DeadLetterCount(Body):
     """Entries in the dead-letter stream."""
 
     count: int
+    added: int = Field(description="entries ever added (XINFO STREAM entries-added)")
 
 
 class PartitionOwner(Body):
@@ -330,6 +386,7 @@ class Snapshot(Body):
     relays: list[Relay]
     streams: list[Stream]
     projections: list[Projection]
+    consumers: list[ClientConsumer]
     dead_letters: DeadLetterCount
     partitions: list[PartitionOwner]
     redis: RedisServer
@@ -359,7 +416,9 @@ class TracedEvent(Body):
     """An event of a correlation and where it is now."""
 
     event_id: str
-    position: int
+    position: int | None = Field(
+        description="outbox position; null for an event published directly to Redis"
+    )
     service: str
     event_type: str
     priority: int = Field(description="0 LOW, 1 NORMAL, 2 HIGH, 3 CRITICAL")

@@ -194,9 +194,40 @@ class SnapshotCollector(Collector):
                 )
         yield from (processed, failures, retries, dead_lettered, consumer_heartbeat)
 
+        client_processed = CounterMetricFamily(
+            "outbox_client_consumer_processed",
+            "Messages acknowledged by a RedisStreamsClient consumer",
+            labels=["group", "consumer"],
+        )
+        client_dead = CounterMetricFamily(
+            "outbox_client_consumer_dead_lettered",
+            "Messages a RedisStreamsClient consumer sent to the dead-letter stream",
+            labels=["group", "consumer"],
+        )
+        client_heartbeat = _gauge(
+            "outbox_client_consumer_heartbeat_age_seconds",
+            "Seconds since the RedisStreamsClient consumer's heartbeat (Redis clock)",
+            ["group", "consumer"],
+        )
+        for consumer in snap.get("consumers", []):
+            labels = [consumer["group"], consumer["consumer"]]
+            client_processed.add_metric(labels, consumer["processed"])
+            client_dead.add_metric(labels, consumer["dead_lettered"])
+            if not consumer["stopped"] and consumer["heartbeat_age_s"] is not None:
+                client_heartbeat.add_metric(labels, consumer["heartbeat_age_s"])
+        yield from (client_processed, client_dead, client_heartbeat)
+
+        letters = snap.get("dead_letters", {})
         dead = _gauge("projection_dead_letters", "Entries in the dead-letter stream", [])
-        dead.add_metric([], snap.get("dead_letters", {}).get("count", 0))
+        dead.add_metric([], letters.get("count", 0))
         yield dead
+        added = CounterMetricFamily(
+            "outbox_dead_letters_added",
+            "Entries ever added to the dead-letter stream, by any consumer",
+            labels=[],
+        )
+        added.add_metric([], letters.get("added", 0))
+        yield added
 
         status = _gauge(
             "outbox_component_status",

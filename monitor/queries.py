@@ -129,6 +129,14 @@ SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.a
  LIMIT $2
 """.replace("{republishing}", _REPUBLISHING.format(alive="$3"))
 
+# The projections that applied events published directly (no outbox row): by event id.
+APPLIED_BY = """
+SELECT event_id, array_agg(projection ORDER BY projection) AS applied_by
+  FROM projection_inbox
+ WHERE event_id = ANY($1::uuid[])
+ GROUP BY event_id
+"""
+
 # Partitioned services (decision 0014) and who owns each partition of each projection.
 PARTITIONINGS = """
 SELECT stream, epoch, partitions, requested, history::text AS history FROM stream_partitions
@@ -151,4 +159,5 @@ STATEMENTS = (
     PROJECTION_CONSUMERS,
     PROJECTION_CHECKPOINTS,
     EVENTS_BY_CORRELATION,
+    APPLIED_BY,
 )

@@ -109,6 +109,35 @@ def _missing(error: Exception) -> bool:
     return isinstance(error, ResponseError) and "no such key" in str(error).lower()
 
 
+def service_totals(service: str, streams: list[StreamStats]) -> dict[str, Any]:
+    """The service's streams and, per consumer group, its figures over all of them."""
+    groups: dict[str, dict[str, Any]] = {}
+    for stats in streams:
+        for group in stats.groups:
+            total = groups.setdefault(
+                group.name,
+                {
+                    "name": group.name,
+                    "pending": 0,
+                    "lag_entries": 0,
+                    "lag_seconds": 0.0,
+                    "oldest_pending_age_s": 0.0,
+                },
+            )
+            total["pending"] += group.pending
+            total["lag_entries"] += group.lag_entries
+            total["lag_seconds"] = max(total["lag_seconds"], group.lag_seconds)
+            total["oldest_pending_age_s"] = max(
+                total["oldest_pending_age_s"], group.oldest_pending_age_s
+            )
+    return {
+        "service": service,
+        "length": sum(stats.length for stats in streams),
+        "groups": list(groups.values()),
+        "streams": [stats.as_dict() for stats in streams],
+    }
+
+
 async def collect(
     client: RedisClient, keys: list[str]
 ) -> tuple[float, list[StreamStats], dict[str, Any]]:

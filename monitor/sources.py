@@ -11,6 +11,13 @@ import asyncpg
 from outbox.monitor import queries
 from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.partitioning import Partitioning
+from outbox.streams.connection import RedisClient
+from outbox.streams.errors import RedisUnavailableError, StreamsError
+from outbox.streams.heartbeat import ConsumerReport, read_reports
+from outbox.streams.keys import Keys
+
+#: A consumer that stopped cleanly is shown this long after (like projection consumers).
+STOPPED_SHOWN_S = 3600.0
 
 #: Backlogs are counted up to this many events per stream (then shown as "at least").
 UNPUBLISHED_COUNT_CAP = 100_000
@@ -158,3 +165,42 @@ async def projection_side(
             }
         )
     return projections
+
+
+async def client_consumers(redis: RedisClient, keys: Keys) -> list[ConsumerReport]:
+    """The reports of ``RedisStreamsClient`` consumers (streams/heartbeat.py); none when the
+    key holds something else (logged by the caller's status, not fatal to the snapshot)."""
+    try:
+        return await read_reports(redis, keys.consumers)
+    except RedisUnavailableError:
+        raise
+    except StreamsError:
+        return []
+
+
+def client_consumer_rows(reports: list[ConsumerReport], redis_now: float) -> list[dict[str, Any]]:
+    """Rows of the snapshot's ``consumers``: running ones, and those stopped within the hour."""
+    rows = []
+    for report in reports:
+        age = max(0.0, redis_now - report.heartbeat_at) if report.heartbeat_at else None
+        if report.stopped and (age is None or age > STOPPED_SHOWN_S):
+            continue
+        rows.append(
+            {
+                "group": report.group,
+                "consumer": report.consumer,
+                "streams": list(report.streams),
+                "host": report.host,
+                "pid": report.pid,
+                "processed": report.processed,
+                "failures": report.failures,
+                "dead_lettered": report.dead_lettered,
+                "reclaimed": report.reclaimed,
+                "last_error": report.last_error,
+                "stopped": report.stopped,
+                "heartbeat_interval_s": report.heartbeat_interval_s,
+                "heartbeat_age_s": None if age is None else round(age, 3),
+            }
+        )
+    rows.sort(key=lambda row: (row["group"], row["consumer"]))
+    return rows

@@ -139,6 +139,20 @@ class ClientSettings(_Names):
     retry_max_delay_ms: int = Field(
         default=30_000, ge=0, validation_alias=_env("RETRY_MAX_DELAY_MS")
     )
+    # Consumers (projections and RedisStreamsClient.consume_messages) take over the entries of
+    # consumers idle this long, CLAIM_COUNT per stream every CLAIM_INTERVAL.
+    claim_min_idle_ms: int = Field(default=30_000, ge=1, validation_alias=_env("CLAIM_MIN_IDLE_MS"))
+    claim_interval_s: float = Field(default=5.0, gt=0, validation_alias=_env("CLAIM_INTERVAL"))
+    claim_count: int = Field(default=500, ge=1, le=10_000, validation_alias=_env("CLAIM_COUNT"))
+    dead_consumer_idle_ms: int = Field(
+        default=600_000, ge=1, validation_alias=_env("DEAD_CONSUMER_IDLE_MS")
+    )
+    consumer_heartbeat_s: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_env("CONSUMER_HEARTBEAT_INTERVAL"),
+        description="How often a RedisStreamsClient consumer reports to <prefix>:consumers.",
+    )
 
     @field_validator("redis_cluster", mode="before")
     @classmethod
@@ -315,12 +329,6 @@ class Settings(ClientSettings, EmitSettings):
         default=None,
         validation_alias=_env("PROJECTION_CONSUMER_NAME"),
         description="Consumer name stem (default: host name); workers are <stem>-<index>.",
-    )
-    claim_min_idle_ms: int = Field(default=30_000, ge=1, validation_alias=_env("CLAIM_MIN_IDLE_MS"))
-    claim_interval_s: float = Field(default=5.0, gt=0, validation_alias=_env("CLAIM_INTERVAL"))
-    claim_count: int = Field(default=500, ge=1, le=10_000, validation_alias=_env("CLAIM_COUNT"))
-    dead_consumer_idle_ms: int = Field(
-        default=600_000, ge=1, validation_alias=_env("DEAD_CONSUMER_IDLE_MS")
     )
     partition_lease_s: float = Field(
         default=6.0,

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from redis import exceptions as redis_errors
 
-from outbox.streams.connection import RedisClient, reply_text
+from outbox.streams.connection import RedisClient, reply_text, server_time
 from outbox.streams.errors import RedisUnavailableError
-from outbox.streams.keys import TRIM_LUA
+from outbox.streams.heartbeat import FORGET_AFTER_S, forget, read_reports
+from outbox.streams.keys import TRIM_LUA, Keys
 
 TRIM_SHA = hashlib.sha1(TRIM_LUA.encode()).hexdigest()
 
@@ -95,3 +96,50 @@ async def _trim_or_error(
         )
     except RedisUnavailableError as error:
         return TrimResult(stream, 0, "", str(error))
+
+
+async def find_streams(client: RedisClient, keys: Keys) -> list[str]:
+    """Every event stream of the prefix in Redis (SCAN of each primary on a cluster), sorted:
+    also those of services no relay publishes for (written only by ``RedisStreamsClient`` or
+    the original library). Partition streams are included; the dead letters are not."""
+    pattern = f"{keys.prefix}:*:events*"
+    found: set[str] = set()
+    # On a cluster, redis-py's scan_iter runs SCAN on every primary.
+    async for key in client.scan_iter(match=pattern, count=1000, _type="stream"):
+        found.add(reply_text(key))
+    return sorted(key for key in found if keys.parse_stream(key) is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintainResult:
+    trimmed: list[TrimResult]
+    consumers_forgotten: list[str]
+
+
+async def maintain(
+    client: RedisClient,
+    keys: Keys,
+    *,
+    retention_s: float,
+    dead_letter_ttl_s: float,
+    forget_after_s: float = FORGET_AFTER_S,
+) -> MaintainResult:
+    """What ``outbox maintain`` does once, with Redis only: trim every stream of the prefix
+    (never below the slowest group, :func:`trim_stream`), the dead letters by age, and forget
+    the reports of client consumers silent for ``forget_after_s``."""
+    streams = await find_streams(client, keys)
+    trimmed = await trim_streams(
+        client,
+        streams,
+        retention_s=retention_s,
+        dead_letter=keys.dead_letter,
+        dead_letter_ttl_s=dead_letter_ttl_s,
+    )
+    now = await server_time(client)
+    silent = [
+        report.field
+        for report in await read_reports(client, keys.consumers)
+        if report.heartbeat_at is None or now - report.heartbeat_at > forget_after_s
+    ]
+    await forget(client, keys.consumers, silent)
+    return MaintainResult(trimmed, silent)

@@ -14,7 +14,6 @@ relay publish (DESIGN.md invariant 1).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,8 +42,9 @@ from outbox.streams.errors import (
     is_nogroup,
     translate,
 )
+from outbox.streams.heartbeat import ConsumerReport, beat
 from outbox.streams.keys import Keys
-from outbox.validation import check_event_type, check_service
+from outbox.validation import check_event_type, check_service, schemas, serialise_data
 
 log = logging.getLogger("outbox.streams.client")
 
@@ -82,9 +82,13 @@ class _Delivery:
 @dataclass
 class _Reader:
     consumer: GroupConsumer
+    report: ConsumerReport
     read_own_pending: bool = True
     pending_after: dict[str, str] = field(default_factory=dict)
     retries: dict[str, tuple[float, str]] = field(default_factory=dict)  # id -> (due, key)
+    claim_cursor: dict[str, str] = field(default_factory=dict)  # key -> XAUTOCLAIM start
+    next_claim: float = 0.0  # monotonic time of the next XAUTOCLAIM round
+    next_beat: float = 0.0  # monotonic time of the next heartbeat
 
 
 class RedisStreamsClient:
@@ -110,8 +114,14 @@ class RedisStreamsClient:
         self._dead_letter_ttl_s = settings.dead_letter_ttl_s
         self._retry_base_s = settings.retry_base_delay_ms / 1000
         self._retry_cap_s = settings.retry_max_delay_ms / 1000
+        self._claim_min_idle_ms = settings.claim_min_idle_ms
+        self._claim_interval_s = settings.claim_interval_s
+        self._claim_count = settings.claim_count
+        self._dead_consumer_idle_ms = settings.dead_consumer_idle_ms
+        self._heartbeat_s = settings.consumer_heartbeat_s
         self._redis: RedisClient | None = None
         self._readers: dict[tuple[str, str, str], _Reader] = {}
+        self._reports: dict[str, ConsumerReport] = {}
         # (stream, id) -> deliveries not yet acked. One id can exist on two priority streams
         # of a service (ids are per stream), hence a list.
         self._delivered: dict[tuple[str, str], list[_Delivery]] = {}
@@ -130,7 +140,11 @@ class RedisStreamsClient:
             )
 
     async def close(self) -> None:
+        """Report this client's consumers stopped, then disconnect."""
         if self._redis is not None:
+            for reader in self._readers.values():
+                reader.report.stopped = True
+                await self._beat(reader)
             await self._redis.aclose()
             self._redis = None
 
@@ -180,15 +194,23 @@ class RedisStreamsClient:
         user_id: str | int | None = None,
         correlation_id: str | None = None,
     ) -> str:
-        """XADD one event now and return its entry id. Not transactional (see module doc)."""
+        """XADD one event now and return its entry id. Not transactional (see module doc).
+
+        ``data`` is encoded as ``outbox.emit()`` encodes it and checked against the schema
+        registered for the stream's service and ``event_type`` (``outbox.register_schema``):
+        :class:`outbox.errors.EventSchemaError` and nothing published when it does not match.
+        """
         level = MessagePriority.parse(priority)
         key = self.stream_key(stream, level)
+        event_type = check_event_type(event_type)
+        checked, data_json = serialise_data(data)
+        schemas.validate(self._service(stream), event_type, checked)
         fields = encode_fields(
             event_id=str(uuid7()),
-            event_type=check_event_type(event_type),
+            event_type=event_type,
             service=service,
             source=service,
-            data_json=json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str),
+            data_json=data_json,
             priority=level,
             occurred_at=datetime.now(UTC),
             correlation_id=correlation_id or current_correlation_id() or new_correlation_id(),
@@ -206,8 +228,83 @@ class RedisStreamsClient:
         reader = self._readers.get(ident)
         if reader is None:
             consumer = GroupConsumer(self.redis, group, consumer_name, self._keys_of(stream))
-            reader = self._readers[ident] = _Reader(consumer)
+            # One report per group and consumer, whatever streams it reads.
+            report = self._reports.setdefault(
+                f"{group}/{consumer_name}",
+                ConsumerReport(group, consumer_name, [], heartbeat_interval_s=self._heartbeat_s),
+            )
+            report.streams += [key for key in consumer.keys if key not in report.streams]
+            reader = self._readers[ident] = _Reader(consumer, report)
         return reader
+
+    def _report(self, group: str, consumer: str) -> ConsumerReport | None:
+        return self._reports.get(f"{group}/{consumer}")
+
+    async def _beat(self, reader: _Reader) -> None:
+        """Write the consumer's report; a failure is logged, never raised (it is telemetry)."""
+        reader.next_beat = time.monotonic() + self._heartbeat_s
+        try:
+            await beat(self.redis, self.keys.consumers, reader.report)
+        except StreamsError as error:
+            log.warning(
+                "event=consumer_heartbeat_failed consumer=%s error=%s", reader.report.field, error
+            )
+
+    async def _reclaim(self, name: str, reader: _Reader) -> list[Entry]:
+        """Take over entries idle beyond CLAIM_MIN_IDLE_MS (their consumer died or hangs),
+        CLAIM_COUNT per stream; dead-letter those delivered more often than the retry budget
+        allows (a message that kills every consumer reading it)."""
+        consumer = reader.consumer
+        taken: list[Entry] = []
+        for key in consumer.keys:
+            claimed = await consumer.autoclaim(
+                key,
+                self._claim_min_idle_ms,
+                reader.claim_cursor.get(key, "0-0"),
+                self._claim_count,
+            )
+            reader.claim_cursor[key] = claimed.next_start
+            if claimed.deleted:
+                log.warning(
+                    "event=pending_entries_trimmed stream=%s group=%s entries=%d",
+                    key,
+                    consumer.group,
+                    len(claimed.deleted),
+                )
+            busy = {i for i, (_, k) in reader.retries.items() if k == key}
+            fresh = [
+                e
+                for e in claimed.entries
+                if e.id not in busy and not self._in_flight(name, e.id, key, consumer.group)
+            ]
+            if not fresh:
+                continue
+            counts = await consumer.delivery_counts(key, [e.id for e in fresh])
+            for entry in fresh:
+                delivered = counts.get(entry.id, 1)
+                if delivered > self.max_retries + 1:
+                    await self._dead_letter(
+                        consumer,
+                        entry,
+                        attempts=delivered,
+                        error=f"delivered {delivered} times and never acknowledged",
+                    )
+                    continue
+                taken.append(entry)
+            reader.report.reclaimed += len(fresh)
+            log.info(
+                "event=reclaimed stream=%s group=%s consumer=%s entries=%d",
+                key,
+                consumer.group,
+                consumer.consumer,
+                len(fresh),
+            )
+            await consumer.remove_dead_consumers(key, self._dead_consumer_idle_ms)
+        return taken
+
+    def _in_flight(self, name: str, entry_id: str, key: str, group: str) -> bool:
+        deliveries = self._delivered.get((name, entry_id), ())
+        return any(d.key == key and d.group == group for d in deliveries)
 
     async def _due_retries(self, reader: _Reader) -> list[Entry]:
         now = time.monotonic()
@@ -219,8 +316,16 @@ class RedisStreamsClient:
             entries.extend(claimed.entries)
         return entries
 
-    async def _fetch(self, reader: _Reader, batch_size: int, block_ms: int) -> list[Entry]:
+    async def _fetch(
+        self, name: str, reader: _Reader, batch_size: int, block_ms: int
+    ) -> list[Entry]:
+        now = time.monotonic()
+        if now >= reader.next_beat:
+            await self._beat(reader)
         entries = await self._due_retries(reader)
+        if now >= reader.next_claim:
+            reader.next_claim = now + self._claim_interval_s
+            entries.extend(await self._reclaim(name, reader))
         if reader.read_own_pending:
             # After a restart, entries this consumer read but never acked come first.
             pending = await reader.consumer.read_pending(batch_size, reader.pending_after)
@@ -244,16 +349,20 @@ class RedisStreamsClient:
         """Read up to ``batch_size`` messages per stream, CRITICAL first, as ``consumer_name``.
 
         The group is ``f"{stream}_processors"`` unless ``group`` is given; it is created on
-        first use. A consumer first gets back its own unacknowledged messages (after a crash)
-        and messages due for a retry. Malformed entries go to dead letters at once. Blocks up
-        to ``block_time`` ms when there is nothing to read.
+        first use. A consumer first gets back its own unacknowledged messages (after a
+        restart: give it a stable name, not ``service-{pid}``) and messages due for a retry;
+        every CLAIM_INTERVAL it takes over up to CLAIM_COUNT entries per stream that other
+        consumers left unacknowledged for CLAIM_MIN_IDLE_MS. Malformed entries go to dead
+        letters at once. Blocks up to ``block_time`` ms when there is nothing to read. Every
+        CONSUMER_HEARTBEAT_INTERVAL the consumer reports to ``<prefix>:consumers`` (the
+        monitor shows it).
         """
         readers = [
             (name, self._reader(name, group or self.default_group(name), consumer_name))
             for name in streams
         ]
         deadline = time.monotonic() + block_time / 1000
-        batches = [await self._fetch(reader, batch_size, 0) for _, reader in readers]
+        batches = [await self._fetch(name, reader, batch_size, 0) for name, reader in readers]
         while not any(batches) and block_time > 0:
             # Block until something arrives, but wake up for a retry falling due meanwhile.
             now = time.monotonic()
@@ -266,7 +375,7 @@ class RedisStreamsClient:
             wait_ms = max(1, int(wait_s * 1000))
             batches = list(
                 await asyncio.gather(
-                    *(self._fetch(reader, batch_size, wait_ms) for _, reader in readers)
+                    *(self._fetch(name, reader, batch_size, wait_ms) for name, reader in readers)
                 )
             )
         messages: list[StreamMessage] = []
@@ -316,6 +425,10 @@ class RedisStreamsClient:
         )
         await with_oom_backoff(lambda: letters.add(fields), self.keys.dead_letter)
         await consumer.ack({entry.stream: [entry.id]})
+        report = self._report(consumer.group, consumer.consumer)
+        if report is not None:
+            report.dead_lettered += 1
+            report.last_error = error[:500]
         log.warning(
             "event=dead_lettered stream=%s group=%s id=%s attempts=%d error=%s",
             entry.stream,
@@ -339,8 +452,23 @@ class RedisStreamsClient:
         return chosen
 
     async def acknowledge_message(self, stream: str, group: str, message_id: str) -> bool:
-        """XACK a consumed message; True if it was pending in ``group``."""
+        """XACK a consumed message; True if it was pending in ``group``.
+
+        A message this client delivered is acked in the group that delivered it: acking it in
+        another (the document's API example acks an ``assets`` message in
+        ``identity_processors``) would leave it pending for good, so that is logged and
+        corrected.
+        """
         delivery = self._take_delivery(stream, message_id)
+        if delivery is not None and delivery.group != group:
+            log.warning(
+                "event=ack_group_corrected stream=%s id=%s given=%s delivered_by=%s",
+                stream,
+                message_id,
+                group,
+                delivery.group,
+            )
+            group = delivery.group
         candidates = (
             [delivery.key]
             if delivery is not None
@@ -355,6 +483,9 @@ class RedisStreamsClient:
             acked = sum(int(n) for n in results)
         except redis_errors.RedisError as error:
             raise translate(error, ", ".join(candidates)) from None
+        report = self._report(group, delivery.consumer) if delivery is not None else None
+        if report is not None:
+            report.processed += acked
         return acked > 0
 
     async def retry_message(self, message: StreamMessage, group: str | None = None) -> bool:
@@ -379,6 +510,9 @@ class RedisStreamsClient:
         delivered = counts.get(message.id, 1)
         budget = message.max_retries or self.max_retries
         message.retry_count = delivered
+        report = self._report(group, delivery.consumer)
+        if report is not None:
+            report.failures += 1
         if delivered > budget:
             self._take_delivery(message.stream, message.id, delivery.key)
             entry = Entry(delivery.key, message.id, await self._fields(delivery.key, message.id))

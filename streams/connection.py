@@ -327,3 +327,12 @@ async def raw_pipeline(
             if isinstance(reply, redis_errors.ResponseError):
                 raise reply
     return replies
+
+
+async def server_time(client: RedisClient) -> float:
+    """Redis's clock (TIME) in Unix seconds; on a cluster, one node's."""
+    reply: Any = await client.time()
+    if isinstance(reply, dict):  # a cluster client asked several nodes
+        reply = next(iter(reply.values()))
+    seconds, micros = reply
+    return int(seconds) + int(micros) / 1_000_000

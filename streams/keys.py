@@ -107,6 +107,11 @@ class Keys:
     def metrics(self) -> str:
         return self.stream(METRICS_SERVICE)
 
+    @property
+    def consumers(self) -> str:
+        """Hash of the heartbeats of ``RedisStreamsClient`` consumers (streams/heartbeat.py)."""
+        return f"{self.prefix}:consumers"
+
     def parse_stream(self, stream: str) -> tuple[str, MessagePriority] | None:
         """``(service, priority)`` of one of our event streams (of any partition), or None for
         any other key."""

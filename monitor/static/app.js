@@ -119,6 +119,14 @@ function render(snap) {
     p.consumers.map((c) => `${c.consumer} (${c.stopped ? "stopped" : age(c.heartbeat_age_s)})`).join(", ") || "–"]),
     "no projection running");
 
+  // Consumers of the document's client (RedisStreamsClient.consume_messages), from their
+  // heartbeats in Redis.
+  fill("table-consumers", (snap.consumers || []).map((c) => [c.group, `${c.consumer} (${c.host} / ${c.pid})`,
+    c.streams.join(", "), num(fmt(c.processed)), num(rate(c.processing_rate_per_s)), num(fmt(c.reclaimed)),
+    c.dead_lettered ? { text: fmt(c.dead_lettered), cls: "num error-text" } : num("0"),
+    c.stopped ? "stopped" : (c.heartbeat_age_s === null ? "–" : age(c.heartbeat_age_s)),
+    c.last_error ? { text: c.last_error, cls: "error-text" } : "–"]), "no client consumer");
+
   // Partitioned services (decision 0014): who owns each partition, and how far behind it is.
   fill("table-partitions", (snap.partitions || []).map((p) => [p.projection,
     `${p.service} ${p.epoch}.${p.partition}`, p.drained ? "drained" : (p.owner || "–"),

@@ -83,6 +83,7 @@ _EXTRAS = {
     "projections": "projections",
     "dlq": "projections",
     "monitor": "monitor",
+    "maintain": "client",
 }
 #: Modules of the extras, as opposed to the base install or a bug of ours.
 _OPTIONAL_MODULES = frozenset(

@@ -1,4 +1,4 @@
-"""Subcommands ``outbox relay`` and ``outbox prune``."""
+"""Subcommands ``outbox relay``, ``prune``, ``forget-marks``, ``maintain`` and ``partitions``."""
 
 from __future__ import annotations
 
@@ -162,6 +162,62 @@ def _forget_marks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _maintain(args: argparse.Namespace) -> int:
+    from outbox.cli import eventloop
+    from outbox.settings import get_settings
+
+    settings = get_settings()
+    return eventloop.run(_maintain_loop(settings, args.every))
+
+
+async def _maintain_loop(settings: Any, every: float | None) -> int:
+    import asyncio
+    import signal
+
+    from outbox.relay.maintenance import maintain
+    from outbox.streams.connection import connect
+    from outbox.streams.keys import Keys
+
+    client = await connect(
+        settings.redis_url(), settings.redis_password_text(), cluster=settings.cluster
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        while True:
+            result = await maintain(
+                client,
+                Keys.for_settings(settings),
+                retention_s=settings.relay_stream_retention_s,
+                dead_letter_ttl_s=settings.dead_letter_ttl_s,
+            )
+            for trim in result.trimmed:
+                if trim.error:
+                    print(f"{trim.stream}: not trimmed: {trim.error}", flush=True)
+                elif trim.trimmed:
+                    print(f"{trim.stream}: trimmed {trim.trimmed} entries (below {trim.minid})")
+            removed = sum(t.trimmed for t in result.trimmed)
+            print(
+                f"done: {len(result.trimmed) - 1} stream(s) and the dead letters checked, "
+                f"{removed} entries trimmed, "
+                f"{len(result.consumers_forgotten)} silent consumer report(s) forgotten",
+                flush=True,
+            )
+            if every is None:
+                return 1 if any(t.error for t in result.trimmed) else 0
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+                return 0
+            except TimeoutError:
+                continue
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await client.aclose()
+
+
 def _partitions_set(args: argparse.Namespace) -> int:
     from outbox.cli import eventloop
     from outbox.relay.admin import request_partitions
@@ -248,6 +304,22 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "the start. Refused while a relay runs. See docs/cluster.md.",
     )
     forget.set_defaults(handler=_forget_marks)
+
+    maintain = sub.add_parser(
+        "maintain",
+        help="trim every stream of the prefix and the dead letters, with Redis only",
+        description="Trim every event stream of STREAM_PREFIX found in Redis, also those no "
+        "relay publishes for (written by RedisStreamsClient or the original library), with "
+        "the relay's rule: never an entry a consumer group has not been delivered or has not "
+        "acknowledged, and nothing younger than RELAY_STREAM_RETENTION_S; the dead letters "
+        "older than DEAD_LETTER_TTL; and forget the reports of client consumers silent for a "
+        "day. Needs no PostgreSQL. Once by default (cron), or every SECONDS until SIGTERM. "
+        "Exit code 1 when a stream could not be trimmed (its cluster node down).",
+    )
+    maintain.add_argument(
+        "--every", type=float, metavar="SECONDS", help="repeat at this interval until stopped"
+    )
+    maintain.set_defaults(handler=_maintain)
 
     partitions = sub.add_parser(
         "partitions",

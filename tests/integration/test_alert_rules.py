@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from outbox.projections.examples import user_directory
 from outbox.settings import Settings
+from outbox.streams.client import RedisStreamsClient
 from tests.fixtures_monitor import MonitorFactory
 from tests.fixtures_projections import Runner
 from tests.fixtures_relay import StartRelay, emit_events, wait_until
@@ -64,7 +65,10 @@ async def test_rules_use_what_the_monitor_exports(
         monitor_server(refresh_interval_s=0.2) as live,
         start_relay(),
         running([user_directory], projection_settings),
+        RedisStreamsClient(prefix=projection_settings.stream_prefix) as client,
     ):
+        # A consumer of the document's client, running: its heartbeat is a series.
+        await client.consume_messages(["assets"], "worker-1", block_time=0)
 
         async def every_kind_of_series() -> bool:
             # A relay, a consumer and a group with samples, so their labels can be checked.
@@ -74,6 +78,7 @@ async def test_rules_use_what_the_monitor_exports(
                 for name in (
                     "outbox_relay_heartbeat_age_seconds",
                     "projection_consumer_heartbeat_age_seconds",
+                    "outbox_client_consumer_heartbeat_age_seconds",
                     "projection_lag_seconds",
                     "projection_dead_lettered_events_total",
                 )

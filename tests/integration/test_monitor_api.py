@@ -103,15 +103,51 @@ async def test_streams_groups_lag_and_pending(
         assert groups["caught_up"]["lag_entries"] == 0
         assert groups["caught_up"]["lag_seconds"] == 0
 
-        one = await live.http.get("/api/stream/identity")
+        one = await live.http.get(f"/api/stream/{stream}")
         assert one.status_code == 200
         assert one.json()["key"] == stream
-        assert (await live.http.get(f"/api/stream/{stream}")).json()["length"] == 5
+        assert one.json()["length"] == 5
 
         pending = (await live.http.get(f"/api/pending/{stream}/directory")).json()
         assert pending["pending"] == 2
         assert [e["consumer"] for e in pending["entries"]] == ["worker-1", "worker-1"]
         assert all(e["deliveries"] == 1 for e in pending["entries"])
+
+
+async def test_a_service_name_covers_every_priority_stream(
+    monitor_server: MonitorFactory, redis_client: aioredis.Redis, settings: Settings
+) -> None:
+    """The document's HIGH example: 999 NORMAL entries and one HIGH entry, all pending. Asked by
+    service name, the monitor counts 1000 (issue 23)."""
+    keys = Keys(settings.stream_prefix)
+    normal, high = keys.stream("identity"), keys.stream("identity", MessagePriority.HIGH)
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for i in range(999):
+            pipe.xadd(normal, {"n": str(i)})
+        pipe.xadd(high, {"n": "high"})
+        await pipe.execute()
+    for key in (normal, high):
+        await redis_client.xgroup_create(key, "identity_processors", "0")
+        await redis_client.xreadgroup("identity_processors", "w1", {key: ">"}, count=1000)
+    async with monitor_server() as live:
+        service = (await live.http.get("/api/stream/identity")).json()
+        assert service["service"] == "identity"
+        assert service["length"] == 1000
+        assert [s["key"] for s in service["streams"]] == [high, normal]
+        (group,) = service["groups"]
+        assert (group["name"], group["pending"], group["lag_entries"]) == (
+            "identity_processors",
+            1000,
+            0,
+        )
+        pending = (await live.http.get("/api/pending/identity/identity_processors")).json()
+        assert pending["pending"] == 1000
+        assert pending["keys"] == [high, normal]
+        assert pending["consumers"] == [{"name": "w1", "pending": 1000}]
+        assert len(pending["entries"]) == 100
+        one_key = (await live.http.get(f"/api/pending/{normal}/identity_processors")).json()
+        assert (one_key["pending"], one_key["keys"]) == (999, [normal])
+        assert {e["stream"] for e in one_key["entries"]} == {normal}
 
 
 async def test_lag_when_redis_reports_it_as_null(

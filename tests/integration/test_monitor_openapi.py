@@ -16,6 +16,7 @@ from outbox.monitor import models
 from outbox.monitor.app import create_app
 from outbox.projections.examples import user_directory
 from outbox.settings import Settings
+from outbox.streams.client import RedisStreamsClient
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
 from outbox.streams.keys import Keys
 from tests.fixtures_monitor import MonitorFactory
@@ -30,6 +31,7 @@ ERRORS = {
     ("get", "/api/status"): {503},
     ("get", "/api/outbox"): {503},
     ("get", "/api/projections"): {503},
+    ("get", "/api/consumers"): {503},
     ("get", "/api/streams"): {503},
     ("get", "/api/stream/{stream}"): {404, 409, 422, 503},
     ("get", "/api/pending/{stream}/{group}"): {404, 409, 422, 503},
@@ -77,7 +79,14 @@ def test_every_api_route_documents_a_named_body_and_its_errors(settings: Setting
         body = json_schema(responses["200"])
         assert set(body) == {"$ref"}, op
         component = schemas[body["$ref"].removeprefix(REF)]
-        assert component.get("properties") or component.get("items"), op
+        # A body, or a named choice of bodies (each a named component with properties).
+        alternatives = [schemas[a["$ref"].removeprefix(REF)] for a in component.get("anyOf", [])]
+        assert component.get("description"), op
+        assert (
+            component.get("properties")
+            or component.get("items")
+            or (alternatives and all(a.get("properties") for a in alternatives))
+        ), op
         assert {int(code) for code in responses} - {200} == ERRORS[op], op
         for code, response in responses.items():
             if code not in ("200", "422"):
@@ -182,6 +191,13 @@ async def test_every_answer_of_a_live_monitor_matches_its_model(
 
         await wait_until(settled, what="the projection to take the six events")
         letter = await trouble(asyncpg_conn, redis_client, keys)
+        # A consumer of the document's client (its heartbeat) and an event it published.
+        async with RedisStreamsClient(prefix=keys.prefix) as client:
+            await client.publish_message(
+                "assets", "asset_updated", "assets", {"n": 1}, correlation_id="trace"
+            )
+            (message,) = await client.consume_messages(["assets"], "worker-1", block_time=0)
+            await client.acknowledge_message("assets", "assets_processors", message.id)
         holder = await asyncpg.connect(database_url)
         held = holder.transaction()
         await held.start()
@@ -195,11 +211,13 @@ async def test_every_answer_of_a_live_monitor_matches_its_model(
                     "/api/status": ["/api/status"],
                     "/api/outbox": ["/api/outbox"],
                     "/api/projections": ["/api/projections"],
+                    "/api/consumers": ["/api/consumers"],
                     "/api/streams": ["/api/streams"],
                     "/api/stream/{stream}": ["/api/stream/identity", f"/api/stream/{stream}"],
                     "/api/pending/{stream}/{group}": [
                         f"/api/pending/{stream}/slow",
                         f"/api/pending/{stream}/idle",
+                        "/api/pending/identity/slow",
                     ],
                     "/api/metrics": ["/api/metrics"],
                     "/api/events": ["/api/events?correlation_id=trace"],
@@ -239,6 +257,8 @@ async def test_every_answer_of_a_live_monitor_matches_its_model(
                 trace = (await live.http.get("/api/events?correlation_id=trace")).json()
                 wheres = {e["where"] for e in trace["events"]}
                 assert {"in_outbox", "applied", "dead_lettered"} <= wheres
+                assert None in {e["position"] for e in trace["events"]}  # published directly
+                assert snapshot["consumers"][0]["heartbeat_age_s"] is not None
 
                 posts = {
                     "/api/dead-letters/{entry_id}/replay": f"/api/dead-letters/{letter}/replay",
@@ -269,6 +289,7 @@ async def test_errors_of_a_live_monitor_are_documented(monitor_server: MonitorFa
             "/api/status": "/api/status",
             "/api/outbox": "/api/outbox",
             "/api/projections": "/api/projections",
+            "/api/consumers": "/api/consumers",
             "/api/streams": "/api/streams",
             "/api/stream/{stream}": "/api/stream/identity",
             "/api/pending/{stream}/{group}": "/api/pending/identity/g",
