@@ -84,6 +84,7 @@ _EXTRAS = {
     "dlq": "projections",
     "monitor": "monitor",
     "maintain": "client",
+    "smoke": "client",
 }
 #: Modules of the extras, as opposed to the base install or a bug of ours.
 _OPTIONAL_MODULES = frozenset(
@@ -183,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     from outbox.cli import monitor as monitor_commands
     from outbox.cli import projections as projections_commands
     from outbox.cli import relay as relay_commands
+    from outbox.cli import smoke as smoke_commands
 
     check_commands.register(sub)
     relay_commands.register(sub)
     projections_commands.register(sub)
     monitor_commands.register(sub)
     demo_commands.register(sub)
+    smoke_commands.register(sub)
     return parser
 
 
