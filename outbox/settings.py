@@ -239,6 +239,29 @@ class Settings(ClientSettings, EmitSettings):
     refresh_interval_s: float = Field(
         default=5.0, gt=0, le=3600, validation_alias=_env("REFRESH_INTERVAL")
     )
+    # The daemons' own /metrics, /health and /ready (outbox/probes.py): off unless a port is set.
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        validation_alias=_env("METRICS_HOST"),
+        description="Address the relay's and projections' probe ports listen on (0.0.0.0 in a "
+        "container whose probes come from outside).",
+    )
+    relay_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        validation_alias=_env("RELAY_METRICS_PORT"),
+        description="Port of `outbox relay`'s /metrics, /health, /ready (unset: none; 9464 in "
+        "the docs' examples).",
+    )
+    projection_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        validation_alias=_env("PROJECTION_METRICS_PORT"),
+        description="Port of `outbox project`'s /metrics, /health, /ready (unset: none; 9465 "
+        "in the docs' examples).",
+    )
 
     # --- relay settings (relay/) ---
     relay_batch_size: int = Field(

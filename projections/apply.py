@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import asyncpg
 
@@ -65,6 +66,8 @@ class Outcome:
     duplicates: list[StreamMessage] = field(default_factory=list)  # already in the inbox
     failed: list[tuple[StreamMessage, BaseException]] = field(default_factory=list)
     deferred: list[StreamMessage] = field(default_factory=list)  # behind a failed aggregate
+    #: (event type, seconds) of each handler call of the batch's one-transaction path.
+    handler_seconds: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def done(self) -> list[StreamMessage]:
@@ -112,13 +115,17 @@ async def _run_handlers(
                 projection.batch_handlers.get(fresh[end].event_type) is batch_handler
             ):
                 end += 1
+            started = perf_counter()
             await batch_handler(fresh[index:end], db)
+            outcome.handler_seconds.append((message.event_type, perf_counter() - started))
             outcome.applied.extend(fresh[index:end])
             index = end
             continue
         handler = projection.handlers.get(message.event_type)
         if handler is not None:
+            started = perf_counter()
             await handler(message, db)
+            outcome.handler_seconds.append((message.event_type, perf_counter() - started))
             outcome.applied.append(message)
         else:
             outcome.skipped.append(message)

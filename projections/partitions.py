@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.metrics import ProjectionMetrics
 from outbox.partitioning import Partition, Partitioning
 from outbox.projections import queries
 from outbox.projections.apply import Outcome, apply_batch, is_transient
@@ -120,8 +122,10 @@ class PartitionMember:
         letters: DeadLetters,
         config: PartitionConfig,
         stop: asyncio.Event,
+        metrics: ProjectionMetrics | None = None,
     ) -> None:
         self.projection = projection
+        self.metrics = metrics or ProjectionMetrics()
         self.service = service
         self.consumer = consumer
         self.redis = redis
@@ -412,7 +416,9 @@ class PartitionReader:
             except MalformedEntryError as error:
                 malformed.append((key, entry_id, fields, str(error)))
         for key, entry_id, fields, reason in malformed:
-            await self._dead_letter(key, entry_id, fields, 1, f"MalformedEntryError: {reason}")
+            await self._dead_letter(
+                key, entry_id, fields, 1, f"MalformedEntryError: {reason}", "malformed"
+            )
         done = {(key, entry_id) for key, entry_id, _, _ in malformed}
         outcome = await self._apply(messages, done)
         await self._move_groups()
@@ -425,6 +431,7 @@ class PartitionReader:
     ) -> Outcome:
         member = self.member
         params = member._params(self.lease.partition, owner=member.consumer, fence=self.lease.fence)
+        started = time.perf_counter()
         async with member.pool.acquire() as db, db.transaction():
             if not await member._execute(db, queries.CHECK_FENCE, params):
                 raise StaleOwnerError(str(self.lease.partition))
@@ -439,6 +446,10 @@ class PartitionReader:
                 db, queries.SAVE_CHECKPOINTS, {**params, "checkpoints": json.dumps(checkpoints)}
             )
         self.lease.checkpoints = checkpoints
+        if messages:
+            member.metrics.batch_applied(
+                member.projection.name, outcome, time.perf_counter() - started
+            )
         return outcome
 
     def _advanced(
@@ -482,6 +493,7 @@ class PartitionReader:
             if attempt > self.config.max_retries:
                 letters.append((message, attempt, text))
         if not letters:
+            self.member.metrics.retries.labels(self.member.projection.name).inc(len(outcome.failed))
             attempt = max(self.attempts.values(), default=1)
             await asyncio.sleep(
                 backoff_delay_s(attempt, self.config.retry_base_s, self.config.retry_cap_s)
@@ -499,8 +511,15 @@ class PartitionReader:
         await self._move_groups()
 
     async def _dead_letter(
-        self, key: str, entry_id: str, fields: Mapping[Any, Any], attempts: int, error: str
+        self,
+        key: str,
+        entry_id: str,
+        fields: Mapping[Any, Any],
+        attempts: int,
+        error: str,
+        reason: str = "retries_exhausted",
     ) -> None:
+        self.member.metrics.dead_letters.labels(self.member.projection.name, reason).inc()
         await self.member.letters.add(
             dead_letter_fields(
                 source_stream=key,

@@ -16,11 +16,15 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from outbox.errors import ConfigurationError
+from outbox.metrics import ProjectionMetrics
+from outbox.probes import Heartbeats
 from outbox.projections import store
 from outbox.projections.partitions import PartitionConfig, PartitionMember
 from outbox.projections.projection import Projection
@@ -62,6 +66,31 @@ async def _prune_inbox(pool: Any, retention_s: int, schema: str, stop: asyncio.E
             await asyncio.wait_for(stop.wait(), timeout=INBOX_PRUNE_INTERVAL_S)
 
 
+@dataclass
+class ProjectionsProbe:
+    """The metrics and loop heartbeats of one process's consumers (outbox/probes.py)."""
+
+    metrics: ProjectionMetrics
+    heartbeats: Heartbeats
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ProjectionsProbe:
+        # A consumer's loop turns at least every PROJECTION_BLOCK_MS (its blocking read) or
+        # backoff (5 s at most); stalled is far beyond either.
+        stall_s = max(60.0, 10 * settings.projection_block_ms / 1000)
+        return cls(ProjectionMetrics(), Heartbeats(stall_after_s=stall_s))
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def liveness(self) -> dict[str, str]:
+        return self.heartbeats.liveness()
+
+    def readiness(self) -> dict[str, str]:
+        return self.heartbeats.readiness()
+
+
 async def run_projections(
     projections: Sequence[Projection],
     settings: Settings,
@@ -70,14 +99,19 @@ async def run_projections(
     workers: int | None = None,
     consumer_stem: str | None = None,
     handle_signals: bool = False,
+    probe: ProjectionsProbe | None = None,
 ) -> int:
-    """Run ``projections`` until ``stop`` is set (or SIGTERM/SIGINT); return the exit code."""
+    """Run ``projections`` until ``stop`` is set (or SIGTERM/SIGINT); return the exit code.
+
+    ``probe``: where the consumers count (its registry holds :class:`ProjectionMetrics`) and
+    beat (outbox/probes.py)."""
     if not projections:
         raise ConfigurationError(
             "no projection to run: set PROJECTION_MODULES to the modules that register yours "
             "(the demo's are outbox.projections.examples)"
         )
     stop = stop or asyncio.Event()
+    probe = probe or ProjectionsProbe.for_settings(settings)
     count = workers or settings.processor_workers
     stem = consumer_stem or settings.projection_consumer_name or socket.gethostname()
     config = WorkerConfig.from_settings(settings)
@@ -140,6 +174,7 @@ async def run_projections(
                         letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
                         config=partition_config,
                         stop=stop,
+                        metrics=probe.metrics,
                     )
                     tasks.append(
                         asyncio.create_task(
@@ -158,6 +193,8 @@ async def run_projections(
                         host=socket.gethostname(),
                         pid=os.getpid(),
                         services=services,
+                        metrics=probe.metrics,
+                        heartbeats=probe.heartbeats,
                     )
                     tasks.append(
                         asyncio.create_task(worker.run(), name=f"{projection.name}/{name}")

@@ -39,7 +39,9 @@ import asyncpg
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.metrics import ProjectionMetrics
 from outbox.naming import DEFAULT_SCHEMA
+from outbox.probes import Heartbeats
 from outbox.projections import store
 from outbox.projections.apply import Outcome, TransientError, apply_batch, is_transient
 from outbox.projections.projection import Projection
@@ -122,6 +124,8 @@ class _Letter:
     attempts: int
     error: str
     payload: Any
+    #: For the dead-letter counter: malformed, retries_exhausted.
+    reason: str = "retries_exhausted"
 
 
 _priority = attrgetter("priority")
@@ -161,8 +165,13 @@ class ProjectionWorker:
         host: str = "",
         pid: int = 0,
         services: Sequence[str] | None = None,
+        metrics: ProjectionMetrics | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.projection = projection
+        self.metrics = metrics or ProjectionMetrics()
+        self.heartbeats = heartbeats or Heartbeats(stall_after_s=60.0)
+        self.loop_name = f"{projection.name}/{consumer}"
         self.pool = pool
         self.keys = keys
         self.consumer = consumer
@@ -199,9 +208,11 @@ class ProjectionWorker:
 
     async def run(self) -> None:
         """Run until ``stop`` is set; in-flight work is finished and acked first."""
+        self.heartbeats.beat(self.loop_name)
         try:
             await self._serve()
         finally:
+            self.heartbeats.forget(self.loop_name)
             await self._release_batch_db()
 
     async def _serve(self) -> None:
@@ -229,6 +240,7 @@ class ProjectionWorker:
         # batch: when the streams are nearly empty the next read is the blocking one.
         ahead: asyncio.Task[list[Entry]] | None = None
         while not self.stop.is_set() or ahead is not None:
+            self.heartbeats.beat(self.loop_name)
             try:
                 if ahead is None:
                     await self._retry_due()
@@ -252,8 +264,16 @@ class ProjectionWorker:
                 if time.monotonic() >= next_beat:
                     await self._heartbeat()
                     next_beat = time.monotonic() + self.config.heartbeat_s
+                    self.heartbeats.reached("postgres")
+                self.heartbeats.reached("redis")
+                if entries:
+                    self.heartbeats.reached("postgres")
                 failures = 0
             except (StreamsError, TransientError, OSError, asyncpg.PostgresError) as error:
+                if isinstance(error, StreamsError):
+                    self.heartbeats.failed("redis", f"{type(error).__name__}: {error}")
+                elif not isinstance(error, OSError):
+                    self.heartbeats.failed("postgres", f"{type(error).__name__}: {error}")
                 failures += 1
                 delay = backoff_delay_s(failures, 0.1, 5.0)
                 self.counters.last_error = f"{error.__class__.__name__}: {error}"
@@ -469,7 +489,9 @@ class ProjectionWorker:
             try:
                 message = decode_entry(entry.stream, entry.id, entry.fields)
             except MalformedEntryError as error:
-                letters.append(_Letter(entry.stream, entry.id, 1, str(error), entry.fields))
+                letters.append(
+                    _Letter(entry.stream, entry.id, 1, str(error), entry.fields, "malformed")
+                )
                 continue
             if is_marker(message):  # the original library's stream_initialized entry
                 acks[entry.stream].append(entry.id)
@@ -489,7 +511,9 @@ class ProjectionWorker:
         # within a priority.
         ready.sort(key=_priority, reverse=True)
         batch = ready + refetched
+        started = time.perf_counter()
         outcome = await self._apply(batch)
+        self.metrics.batch_applied(self.projection.name, outcome, time.perf_counter() - started)
         self.batches += 1
         for done in (outcome.applied, outcome.skipped, outcome.duplicates):
             for message in done:
@@ -586,6 +610,7 @@ class ProjectionWorker:
                 continue
             delay = backoff_delay_s(attempts, self.config.retry_base_s, self.config.retry_cap_s)
             self.retries[(message.stream, message.id)] = _Retry(message, now + delay, attempts)
+            self.metrics.retries.labels(self.projection.name).inc()
 
     def _waiting_aggregates(self) -> dict[str, int | None]:
         """Aggregates with an event waiting for a retry, and the lowest outbox position waiting
@@ -669,6 +694,7 @@ class ProjectionWorker:
                 await asyncio.sleep(backoff_delay_s(attempt, 0.1, 2.0))
         for letter in letters:
             self.counters.dead_lettered += 1
+            self.metrics.dead_letters.labels(self.projection.name, letter.reason).inc()
             log.warning(
                 "event=dead_lettered projection=%s stream=%s id=%s attempts=%d error=%r",
                 self.projection.name,

@@ -41,7 +41,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from outbox.metrics import RelayMetrics
 from outbox.partitioning import Partitioning
+from outbox.probes import Heartbeats
 from outbox.relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
 from outbox.relay.errors import (
     DatabaseUnavailableError,
@@ -51,7 +53,7 @@ from outbox.relay.errors import (
 from outbox.relay.leases import Leases, LeaseSession
 from outbox.relay.maintenance import trim_streams
 from outbox.relay.marks import Marks
-from outbox.relay.publisher import Publisher, RedisPublisher, connect_redis
+from outbox.relay.publisher import Publisher, RedisPublisher, ServiceOutcome, connect_redis
 from outbox.relay.status import RelayStatus, default_instance_id
 from outbox.relay.wakeup import AdaptivePoll, Backoff
 from outbox.settings import Settings
@@ -113,6 +115,25 @@ class Relay:
         # heartbeat interval for the epochs `outbox partitions set` asks for.
         self._partitionings: dict[str, Partitioning] = {}
         self._partitionings_read_at = 0.0
+        self.metrics = RelayMetrics()
+        self.registry = self.metrics.registry
+        # A loop counts as stalled when it has not turned for several of its longest waits.
+        self.heartbeats = Heartbeats(
+            stall_after_s=max(
+                60.0,
+                4 * settings.relay_retry_max_s,
+                4 * settings.relay_heartbeat_interval_s,
+                4 * settings.relay_poll_max_ms / 1000,
+            )
+        )
+
+    # --- probes (outbox/probes.py) -----------------------------------------------------------
+
+    def liveness(self) -> dict[str, str]:
+        return self.heartbeats.liveness()
+
+    def readiness(self) -> dict[str, str]:
+        return self.heartbeats.readiness()
 
     @classmethod
     def from_settings(
@@ -214,14 +235,22 @@ class Relay:
     async def _pump(self) -> None:
         backoff = Backoff(self.settings.relay_retry_min_s, self.settings.relay_retry_max_s)
         while not self._stopping.is_set():
+            self.heartbeats.beat("pump")
             try:
                 async with self._batch_lock:
                     found, full = await self._pump_once()
                 backoff.reset()
+                if self._cursors:  # it read from PostgreSQL
+                    self.heartbeats.reached("postgres")
+                if found:  # and published to Redis
+                    self.heartbeats.reached("redis")
             except (DatabaseUnavailableError, RedisUnavailableError) as error:
                 self._read_ahead = {}
                 delay = backoff.next_delay()
                 self.status.record_error(str(error))
+                database = isinstance(error, DatabaseUnavailableError)
+                self.heartbeats.failed("postgres" if database else "redis", str(error))
+                self.metrics.errors.labels("database" if database else "redis").inc()
                 log.warning(
                     "event=relay_backoff error=%s delay_s=%.3f attempt=%d",
                     type(error).__name__,
@@ -235,6 +264,7 @@ class Relay:
                 # rather than stop relaying every service (the cursor has not moved).
                 self._read_ahead = {}
                 self.status.record_error(f"{type(error).__name__}: {error}")
+                self.metrics.errors.labels("unexpected").inc()
                 log.exception("event=relay_unexpected_error")
                 await self.poll.wait(backoff.next_delay())
                 continue
@@ -362,7 +392,10 @@ class Relay:
             )
 
     async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
+        started = time.perf_counter()
         outcomes = await self.publisher.publish(batches, self._marks.by_stream, self._epochs())
+        self.metrics.publish_duration.observe(time.perf_counter() - started)
+        self._observe(batches, outcomes)
         for service, outcome in outcomes.items():
             self._marks.took(outcome.marks)
             if outcome.behind:
@@ -385,6 +418,26 @@ class Relay:
                 outcome.published,
                 outcome.skipped,
                 self._cursors[service],
+            )
+
+    def _observe(
+        self, batches: Mapping[str, Sequence[OutboxRow]], outcomes: Mapping[str, ServiceOutcome]
+    ) -> None:
+        now = time.time()
+        metrics = self.metrics
+        for service, outcome in outcomes.items():
+            if outcome.behind or outcome.refused is not None:
+                continue
+            rows = batches[service]
+            metrics.batch_size.observe(len(rows), service)
+            metrics.published.labels(service).inc(outcome.published)
+            if outcome.skipped:
+                metrics.skipped.labels(service).inc(outcome.skipped)
+            # The watermark skips a prefix of the batch: the rest was added now.
+            added = rows[len(rows) - outcome.published :] if outcome.published else ()
+            metrics.emit_to_publish.observe_many(
+                (now - row["occurred_s"] for row in added if row.get("occurred_s") is not None),
+                service,
             )
 
     def _rewind(self, service: str, behind: Mapping[str, str]) -> None:
@@ -459,6 +512,7 @@ class Relay:
         next_trim = time.monotonic() + min(5.0, self.settings.relay_trim_interval_s)
         next_forget = time.monotonic()
         while not self._stopping.is_set():
+            self.heartbeats.beat("control")
             try:
                 await self._heartbeat()
                 if time.monotonic() >= next_forget:
@@ -466,7 +520,9 @@ class Relay:
                     await self.leases.forget_old_instances()
                     next_forget = time.monotonic() + FORGET_INTERVAL_S
                 backoff.reset()
+                self.heartbeats.reached("postgres")
             except LeaseLostError as error:
+                self.heartbeats.failed("postgres", str(error))
                 self.status.record_error(str(error))
                 log.warning("event=lease_session_lost error=%r", str(error))
                 await asyncio.sleep(backoff.next_delay())
@@ -503,6 +559,7 @@ class Relay:
             self.poll.wake()
         await self._check_marks()
         self.status.streams = sorted(self.leases.held)
+        self.metrics.leased.set(len(self.status.streams))
         await self._write_status()
 
     async def _check_marks(self) -> None:

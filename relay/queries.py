@@ -109,6 +109,7 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
 # own hash partitioning uses, so it does not change between versions.
 FETCH_BATCH = f"""
 SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields,
+       extract(epoch FROM o.occurred_at)::float8 AS occurred_s,
        CASE WHEN c.partitions > 1
             THEN ((hashtextextended(coalesce(o.aggregate_id, o.event_id::text), 0)
                    & 9223372036854775807) % c.partitions)::int

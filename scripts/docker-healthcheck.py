@@ -4,9 +4,11 @@
 - ``outbox monitor``: healthy when ``GET /health`` on its port answers 200 (the port of
   ``--port``, else ``MONITOR_PORT``, else 8090). A monitor that runs but does not serve, for
   example one still waiting for its schema, is unhealthy.
-- every other command (``relay``, ``project``, ``demo``, ``migrate``): they serve no HTTP port
-  yet, so the check passes while the process runs; when it exits the container stops and the
-  restart policy takes over.
+- ``outbox relay`` / ``outbox project`` with a probe port (``--metrics-port``, else
+  ``RELAY_METRICS_PORT`` / ``PROJECTION_METRICS_PORT``): healthy when ``GET /health`` there
+  answers 200, that is while the daemon's loops keep turning (outbox/probes.py).
+- every other command, and those two without a probe port: the check passes while the process
+  runs; when it exits the container stops and the restart policy takes over.
 
 The command is read from the process's command line, not guessed from whether a port answers:
 a monitor that stopped serving must not pass as a relay.
@@ -52,14 +54,33 @@ def option(arguments: list[str], name: str) -> str | None:
     return None
 
 
-def monitor_health_url(arguments: list[str]) -> str:
-    port = option(arguments, "--port") or os.environ.get("MONITOR_PORT") or DEFAULT_MONITOR_PORT
-    host = option(arguments, "--host") or os.environ.get("MONITOR_HOST", "")
+#: The environment variable of each daemon's probe port.
+PROBE_PORT_VARIABLES = {"relay": "RELAY_METRICS_PORT", "project": "PROJECTION_METRICS_PORT"}
+
+
+def health_url(host: str, port: object) -> str:
     if host in ANY_ADDRESS:
         host = "127.0.0.1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}/health"
+
+
+def monitor_health_url(arguments: list[str]) -> str:
+    port = option(arguments, "--port") or os.environ.get("MONITOR_PORT") or DEFAULT_MONITOR_PORT
+    host = option(arguments, "--host") or os.environ.get("MONITOR_HOST", "")
+    return health_url(host, port)
+
+
+def daemon_health_url(command: str, arguments: list[str]) -> str | None:
+    """The probe port's /health of a relay or projections process, None when it has none."""
+    variable = PROBE_PORT_VARIABLES.get(command)
+    if variable is None:
+        return None
+    port = option(arguments, "--metrics-port") or os.environ.get(variable)
+    if not port or port == "0":  # none, or a free port nobody can know from outside
+        return None
+    return health_url(os.environ.get("METRICS_HOST", ""), port)
 
 
 def main(argv: list[str]) -> int:
@@ -73,9 +94,13 @@ def main(argv: list[str]) -> int:
         print(f"outbox-healthcheck: process {pid} is not an outbox command", file=sys.stderr)
         return 1
     command = next((arg for arg in arguments if not arg.startswith("-")), None)
-    if command != "monitor":
-        return 0
-    url = monitor_health_url(arguments)
+    if command == "monitor":
+        url = monitor_health_url(arguments)
+    else:
+        daemon_url = daemon_health_url(command or "", arguments)
+        if daemon_url is None:
+            return 0
+        url = daemon_url
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             status = response.status

@@ -35,10 +35,12 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def _project(args: argparse.Namespace) -> int:
     from outbox.cli import eventloop
     from outbox.cli.heap import settle_for_batches
+    from outbox.errors import ConfigurationError
     from outbox.preflight import require_current_schema
+    from outbox.probes import with_probes
     from outbox.projections import queries
     from outbox.projections.projection import load, select
-    from outbox.projections.runner import run_projections
+    from outbox.projections.runner import ProjectionsProbe, run_projections
     from outbox.settings import get_settings
     from outbox.streams.connection import check_redis_mode
 
@@ -54,13 +56,23 @@ def _project(args: argparse.Namespace) -> int:
     load(settings.projection_modules)
     projections = select(args.names)
     settle_for_batches()
+    probe = ProjectionsProbe.for_settings(settings)
+    port = args.metrics_port if args.metrics_port is not None else settings.projection_metrics_port
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigurationError(f"--metrics-port {port}: a port is 0-65535")
     return _run(
-        lambda: run_projections(
-            projections,
-            settings,
-            workers=args.workers,
-            consumer_stem=args.consumer_name,
-            handle_signals=True,
+        lambda: with_probes(
+            probe,
+            settings.metrics_host,
+            port,
+            run_projections(
+                projections,
+                settings,
+                workers=args.workers,
+                consumer_stem=args.consumer_name,
+                handle_signals=True,
+                probe=probe,
+            ),
         )
     )
 
@@ -334,6 +346,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     project.add_argument("--workers", type=int, help="consumers per projection (PROCESSOR_WORKERS)")
     project.add_argument(
         "--consumer-name", help="consumer name stem (PROJECTION_CONSUMER_NAME, default host name)"
+    )
+    project.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /health and /ready on this port (0: any free one) "
+        "[PROJECTION_METRICS_PORT]",
     )
     project.set_defaults(handler=_project)
 

@@ -64,6 +64,12 @@ _RELAY_FLAGS: list[tuple[str, str, type, str]] = [
         "[RELAY_STREAM_RETENTION_S]",
     ),
     (
+        "--metrics-port",
+        "relay_metrics_port",
+        int,
+        "serve /metrics, /health and /ready on this port (0: any free one) [RELAY_METRICS_PORT]",
+    ),
+    (
         "--instance-id",
         "relay_instance_id",
         str,
@@ -87,6 +93,7 @@ def _relay(args: argparse.Namespace) -> int:
     from outbox.cli.heap import settle_for_batches
     from outbox.errors import ConfigurationError
     from outbox.preflight import require_current_schema
+    from outbox.probes import with_probes
     from outbox.relay.cursor import RELAY_STATEMENTS
     from outbox.relay.daemon import Relay, run_until_signalled
     from outbox.settings import get_settings
@@ -116,7 +123,14 @@ def _relay(args: argparse.Namespace) -> int:
     eventloop.run(check_redis_mode(settings))
     relay = Relay.from_settings(settings)
     settle_for_batches()
-    eventloop.run(run_until_signalled(relay, stop_requested=lambda: bool(early)))
+    eventloop.run(
+        with_probes(
+            relay,
+            settings.metrics_host,
+            settings.relay_metrics_port,
+            run_until_signalled(relay, stop_requested=lambda: bool(early)),
+        )
+    )
     return 0
 
 

@@ -189,7 +189,8 @@ if os.environ.get("FAKE_SERVE"):  # answers GET /health on --port, like the moni
             self.end_headers()
         def log_message(self, *args):
             pass
-    port = int(sys.argv[sys.argv.index("--port") + 1])
+    flag = "--port" if "--port" in sys.argv else "--metrics-port"
+    port = int(sys.argv[sys.argv.index(flag) + 1])
     http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
 else:
     time.sleep(300)
@@ -248,6 +249,21 @@ def test_healthcheck_of_a_monitor_asks_its_port(fake_outbox: Callable[..., int])
         assert time.monotonic() < deadline, result.stderr
         time.sleep(0.05)
     silent = fake_outbox("monitor", f"--port={free_port()}")
+    result = healthcheck(silent)
+    assert result.returncode == 1
+    assert "/health" in result.stderr
+
+
+def test_healthcheck_of_a_daemon_with_a_probe_port_asks_it(
+    fake_outbox: Callable[..., int],
+) -> None:
+    port = free_port()
+    serving = fake_outbox("relay", "--metrics-port", str(port), serve=True)
+    deadline = time.monotonic() + 20
+    while (result := healthcheck(serving)).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.05)
+    silent = fake_outbox("project", "--metrics-port", str(free_port()))
     result = healthcheck(silent)
     assert result.returncode == 1
     assert "/health" in result.stderr
