@@ -231,6 +231,13 @@ class Settings(ClientSettings, EmitSettings):
         description="Event loop of the outbox commands: auto (uvloop when installed), uvloop, "
         "asyncio.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        validation_alias=_env("LOG_FORMAT"),
+        description="Log lines of the outbox commands, on stderr: text (time, level, logger, "
+        "message) or json (one object per line with timestamp, level, logger, event and the "
+        "event's fields; secrets redacted).",
+    )
     processor_workers: int = Field(
         default=4, ge=1, le=256, validation_alias=_env("PROCESSOR_WORKERS")
     )
@@ -396,6 +403,11 @@ class Settings(ClientSettings, EmitSettings):
     metrics_stream_retention_s: int = Field(
         default=86400, ge=60, validation_alias=_env("METRICS_STREAM_RETENTION")
     )
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod

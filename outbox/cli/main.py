@@ -11,8 +11,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from outbox._version import __version__
+
+if TYPE_CHECKING:
+    from outbox.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -104,7 +108,7 @@ _OPTIONAL_MODULES = frozenset(
 )
 
 
-def _read_settings() -> None:
+def _read_settings() -> Settings:
     """A command reads the environment and ``.env`` of its working directory (a library never
     reads ``.env``), and what it emits (``outbox demo``) and migrates uses the same schema."""
     from outbox.settings import configure, get_settings, use_env_file
@@ -116,6 +120,7 @@ def _read_settings() -> None:
         max_payload_bytes=settings.max_payload_bytes,
         stream_prefix=settings.stream_prefix,
     )
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,15 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     from outbox.cli.errors import report_failure
+    from outbox.cli.logs import configure_logging
 
     handler: Handler = args.handler
     try:
-        _read_settings()
+        # LOG_FORMAT is a setting, so logging is configured once the settings are read;
+        # report_failure prints a bad setting without needing logging.
+        settings = _read_settings()
+        configure_logging(settings.log_format, verbose=args.verbose)
         return handler(args)
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ from typing import Any
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from outbox.cli import eventloop
     from outbox.cli.eventloop import loop_name
@@ -34,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
         create_app(settings),
         host=host,
         port=port,
+        # LOG_FORMAT=json: uvicorn installs no handlers of its own, so its loggers propagate to
+        # the root logger's JSON handler; text keeps uvicorn's own format ("ERROR:    ...").
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         log_level="warning",
         timeout_graceful_shutdown=5,
         loop=loop_name(),

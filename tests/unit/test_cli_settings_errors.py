@@ -32,3 +32,14 @@ def test_invalid_settings_are_named_with_what_they_should_be(command: list[str])
         for line in lines
     )
     assert "coroutine" not in result.stderr  # nothing was started
+
+
+def test_an_unknown_log_format_is_named_before_anything_logs() -> None:
+    env = {**os.environ, "LOG_FORMAT": "xml"}
+    result = subprocess.run(
+        [str(OUTBOX), "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[0].startswith("outbox: invalid setting LOG_FORMAT='xml'")
+    assert "'text' or 'json'" in result.stderr
+    assert "Traceback" not in result.stderr
