@@ -42,6 +42,10 @@ def find_promtool() -> str | None:
     return None
 
 
+#: For a test that does much before it runs promtool: skip it at once where there is none.
+needs_promtool = pytest.mark.skipif(find_promtool() is None, reason=PROMTOOL_SKIP_REASON)
+
+
 def _promtool(*args: str, stdin: str | None = None) -> tuple[int, str]:
     """Run promtool (or skip the test without it); its exit code and its stdout + stderr."""
     promtool = find_promtool()

@@ -16,12 +16,13 @@ from outbox.streams.codec import StreamMessage
 from outbox.streams.keys import Keys
 from tests.fixtures_monitor import MonitorFactory
 from tests.fixtures_projections import Runner
-from tests.fixtures_promtool import promtool_check_metrics
+from tests.fixtures_promtool import needs_promtool, promtool_check_metrics
 from tests.fixtures_relay import StartRelay, emit_events, wait_until
 
 EVENTS = 12
 
 
+@needs_promtool
 async def test_live_metrics_pass_promtool(
     monitor_server: MonitorFactory,
     start_relay: StartRelay,
