@@ -46,7 +46,7 @@ format: setup ## apply ruff's fixes and formatting
 compose-check: setup ## validate docker-compose.yml (Compose schema; also `docker compose config` if installed)
 	@scripts/compose-check.sh
 
-test: setup lint compose-check ## lint, compose check, Chromium if root can get it, then every test
+test: setup lint compose-check ## lint, compose check, Chromium and promtool if root can get them, then every test
 	@scripts/test-deps.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 

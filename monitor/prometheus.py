@@ -1,9 +1,12 @@
 """``GET /metrics``: the snapshot in Prometheus text format.
 
-Stream metrics use redis_exporter's names (``redis_stream_length``,
-``redis_stream_group_messages_pending``, …, labels ``db``, ``stream``, ``group``, ``consumer``);
+Stream and server metrics use redis_exporter's names (``redis_stream_length``,
+``redis_stream_group_messages_pending``, ``redis_stream_group_consumer_idle_seconds``,
+``redis_commands_processed_total``, …, labels ``db``, ``stream``, ``group``, ``consumer``);
 the rest are ``outbox_*`` and ``projection_*`` with base units in the name (``_seconds``,
-``_total``). No event or correlation id is ever a label (unbounded cardinality).
+``_total``). What grows is a counter, never a rate: Prometheus takes ``rate()`` over the window
+a query asks for. The output passes ``promtool check metrics``. No event or correlation id is
+ever a label (unbounded cardinality).
 """
 
 from __future__ import annotations
@@ -66,12 +69,12 @@ class SnapshotCollector(Collector):
             ["stream", "group"],
         )
         consumer_pending = _gauge(
-            "redis_stream_consumer_messages_pending",
+            "redis_stream_group_consumer_messages_pending",
             "Entries pending for the consumer",
             ["db", "stream", "group", "consumer"],
         )
         consumer_idle = _gauge(
-            "redis_stream_consumer_idle_seconds",
+            "redis_stream_group_consumer_idle_seconds",
             "Seconds since the consumer last interacted",
             ["db", "stream", "group", "consumer"],
         )
@@ -115,16 +118,16 @@ class SnapshotCollector(Collector):
             "Age of the oldest unpublished event (database clock)",
             ["stream"],
         )
-        rate = _gauge(
-            "outbox_publish_rate_events_per_second",
-            "Events published per second over the window",
-            ["stream"],
+        published_to = CounterMetricFamily(
+            "outbox_published_events",
+            "Entries ever added to the service's streams (XINFO STREAM entries-added)",
+            labels=["stream"],
         )
         for row in snap.get("outbox", {}).get("streams", []):
             unpublished.add_metric([row["stream"]], row["unpublished"])
             oldest.add_metric([row["stream"]], row["oldest_unpublished_age_s"] or 0.0)
-            rate.add_metric([row["stream"]], row.get("publish_rate_per_s") or 0.0)
-        yield from (unpublished, oldest, rate)
+            published_to.add_metric([row["stream"]], row["published"])
+        yield from (unpublished, oldest, published_to)
 
         holdback = _gauge(
             "outbox_oldest_write_transaction_age_seconds",
@@ -244,11 +247,20 @@ class SnapshotCollector(Collector):
                 ("redis_memory_used_bytes", "Memory used by Redis", "used_memory_bytes"),
                 ("redis_connected_clients", "Connected clients", "connected_clients"),
                 ("redis_uptime_in_seconds", "Redis uptime", "uptime_seconds"),
-                ("redis_instantaneous_ops_per_sec", "Redis ops/s", "instantaneous_ops_per_sec"),
             ):
                 metric = _gauge(name, doc, [])
                 metric.add_metric([], redis.get(key) or 0)
                 yield metric
+            # Not INFO's instantaneous_ops_per_sec (Redis's own rate over its last ~1.6 s): the
+            # counter gives ops/s over any window, rate(redis_commands_processed_total[5m]).
+            commands = CounterMetricFamily(
+                "redis_commands_processed",
+                "Commands processed by Redis (INFO total_commands_processed; on a cluster, summed"
+                " over the primaries)",
+                labels=[],
+            )
+            commands.add_metric([], redis.get("total_commands_processed") or 0)
+            yield commands
             nodes = redis.get("nodes") or []
             if nodes:  # a Redis Cluster: each primary on its own
                 up = _gauge("outbox_redis_node_up", "1 when a cluster primary answered", ["node"])

@@ -32,6 +32,7 @@ pytest_plugins = [
     "tests.fixtures_projections",
     "tests.fixtures_monitor",
     "tests.fixtures_browser",
+    "tests.fixtures_promtool",
     "tests.fixtures_cluster",
 ]
 

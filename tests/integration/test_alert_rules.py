@@ -1,5 +1,6 @@
-"""deploy/prometheus-alerts.yml against a live monitor: every rule parses, uses only metrics the
-monitor exports, and names in its annotations only labels those metrics carry."""
+"""deploy/prometheus-alerts.yml against a live monitor: every rule parses, passes Prometheus's own
+``promtool check rules``, uses only metrics the monitor exports, and names in its annotations
+only labels those metrics carry."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from outbox.settings import Settings
 from outbox.streams.client import RedisStreamsClient
 from tests.fixtures_monitor import MonitorFactory
 from tests.fixtures_projections import Runner
+from tests.fixtures_promtool import promtool_check_rules
 from tests.fixtures_relay import StartRelay, emit_events, wait_until
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-alerts.yml"
@@ -51,6 +53,12 @@ def test_every_rule_is_complete_and_parses() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]
         assert list(selectors(promql_parser.parse(rule["expr"]))), rule["alert"]
+
+
+def test_promtool_accepts_the_rules() -> None:
+    rc, output = promtool_check_rules(RULES)
+    assert rc == 0, output
+    assert f"SUCCESS: {len(rules())} rules found" in output
 
 
 async def test_rules_use_what_the_monitor_exports(

@@ -484,8 +484,25 @@ async def test_prometheus_metrics(
         )
         lag = families["redis_stream_group_lag"].samples
         assert any(s.labels["group"] == "directory" and s.value == 2 for s in lag)
+        consumer_pending = families["redis_stream_group_consumer_messages_pending"].samples
+        assert [(s.labels, s.value) for s in consumer_pending if s.labels["stream"] == stream] == [
+            ({"db": "db0", "stream": stream, "group": "directory", "consumer": "w-1"}, 1)
+        ]
+        assert "redis_stream_group_consumer_idle_seconds" in families
         unpublished = families["outbox_unpublished_events"].samples
         assert any(s.labels["stream"] == "identity" and s.value == 3 for s in unpublished)
+        # Counters, whose rate() Prometheus takes: entries added to the service's streams, and
+        # the commands Redis processed.
+        published = families["outbox_published_events"].samples
+        assert any(
+            s.name == "outbox_published_events_total"
+            and s.labels == {"stream": "identity"}
+            and s.value == 3
+            for s in published
+        )
+        (commands,) = families["redis_commands_processed"].samples
+        assert commands.name == "redis_commands_processed_total"
+        assert commands.value > 0
         assert "outbox_oldest_unpublished_age_seconds" in families
         # No event or correlation id is ever a label.
         for event in events:
