@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,10 +28,26 @@ from outbox.streams.keys import Keys
 RATE_WINDOW_S = 30.0
 #: A write transaction open longer than this is reported as holding the relay back.
 HOLDBACK_WARN_S = 60.0
+#: Processing latency is taken over the newest this many events of each projection.
+LATENCY_SAMPLE = 2_000
+#: ... applied within the window, or within the span in which all projections together applied
+#: about twice that many at their recent rate (so one snapshot's query reads a bounded number of
+#: inbox rows however busy the projections are), but never less than this.
+LATENCY_MIN_LOOKBACK_S = 5.0
 
 
 class Clock(Protocol):
     def __call__(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class ProjectionCounts:
+    """One observation of a projection's counters (its consumers' sums)."""
+
+    at: float
+    processed: int
+    failures: int
+    retries: int
 
 
 class Collector:
@@ -51,6 +68,7 @@ class Collector:
         self.clock = clock
         self.window_s = settings.monitor_window_s
         self.samples: dict[str, deque[Sample]] = {}
+        self.projection_counts: dict[str, deque[ProjectionCounts]] = {}
         self._latest: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
         self.configured_services = [
@@ -83,7 +101,16 @@ class Collector:
             outbox = await sources.outbox_side(conn, self.relay_alive_s, schema)
             relays = await sources.relay_side(conn, schema)
             projections = await sources.projection_side(conn, schema)
+            latency = await sources.processing_latency(
+                conn,
+                [p["name"] for p in projections],
+                self._latency_lookback_s(),
+                LATENCY_SAMPLE,
+                schema,
+            )
             partitionings, owners = await sources.partition_side(conn, schema)
+        for projection in projections:
+            projection["processing_latency"] = latency.get(projection["name"])
         reports = await sources.client_consumers(self.redis, self.keys)
         services = sorted(
             set(self.configured_services)
@@ -155,6 +182,45 @@ class Collector:
                 lag += group.lag_entries if group is not None else stats.length
             rows.append({**owner, "lag_entries": lag})
         return rows
+
+    def _latency_lookback_s(self) -> float:
+        """How far back the processing latency query looks (see LATENCY_MIN_LOOKBACK_S)."""
+        rates = [
+            self._rate(samples)
+            for name, samples in self.samples.items()
+            if name.startswith("projection:")
+        ]
+        total = sum(rate for rate in rates if rate)
+        if total <= 0:
+            return self.window_s
+        return min(self.window_s, max(LATENCY_MIN_LOOKBACK_S, 2 * LATENCY_SAMPLE / total))
+
+    def _window(self, name: str, now: float, projection: dict[str, Any]) -> dict[str, Any] | None:
+        """What a projection did over the window: events applied, handler failures, retries,
+        and the share of handler attempts that failed. None until two observations exist."""
+        counts = self.projection_counts.setdefault(name, deque())
+        counts.append(
+            ProjectionCounts(
+                now, projection["processed"], projection["failures"], projection["retries"]
+            )
+        )
+        while counts and counts[0].at < now - self.window_s:
+            counts.popleft()
+        if len(counts) < 2:
+            return None
+        first, last = counts[0], counts[-1]
+        # A consumer gone for an hour drops out of the sums: a counter that went down is 0.
+        applied = max(0, last.processed - first.processed)
+        failures = max(0, last.failures - first.failures)
+        retries = max(0, last.retries - first.retries)
+        attempts = applied + failures
+        return {
+            "span_s": round(last.at - first.at, 1),
+            "applied": applied,
+            "failures": failures,
+            "retries": retries,
+            "error_ratio": round(failures / attempts, 4) if attempts else None,
+        }
 
     def _record(self, name: str, now: float, behind: float, progress: float) -> deque[Sample]:
         """Append one observation of a component and forget those older than the window."""
@@ -230,6 +296,7 @@ class Collector:
             seen.add(name)
             samples = self._record(name, now, 0, projection["processed"])
             projection["processing_rate_per_s"] = self._rate(samples)
+            projection["window"] = self._window(name, now, projection)
             for consumer in projection["consumers"]:
                 lost = heartbeat(
                     consumer["heartbeat_age_s"], interval, name=f"consumer {consumer['consumer']}"
@@ -268,6 +335,8 @@ class Collector:
             )
         for gone in set(self.samples) - seen:
             del self.samples[gone]
+        for gone in set(self.projection_counts) - seen:
+            del self.projection_counts[gone]
         overall = worst([Status(c["level"], c["reason"]) for c in components])  # type: ignore[arg-type]
         return {"overall": overall.as_dict(), "components": components}
 

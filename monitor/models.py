@@ -278,6 +278,34 @@ class ProjectionConsumer(Body):
     heartbeat_age_s: float
 
 
+class ProcessingLatency(Body):
+    """From emit() to the apply's commit (the inbox row's applied_at - the event's occurred_at,
+    database clock), over the newest events the projection applied (at most 2,000)."""
+
+    p50_s: float
+    p95_s: float
+    max_s: float
+    events: int = Field(description="the events these figures are taken over")
+    lookback_s: float = Field(
+        description="how far back they were looked for: MONITOR_WINDOW, or less when the "
+        "projections apply so fast that fewer seconds hold enough events"
+    )
+
+
+class ProjectionWindow(Body):
+    """What a projection's consumers did over the last MONITOR_WINDOW (or since the monitor
+    started, if later), from the counters of successive snapshots."""
+
+    span_s: float = Field(description="seconds between the oldest and newest observation")
+    applied: int
+    failures: int = Field(description="handler failures (each retried or dead-lettered)")
+    retries: int = Field(description="failures that were retried, not dead-lettered")
+    error_ratio: float | None = Field(
+        description="failures / (applied + failures): the share of handler attempts that "
+        "failed; null when there was none"
+    )
+
+
 class Projection(Body):
     """A projection: its consumers and their totals."""
 
@@ -288,8 +316,12 @@ class Projection(Body):
     skipped: int
     failures: int
     dead_lettered: int
-    retries: int
+    retries: int = Field(description="failures that were not dead-lettered")
+    processing_latency: ProcessingLatency | None = Field(
+        description="null when it applied no outbox event within the window"
+    )
     processing_rate_per_s: float | None
+    window: ProjectionWindow | None = Field(description="null until two snapshots were taken")
 
 
 class ProjectionList(RootModel[list[Projection]]):

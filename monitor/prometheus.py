@@ -184,7 +184,21 @@ class SnapshotCollector(Collector):
             "Seconds since the consumer's heartbeat",
             ["projection", "consumer"],
         )
+        # Computed from the database (the inbox's applied_at against the outbox's occurred_at),
+        # not observed by this process: a gauge per statistic. Not a "quantile" label: that one
+        # belongs to summaries, whose _count and _sum must be counters (promtool refuses it on
+        # a gauge).
+        latency = _gauge(
+            "projection_processing_latency_seconds",
+            "From emit() to the apply's commit over the newest events the projection applied"
+            " within the monitor's window, by statistic (p50, p95, max)",
+            ["projection", "statistic"],
+        )
         for projection in snap.get("projections", []):
+            figures = projection.get("processing_latency")
+            if figures:
+                for statistic in ("p50", "p95", "max"):
+                    latency.add_metric([projection["name"], statistic], figures[f"{statistic}_s"])
             processed.add_metric([projection["name"]], projection["processed"])
             failures.add_metric([projection["name"]], projection["failures"])
             retries.add_metric([projection["name"]], projection["retries"])
@@ -195,7 +209,7 @@ class SnapshotCollector(Collector):
                 consumer_heartbeat.add_metric(
                     [projection["name"], consumer["consumer"]], consumer["heartbeat_age_s"]
                 )
-        yield from (processed, failures, retries, dead_lettered, consumer_heartbeat)
+        yield from (processed, failures, retries, dead_lettered, consumer_heartbeat, latency)
 
         client_processed = CounterMetricFamily(
             "outbox_client_consumer_processed",
@@ -261,6 +275,15 @@ class SnapshotCollector(Collector):
             )
             commands.add_metric([], redis.get("total_commands_processed") or 0)
             yield commands
+            # redis_exporter's names; the hit ratio over a window is
+            # rate(hits) / (rate(hits) + rate(misses)).
+            for name, doc, key in (
+                ("redis_keyspace_hits", "Successful key lookups (INFO keyspace_hits)", "hits"),
+                ("redis_keyspace_misses", "Failed key lookups (INFO keyspace_misses)", "misses"),
+            ):
+                lookups = CounterMetricFamily(name, doc, labels=[])
+                lookups.add_metric([], redis.get(f"keyspace_{key}") or 0)
+                yield lookups
             nodes = redis.get("nodes") or []
             if nodes:  # a Redis Cluster: each primary on its own
                 up = _gauge("outbox_redis_node_up", "1 when a cluster primary answered", ["node"])

@@ -106,6 +106,34 @@ PROJECTION_CHECKPOINTS = """
 SELECT projection, status, rebuilt_at, events_replayed FROM projection_checkpoints
 """
 
+# Processing latency per projection of $3: applied_at - occurred_at of the newest $2 events it
+# applied in the last $1 seconds (the collector bounds $1 by the recent apply rate, so the scan
+# reads about as many rows as it keeps). applied_at is the apply transaction's now() and
+# occurred_at emit()'s clock_timestamp(), both on the database clock. Inbox rows arrive in
+# applied_at order, so the BRIN index on applied_at narrows each projection's scan to the recent
+# block ranges (a Bitmap Heap Scan; https://www.postgresql.org/docs/15/brin-intro.html), and the
+# LIMIT lets each sampled row find its event through the unique index on outbox_events.event_id
+# (a nested loop). now(), not clock_timestamp(): a volatile bound cannot be an index condition.
+# Events published directly to Redis have no outbox row and are not counted.
+PROCESSING_LATENCY = """
+SELECT p.projection,
+       count(*) AS events,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY l.s) AS p50_s,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY l.s) AS p95_s,
+       max(l.s) AS max_s
+  FROM unnest($3::text[]) AS p(projection)
+ CROSS JOIN LATERAL (
+       SELECT i.event_id, i.applied_at
+         FROM projection_inbox i
+        WHERE i.projection = p.projection
+          AND i.applied_at > now() - make_interval(secs => $1)
+        ORDER BY i.applied_at DESC
+        LIMIT $2) r
+  JOIN outbox_events e ON e.event_id = r.event_id
+ CROSS JOIN LATERAL (SELECT greatest(0, extract(epoch FROM r.applied_at - e.occurred_at))) l(s)
+ GROUP BY p.projection
+"""
+
 # The events of one correlation, with where each one is now. Published: the relay's cursor has
 # passed it, the cursor a live relay (heartbeat younger than $3 s) reports while it publishes
 # again what Redis lost, else the stored one.
@@ -158,6 +186,7 @@ STATEMENTS = (
     RELAYS,
     PROJECTION_CONSUMERS,
     PROJECTION_CHECKPOINTS,
+    PROCESSING_LATENCY,
     EVENTS_BY_CORRELATION,
     APPLIED_BY,
 )

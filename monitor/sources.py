@@ -167,6 +167,32 @@ async def projection_side(
     return projections
 
 
+async def processing_latency(
+    conn: asyncpg.Connection,
+    projections: list[str],
+    lookback_s: float,
+    sample: int,
+    schema: str = DEFAULT_SCHEMA,
+) -> dict[str, dict[str, Any]]:
+    """Per projection that applied outbox events in the last ``lookback_s``: p50, p95 and max
+    of applied_at - occurred_at over the newest ``sample`` of them."""
+    if not projections:
+        return {}
+    rows = await conn.fetch(
+        in_schema(queries.PROCESSING_LATENCY, schema), lookback_s, sample, projections
+    )
+    return {
+        row["projection"]: {
+            "p50_s": round(float(row["p50_s"]), 4),
+            "p95_s": round(float(row["p95_s"]), 4),
+            "max_s": round(float(row["max_s"]), 4),
+            "events": int(row["events"]),
+            "lookback_s": round(lookback_s, 1),
+        }
+        for row in rows
+    }
+
+
 async def client_consumers(redis: RedisClient, keys: Keys) -> list[ConsumerReport]:
     """The reports of ``RedisStreamsClient`` consumers (streams/heartbeat.py); none when the
     key holds something else (logged by the caller's status, not fatal to the snapshot)."""

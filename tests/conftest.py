@@ -33,6 +33,7 @@ pytest_plugins = [
     "tests.fixtures_monitor",
     "tests.fixtures_browser",
     "tests.fixtures_promtool",
+    "tests.fixtures_metrics",
     "tests.fixtures_cluster",
 ]
 

@@ -15,6 +15,7 @@ function age(seconds) {
   if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
   return `${(seconds / 3600).toFixed(1)} h`;
 }
+const percent = (ratio) => (ratio === null || ratio === undefined ? "–" : `${(ratio * 100).toFixed(ratio && ratio < 0.001 ? 2 : 1)} %`);
 function bytes(n) {
   if (!n && n !== 0) return "–";
   const units = ["B", "KiB", "MiB", "GiB"]; let i = 0;
@@ -71,9 +72,25 @@ function render(snap) {
   $("card-lag-seconds").textContent = lag ? `oldest ${age(lagSeconds)}` : "caught up";
   $("card-apply-rate").textContent = rate(applyRate);
   $("card-pending").textContent = `${fmt(pending)} pending`;
+  // Processing latency (emit → applied) and handler errors over the window, worst projection.
+  const latencies = snap.projections.filter((p) => p.processing_latency);
+  const slowest = latencies.reduce((a, p) => (!a || p.processing_latency.p95_s > a.processing_latency.p95_s ? p : a), null);
+  $("card-latency").textContent = slowest ? age(slowest.processing_latency.p95_s) : "–";
+  $("card-latency-sub").textContent = slowest
+    ? `${slowest.name} · max ${age(slowest.processing_latency.max_s)} · ${fmt(slowest.processing_latency.events)} events`
+    : "no event applied in the window";
+  const windows = snap.projections.map((p) => p.window).filter((w) => w);
+  const applied = windows.reduce((a, w) => a + w.applied, 0);
+  const failed = windows.reduce((a, w) => a + w.failures, 0);
+  const retried = windows.reduce((a, w) => a + w.retries, 0);
+  $("card-errors").textContent = windows.length ? percent(applied + failed ? failed / (applied + failed) : null) : "–";
+  $("card-errors-sub").textContent = windows.length
+    ? `${fmt(failed)} failed · ${fmt(retried)} retried in ${age(Math.max(...windows.map((w) => w.span_s)))}`
+    : "collecting history";
   $("card-dead").textContent = fmt(snap.dead_letters.count);
   $("card-memory").textContent = bytes(snap.redis.used_memory_bytes);
   $("card-redis").textContent = `${fmt(snap.redis.connected_clients)} clients · ${fmt(snap.redis.instantaneous_ops_per_sec)} ops/s · up ${age(snap.redis.uptime_seconds)}`;
+  $("card-hit-ratio").textContent = `hit ratio ${percent(snap.redis.hit_ratio)} (${fmt(snap.redis.keyspace_hits)} hits, ${fmt(snap.redis.keyspace_misses)} misses)`;
   // On a Redis Cluster, each primary's memory: one full node refuses its own streams' writes.
   const nodes = snap.redis.nodes || [];
   $("card-nodes").textContent = nodes
@@ -115,7 +132,13 @@ function render(snap) {
   }
   fill("table-streams", streamRows, "no streams yet");
   fill("table-projections", snap.projections.map((p) => [p.name, p.state, num(fmt(p.processed)),
-    num(rate(p.processing_rate_per_s)), num(fmt(p.retries)), num(fmt(p.dead_lettered)),
+    num(rate(p.processing_rate_per_s)),
+    ...(p.processing_latency
+      ? [p.processing_latency.p50_s, p.processing_latency.p95_s, p.processing_latency.max_s].map((s) => num(age(s)))
+      : [num("–"), num("–"), num("–")]),
+    p.window && p.window.failures ? { text: percent(p.window.error_ratio), cls: "num error-text" } : num(p.window ? percent(p.window.error_ratio) : "–"),
+    num(`${p.window ? fmt(p.window.retries) : "–"} (${fmt(p.retries)})`),
+    p.dead_lettered ? { text: fmt(p.dead_lettered), cls: "num error-text" } : num("0"),
     p.consumers.map((c) => `${c.consumer} (${c.stopped ? "stopped" : age(c.heartbeat_age_s)})`).join(", ") || "–"]),
     "no projection running");
 

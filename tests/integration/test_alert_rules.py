@@ -1,42 +1,20 @@
-"""deploy/prometheus-alerts.yml against a live monitor: every rule parses, passes Prometheus's own
-``promtool check rules``, uses only metrics the monitor exports, and names in its annotations
-only labels those metrics carry."""
+"""deploy/prometheus-alerts.yml: every rule parses, passes Prometheus's own ``promtool check
+rules``, uses only metrics the monitor (live, with data) or the daemons export, with labels they
+carry, and names in its annotations only labels those metrics carry."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import promql_parser
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from outbox.projections.examples import user_directory
-from outbox.settings import Settings
-from outbox.streams.client import RedisStreamsClient
-from tests.fixtures_monitor import MonitorFactory
-from tests.fixtures_projections import Runner
+from tests.fixtures_metrics import SCRAPE_METRICS, Exported, selectors, unknown_uses
 from tests.fixtures_promtool import promtool_check_rules
-from tests.fixtures_relay import StartRelay, emit_events, wait_until
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-alerts.yml"
-# Prometheus's own metric for the scrape target, not the monitor's.
-SCRAPE_METRICS = {"up"}
-
-
-def selectors(node: Any) -> Iterator[str]:
-    """The metric names a PromQL expression selects (promql_parser's AST)."""
-    if type(node).__name__ == "VectorSelector":
-        yield node.name
-        return
-    for attr in ("lhs", "rhs", "expr", "args", "vector_selector", "param"):
-        child = getattr(node, attr, None)
-        for item in child if isinstance(child, list) else [child]:
-            if item is not None:
-                yield from selectors(item)
 
 
 def rules() -> list[dict[str, Any]]:
@@ -61,50 +39,28 @@ def test_promtool_accepts_the_rules() -> None:
     assert f"SUCCESS: {len(rules())} rules found" in output
 
 
-async def test_rules_use_what_the_monitor_exports(
-    monitor_server: MonitorFactory,
-    start_relay: StartRelay,
-    running: Runner,
-    projection_settings: Settings,
-    asyncpg_conn: asyncpg.Connection,
-) -> None:
-    await emit_events(asyncpg_conn, 20, services=("identity",))
-    async with (
-        monitor_server(refresh_interval_s=0.2) as live,
-        start_relay(),
-        running([user_directory], projection_settings),
-        RedisStreamsClient(prefix=projection_settings.stream_prefix) as client,
-    ):
-        # A consumer of the document's client, running: its heartbeat is a series.
-        await client.consume_messages(["assets"], "worker-1", block_time=0)
+def test_the_check_finds_a_metric_or_a_label_nothing_exports() -> None:
+    exported = {"outbox_relay_emit_to_publish_seconds_bucket": {"service", "le"}}
+    ok = (
+        "histogram_quantile(0.99, sum by (le, service)"
+        " (rate(outbox_relay_emit_to_publish_seconds_bucket[5m])))"
+    )
+    assert unknown_uses(ok, exported) == []
+    assert unknown_uses("rate(outbox_relay_emit_to_publish_secs_bucket[5m]) > 0", exported) == [
+        "metric outbox_relay_emit_to_publish_secs_bucket is not exported"
+    ]
+    assert unknown_uses(ok.replace("service", "stream"), exported) != []
+    assert unknown_uses(
+        'outbox_relay_emit_to_publish_seconds_bucket{projection="x"}', exported
+    ) == ["outbox_relay_emit_to_publish_seconds_bucket has no label ['projection']"]
 
-        async def every_kind_of_series() -> bool:
-            # A relay, a consumer and a group with samples, so their labels can be checked.
-            text = (await live.http.get("/metrics")).text
-            return all(
-                f"{name}{{" in text
-                for name in (
-                    "outbox_relay_heartbeat_age_seconds",
-                    "projection_consumer_heartbeat_age_seconds",
-                    "outbox_client_consumer_heartbeat_age_seconds",
-                    "projection_lag_seconds",
-                    "projection_dead_lettered_events_total",
-                )
-            )
 
-        await wait_until(every_kind_of_series, what="relay, consumer and group series")
-        text = (await live.http.get("/metrics")).text
-    labels: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
-        labels.setdefault(family.name, set())
-        for sample in family.samples:
-            labels.setdefault(sample.name, set()).update(sample.labels)
-            labels[family.name].update(sample.labels)
+async def test_rules_use_what_the_monitor_and_the_daemons_export(exported: Exported) -> None:
     for rule in rules():
-        used = set(selectors(promql_parser.parse(rule["expr"]))) - SCRAPE_METRICS
-        missing = used - labels.keys()
-        assert not missing, f"{rule['alert']} uses metrics the monitor does not export: {missing}"
-        carried = set().union(*(labels[name] for name in used)) if used else set()
-        for text_ in rule["annotations"].values():
-            for label in re.findall(r"\$labels\.(\w+)", text_):
+        problems = unknown_uses(rule["expr"], exported)
+        assert not problems, f"{rule['alert']}: {problems}"
+        used = set(selectors(promql_parser.parse(rule["expr"])))
+        carried = set().union(*({**exported, **SCRAPE_METRICS}[name] for name in used))
+        for text in rule["annotations"].values():
+            for label in re.findall(r"\$labels\.(\w+)", text):
                 assert label in carried, f"{rule['alert']}: no metric in it has label {label!r}"

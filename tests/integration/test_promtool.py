@@ -67,6 +67,7 @@ async def test_live_metrics_pass_promtool(
                 and groups.get("audit", {}).get("consumers", [{}])[0].get("pending") == 3
                 and projections.get("promtool_failing", {}).get("dead_lettered") == EVENTS
                 and projections.get("user_directory", {}).get("consumers") != []
+                and projections.get("user_directory", {}).get("processing_latency") is not None
                 and snap["dead_letters"]["count"] == EVENTS
                 and any(c["consumer"] == "worker-1" for c in snap["consumers"])
             )
@@ -86,6 +87,7 @@ async def test_live_metrics_pass_promtool(
         "outbox_relay_heartbeat_age_seconds{",
         "projection_dead_lettered_events_total{",
         "projection_consumer_heartbeat_age_seconds{",
+        "projection_processing_latency_seconds{",
         "outbox_client_consumer_heartbeat_age_seconds{",
         "outbox_dead_letters_added_total ",
         "redis_commands_processed_total ",
