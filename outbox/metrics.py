@@ -214,7 +214,10 @@ class ProjectionMetrics:
             "projection",
         )
         self.retries = _counter(
-            r, "projection_retries", "Failed events scheduled for another attempt", "projection"
+            r,
+            "projection_retries_scheduled",
+            "Failed events this process scheduled for another attempt",
+            "projection",
         )
         self.dead_letters = _counter(
             r,

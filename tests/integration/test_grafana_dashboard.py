@@ -106,7 +106,7 @@ def test_the_panels_cover_the_shipped_figures() -> None:
         "projection_emit_to_apply_seconds_bucket",
         "projection_handler_duration_seconds_bucket",
         "projection_handler_failures_total",
-        "projection_retries_total",
+        "projection_retries_scheduled_total",
         "projection_dead_letters_total",
         "projection_processing_latency_seconds",
     ):
