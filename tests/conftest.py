@@ -34,6 +34,7 @@ pytest_plugins = [
     "tests.fixtures_browser",
     "tests.fixtures_promtool",
     "tests.fixtures_cluster",
+    "tests.fixtures_tracing",
 ]
 
 _BASE = Settings()
