@@ -72,17 +72,25 @@ class Cause(Protocol):
     def correlation_id(self) -> str: ...
 
 
-@contextmanager
-def caused_by(event: Cause) -> Iterator[None]:
+class caused_by:  # used like a function: `with caused_by(event):`
     """Events emitted in this block continue ``event``'s chain: they take its correlation id
-    and its event id as their causation id, unless emit() is given either explicitly."""
-    correlation = _correlation_id.set(event.correlation_id or _correlation_id.get())
-    causation = _causation_id.set(str(event.event_id))
-    try:
-        yield
-    finally:
-        _causation_id.reset(causation)
-        _correlation_id.reset(correlation)
+    and its event id as their causation id, unless emit() is given either explicitly.
+
+    A class rather than a generator: the projection runtime enters one per handler call.
+    """
+
+    __slots__ = ("_causation", "_correlation", "_event")
+
+    def __init__(self, event: Cause) -> None:
+        self._event = event
+
+    def __enter__(self) -> None:
+        self._correlation = _correlation_id.set(self._event.correlation_id)
+        self._causation = _causation_id.set(str(self._event.event_id))
+
+    def __exit__(self, *exc: object) -> None:
+        _causation_id.reset(self._causation)
+        _correlation_id.reset(self._correlation)
 
 
 def _acceptable(value: str) -> bool:

@@ -315,6 +315,8 @@ async def _emit_many_async(
     kind: int,
     span: Span | None,
 ) -> list[Event]:
+    if span is None:
+        return await _write_async(tx, prepared, schema, kind) if prepared else []
     with tracing.emitting(span):
         events = await _write_async(tx, prepared, schema, kind) if prepared else []
         tracing.emitted(span, events)
@@ -334,6 +336,8 @@ async def _emit_one_async(
 def _emit_sync(
     tx: SyncTransaction, prepared: list[_Prepared], schema: str, span: Span | None
 ) -> list[Event]:
+    if span is None:
+        return _write_sync(tx, prepared, schema) if prepared else []
     with tracing.emitting(span):
         events = _write_sync(tx, prepared, schema) if prepared else []
         tracing.emitted(span, events)
