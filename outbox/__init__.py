@@ -11,7 +11,9 @@ from __future__ import annotations
 from outbox._version import __version__
 from outbox.context import (
     CorrelationIdMiddleware,
+    caused_by,
     correlation_scope,
+    current_causation_id,
     current_correlation_id,
     current_traceparent,
 )
@@ -53,8 +55,10 @@ __all__ = [
     "UnknownPriorityError",
     "UnsupportedTransactionError",
     "__version__",
+    "caused_by",
     "configure",
     "correlation_scope",
+    "current_causation_id",
     "current_correlation_id",
     "current_traceparent",
     "emit",

@@ -1,8 +1,13 @@
-"""Request context that emit() picks up: the correlation id and the W3C trace context.
+"""Context that emit() picks up: the correlation id and the causation id.
 
 ``CorrelationIdMiddleware`` (pure ASGI) reads ``X-Correlation-ID`` from each request, or makes a
 new id, keeps it in a contextvar for the request's lifetime and returns it in the response, so
 every event emitted while handling the request carries it without being passed by hand.
+
+``caused_by(event)`` does the same for the chain of events: inside it, emit() takes the event's
+correlation id and sets ``causation_id`` to its event id. The projection runtime opens it around
+every handler call of one event (docs/tracing.md, "The causation chain"). The W3C trace context
+comes from OpenTelemetry (:mod:`outbox.tracing`).
 """
 
 from __future__ import annotations
@@ -13,10 +18,23 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from outbox.tracing import current_traceparent
+
 CORRELATION_HEADER = "x-correlation-id"
 _MAX_INCOMING_LENGTH = 128
 
 _correlation_id: ContextVar[str | None] = ContextVar("outbox_correlation_id", default=None)
+_causation_id: ContextVar[str | None] = ContextVar("outbox_causation_id", default=None)
+
+__all__ = [
+    "CorrelationIdMiddleware",
+    "caused_by",
+    "correlation_scope",
+    "current_causation_id",
+    "current_correlation_id",
+    "current_traceparent",
+    "new_correlation_id",
+]
 
 
 def new_correlation_id() -> str:
@@ -39,24 +57,44 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
         _correlation_id.reset(token)
 
 
+def current_causation_id() -> str | None:
+    """The event id that events emitted now are caused by (inside :func:`caused_by`), if any."""
+    return _causation_id.get()
+
+
+class Cause(Protocol):
+    """What :func:`caused_by` needs of an event: a ``StreamMessage`` or an ``Event``."""
+
+    @property
+    def event_id(self) -> str | uuid.UUID: ...
+
+    @property
+    def correlation_id(self) -> str: ...
+
+
+class caused_by:  # used like a function: `with caused_by(event):`
+    """Events emitted in this block continue ``event``'s chain: they take its correlation id
+    and its event id as their causation id, unless emit() is given either explicitly.
+
+    A class rather than a generator: the projection runtime enters one per handler call.
+    """
+
+    __slots__ = ("_causation", "_correlation", "_event")
+
+    def __init__(self, event: Cause) -> None:
+        self._event = event
+
+    def __enter__(self) -> None:
+        self._correlation = _correlation_id.set(self._event.correlation_id)
+        self._causation = _causation_id.set(str(self._event.event_id))
+
+    def __exit__(self, *exc: object) -> None:
+        _causation_id.reset(self._causation)
+        _correlation_id.reset(self._correlation)
+
+
 def _acceptable(value: str) -> bool:
     return 0 < len(value) <= _MAX_INCOMING_LENGTH and value.isprintable()
-
-
-try:  # OpenTelemetry is optional: used only when installed and a span is active.
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover - exercised only without opentelemetry-api
-    _otel_trace = None  # type: ignore[assignment]
-
-
-def current_traceparent() -> str | None:
-    """The W3C ``traceparent`` of the active OpenTelemetry span, or ``None``."""
-    if _otel_trace is None:  # pragma: no cover
-        return None
-    context = _otel_trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 class _ASGIApp(Protocol):

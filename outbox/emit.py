@@ -15,8 +15,8 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, overload
 
-from outbox import queries
-from outbox.context import current_correlation_id, current_traceparent, new_correlation_id
+from outbox import queries, tracing
+from outbox.context import current_causation_id, current_correlation_id, new_correlation_id
 from outbox.envelope import Event, MessagePriority, uuid7
 from outbox.errors import (
     InvalidEventError,
@@ -46,6 +46,7 @@ class AsyncpgConnection(Protocol):
 if TYPE_CHECKING:
     # Only for type checkers: at run time emit() imports neither SQLAlchemy nor asyncpg, so a
     # service on raw asyncpg needs no SQLAlchemy, and one on SQLAlchemy + psycopg no asyncpg.
+    from opentelemetry.trace import Span
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session
@@ -76,7 +77,14 @@ class _Prepared:
 
     __slots__ = ("data", "headers", "params", "priority")
 
-    def __init__(self, spec: EventSpec, max_payload_bytes: int, correlation_id: str) -> None:
+    def __init__(
+        self,
+        spec: EventSpec,
+        max_payload_bytes: int,
+        correlation_id: str,
+        causation_id: str | None,
+        trace_context: tuple[str | None, str | None],
+    ) -> None:
         service = check_service(spec.service)
         event_type = check_event_type(spec.event_type)
         self.priority = MessagePriority.parse(spec.priority)
@@ -88,7 +96,14 @@ class _Prepared:
                 raise PayloadTooLargeError(size, max_payload_bytes)
         schemas.validate(service, event_type, self.data)
         self.headers = check_headers(spec.headers)
-        traceparent = self.headers.get("traceparent") or current_traceparent()
+        # A traceparent given in the headers is the caller's own propagation: stored as given,
+        # with the tracestate given beside it. Otherwise the emit span's context is stored, its
+        # tracestate (rarely any) in the headers: entries and CloudEvents carry them already.
+        traceparent = self.headers.get("traceparent")
+        if traceparent is None:
+            traceparent, tracestate = trace_context
+            if tracestate and "tracestate" not in self.headers:
+                self.headers["tracestate"] = tracestate
         self.params: dict[str, Any] = {
             "event_id": uuid7(),
             "stream": service,
@@ -100,7 +115,7 @@ class _Prepared:
             "headers": json.dumps(self.headers, ensure_ascii=False) if self.headers else None,
             "correlation_id": check_identifier("correlation_id", spec.correlation_id)
             or correlation_id,
-            "causation_id": check_identifier("causation_id", spec.causation_id),
+            "causation_id": check_identifier("causation_id", spec.causation_id) or causation_id,
             "user_id": check_identifier("user_id", spec.user_id),
             "traceparent": check_identifier("traceparent", traceparent),
             "dedup_key": check_identifier("dedup_key", spec.dedup_key),
@@ -128,9 +143,15 @@ class _Prepared:
         )
 
 
-def _prepare_all(specs: Iterable[EventSpec], limit: int) -> list[_Prepared]:
+def _prepare_all(specs: Iterable[EventSpec], limit: int, span: Span | None) -> list[_Prepared]:
+    """Check every event; the defaults come from the context: correlation and causation ids
+    (:mod:`outbox.context`) and the trace context (``span``'s, see :mod:`outbox.tracing`)."""
     correlation_id = current_correlation_id() or new_correlation_id()
-    prepared = [_Prepared(spec, limit, correlation_id) for spec in specs]
+    causation_id = current_causation_id()
+    trace_context = tracing.emit_context(span)
+    prepared = [
+        _Prepared(spec, limit, correlation_id, causation_id, trace_context) for spec in specs
+    ]
     seen: set[tuple[str, str]] = set()
     for item in prepared:
         key = (item.params["stream"], item.params["dedup_key"])
@@ -288,15 +309,50 @@ def _kind(tx: object) -> int:
 
 
 async def _emit_many_async(
-    tx: AsyncTransaction, prepared: list[_Prepared], schema: str, kind: int
+    tx: AsyncTransaction,
+    prepared: list[_Prepared],
+    schema: str,
+    kind: int,
+    span: Span | None,
 ) -> list[Event]:
-    return await _write_async(tx, prepared, schema, kind) if prepared else []
+    if span is None:
+        return await _write_async(tx, prepared, schema, kind) if prepared else []
+    with tracing.emitting(span):
+        events = await _write_async(tx, prepared, schema, kind) if prepared else []
+        tracing.emitted(span, events)
+    return events
 
 
 async def _emit_one_async(
-    tx: AsyncTransaction, prepared: list[_Prepared], schema: str, kind: int
+    tx: AsyncTransaction,
+    prepared: list[_Prepared],
+    schema: str,
+    kind: int,
+    span: Span | None,
 ) -> Event:
-    return (await _write_async(tx, prepared, schema, kind))[0]
+    return (await _emit_many_async(tx, prepared, schema, kind, span))[0]
+
+
+def _emit_sync(
+    tx: SyncTransaction, prepared: list[_Prepared], schema: str, span: Span | None
+) -> list[Event]:
+    if span is None:
+        return _write_sync(tx, prepared, schema) if prepared else []
+    with tracing.emitting(span):
+        events = _write_sync(tx, prepared, schema) if prepared else []
+        tracing.emitted(span, events)
+    return events
+
+
+def _prepare_traced(specs: Iterable[EventSpec], limit: int) -> tuple[list[_Prepared], Span | None]:
+    """The checked events and their ``outbox.emit`` span (None when tracing is off), which the
+    write ends; a rejected event ends it here, with the error."""
+    span = tracing.start_emit()
+    try:
+        return _prepare_all(specs, limit, span), span
+    except BaseException as error:
+        tracing.failed(span, error)
+        raise
 
 
 @overload
@@ -316,10 +372,10 @@ def emit_many(
     """
     kind = _kind(tx)
     settings = emit_settings()
-    prepared = _prepare_all(events, settings.max_payload_bytes)
+    prepared, span = _prepare_traced(events, settings.max_payload_bytes)
     if kind != _SYNC:
-        return _emit_many_async(tx, prepared, settings.outbox_schema, kind)  # type: ignore[arg-type]
-    return _write_sync(tx, prepared, settings.outbox_schema) if prepared else []  # type: ignore[arg-type]
+        return _emit_many_async(tx, prepared, settings.outbox_schema, kind, span)  # type: ignore[arg-type]
+    return _emit_sync(tx, prepared, settings.outbox_schema, span)  # type: ignore[arg-type]
 
 
 @overload
@@ -370,10 +426,13 @@ def emit(
 
     ``tx`` is a SQLAlchemy ``Session`` or ``Connection`` (returns the event), or an
     ``AsyncSession``, ``AsyncConnection`` or asyncpg ``Connection`` (returns an awaitable).
-    ``correlation_id`` defaults to the current context's (see ``CorrelationIdMiddleware``), else
-    a new id. If ``dedup_key`` is already stored for this service, the stored event is returned
-    and nothing is written. Invalid input raises :class:`~outbox.errors.InvalidEventError`
-    before anything is sent.
+    ``correlation_id`` defaults to the current context's (see ``CorrelationIdMiddleware``, and
+    ``caused_by``, which a projection handler runs in), else a new id; ``causation_id`` defaults
+    to the event being handled, if any. With OpenTelemetry, an ``outbox.emit`` span is made in
+    the current context and the event stores its ``traceparent``/``tracestate``
+    (docs/tracing.md). If ``dedup_key`` is already stored for this service, the stored event
+    is returned and nothing is written. Invalid input raises
+    :class:`~outbox.errors.InvalidEventError` before anything is sent.
     """
     kind = _kind(tx)
     spec = EventSpec(
@@ -389,7 +448,7 @@ def emit(
         headers,
     )
     settings = emit_settings()
-    prepared = _prepare_all([spec], settings.max_payload_bytes)
+    prepared, span = _prepare_traced([spec], settings.max_payload_bytes)
     if kind != _SYNC:
-        return _emit_one_async(tx, prepared, settings.outbox_schema, kind)  # type: ignore[arg-type]
-    return _write_sync(tx, prepared, settings.outbox_schema)[0]  # type: ignore[arg-type]
+        return _emit_one_async(tx, prepared, settings.outbox_schema, kind, span)  # type: ignore[arg-type]
+    return _emit_sync(tx, prepared, settings.outbox_schema, span)[0]  # type: ignore[arg-type]

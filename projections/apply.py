@@ -20,12 +20,15 @@ batch is retried whole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from time import perf_counter
 
 import asyncpg
 
+from outbox import tracing
+from outbox.context import caused_by
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.projection import Connection, Projection
@@ -101,8 +104,35 @@ async def _claim(
     return fresh, duplicates
 
 
+def _handling(
+    projection: Projection, event_type: str, messages: Sequence[StreamMessage], traced: bool
+) -> AbstractContextManager[None]:
+    """Around one handler call: its span, and for a call on one event that event as the cause
+    of whatever the handler emits (a call on several sets no cause: the handler says which
+    event caused what with ``outbox.caused_by``; docs/tracing.md)."""
+    if traced:
+        return _traced_handling(projection, event_type, messages)
+    return caused_by(messages[0]) if len(messages) == 1 else nullcontext()
+
+
+@contextmanager
+def _traced_handling(
+    projection: Projection, event_type: str, messages: Sequence[StreamMessage]
+) -> Iterator[None]:
+    with tracing.handling(projection.name, event_type, messages):
+        if len(messages) == 1:
+            with caused_by(messages[0]):
+                yield
+        else:
+            yield
+
+
 async def _run_handlers(
-    db: Connection, projection: Projection, fresh: Sequence[StreamMessage], outcome: Outcome
+    db: Connection,
+    projection: Projection,
+    fresh: Sequence[StreamMessage],
+    outcome: Outcome,
+    traced: bool,
 ) -> None:
     index = 0
     while index < len(fresh):
@@ -116,7 +146,8 @@ async def _run_handlers(
             ):
                 end += 1
             started = perf_counter()
-            await batch_handler(fresh[index:end], db)
+            with _handling(projection, message.event_type, fresh[index:end], traced):
+                await batch_handler(fresh[index:end], db)
             outcome.handler_seconds.append((message.event_type, perf_counter() - started))
             outcome.applied.extend(fresh[index:end])
             index = end
@@ -124,7 +155,8 @@ async def _run_handlers(
         handler = projection.handlers.get(message.event_type)
         if handler is not None:
             started = perf_counter()
-            await handler(message, db)
+            with _handling(projection, message.event_type, (message,), traced):
+                await handler(message, db)
             outcome.handler_seconds.append((message.event_type, perf_counter() - started))
             outcome.applied.append(message)
         else:
@@ -144,8 +176,22 @@ async def apply_batch(
     ``schema`` is the one the inbox is in (OUTBOX_SCHEMA)."""
     if not messages:
         return Outcome()
+    # Asked once per batch: without an SDK provider each handler call costs only its cause.
+    traced = tracing.enabled()
+    with tracing.projection_batch(projection.name, messages):
+        return await _apply_batch(db, projection, messages, take_lock, schema, traced)
+
+
+async def _apply_batch(
+    db: Connection,
+    projection: Projection,
+    messages: Sequence[StreamMessage],
+    take_lock: bool,
+    schema: str,
+    traced: bool,
+) -> Outcome:
     try:
-        return await _fast_path(db, projection, messages, take_lock, schema)
+        return await _fast_path(db, projection, messages, take_lock, schema, traced)
     except TransientError:
         raise
     except Exception as error:
@@ -158,7 +204,7 @@ async def apply_batch(
             error,
         )
     try:
-        return await _slow_path(db, projection, messages, take_lock, schema)
+        return await _slow_path(db, projection, messages, take_lock, schema, traced)
     except TransientError:
         raise
     except Exception as error:
@@ -173,11 +219,12 @@ async def _fast_path(
     messages: Sequence[StreamMessage],
     take_lock: bool,
     schema: str,
+    traced: bool,
 ) -> Outcome:
     outcome = Outcome()
     async with db.transaction():
         fresh, outcome.duplicates = await _claim(db, projection, messages, take_lock, schema)
-        await _run_handlers(db, projection, fresh, outcome)
+        await _run_handlers(db, projection, fresh, outcome, traced)
     return outcome
 
 
@@ -187,6 +234,7 @@ async def _slow_path(
     messages: Sequence[StreamMessage],
     take_lock: bool,
     schema: str,
+    traced: bool,
 ) -> Outcome:
     outcome = Outcome()
     async with db.transaction():
@@ -198,7 +246,11 @@ async def _slow_path(
                 continue
             try:
                 async with db.transaction():  # SAVEPOINT: a failure undoes this event only
-                    applied = await projection.apply_one(message, db)
+                    if projection.handles(message.event_type):
+                        with _handling(projection, message.event_type, (message,), traced):
+                            applied = await projection.apply_one(message, db)
+                    else:
+                        applied = False
             except Exception as error:
                 if is_transient(error):
                     raise TransientError(str(error)) from error

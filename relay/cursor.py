@@ -59,7 +59,8 @@ class Stored(NamedTuple):
 
 #: One outbox row as the relay reads it (an asyncpg Record or any mapping with these keys):
 #: ``stream``, ``txid``, ``position``, ``priority`` and ``fields``, the stream entry's
-#: ``[field, value, …]`` as a JSON array (relay.queries.ENTRY_FIELDS).
+#: ``[field, value, …]`` as a JSON array (relay.queries.ENTRY_FIELDS); optionally
+#: ``occurred_s``, ``traceparent`` and ``tracestate``.
 OutboxRow = Mapping[str, Any]
 
 

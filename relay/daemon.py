@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from outbox import tracing
 from outbox.metrics import RelayMetrics
 from outbox.partitioning import Partitioning
 from outbox.probes import Heartbeats
@@ -393,7 +394,8 @@ class Relay:
 
     async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
         started = time.perf_counter()
-        outcomes = await self.publisher.publish(batches, self._marks.by_stream, self._epochs())
+        with tracing.relay_publish(batches):
+            outcomes = await self.publisher.publish(batches, self._marks.by_stream, self._epochs())
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         self._observe(batches, outcomes)
         for service, outcome in outcomes.items():

@@ -106,10 +106,12 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
 # ``partition``: the event's partition among $6, the service's partition count (1: the
 # unpartitioned stream): a stable 64-bit hash of the aggregate id (the event id when there is
 # none), non-negative, modulo the count (decision 0014). hashtextextended is what PostgreSQL's
-# own hash partitioning uses, so it does not change between versions.
+# own hash partitioning uses, so it does not change between versions. ``traceparent`` and
+# ``tracestate`` are each event's emit context, which the publish span links to (outbox.tracing).
 FETCH_BATCH = f"""
 SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields,
        extract(epoch FROM o.occurred_at)::float8 AS occurred_s,
+       o.traceparent, o.headers->>'tracestate' AS tracestate,
        CASE WHEN c.partitions > 1
             THEN ((hashtextextended(coalesce(o.aggregate_id, o.event_id::text), 0)
                    & 9223372036854775807) % c.partitions)::int

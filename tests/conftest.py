@@ -35,6 +35,7 @@ pytest_plugins = [
     "tests.fixtures_promtool",
     "tests.fixtures_metrics",
     "tests.fixtures_cluster",
+    "tests.fixtures_tracing",
 ]
 
 _BASE = Settings()
