@@ -438,8 +438,7 @@ class Relay:
             # The watermark skips a prefix of the batch: the rest was added now.
             added = rows[len(rows) - outcome.published :] if outcome.published else ()
             metrics.emit_to_publish.observe_many(
-                (now - row["occurred_s"] for row in added if row.get("occurred_s") is not None),
-                service,
+                [now - row["occurred_s"] for row in added], service
             )
 
     def _rewind(self, service: str, behind: Mapping[str, str]) -> None:
