@@ -58,7 +58,10 @@ except (
 ):  # pragma: no cover - exercised by tests/integration/test_tracing.py's subprocess
     _trace = None  # type: ignore[assignment]
 
-_tracers: dict[int, Tracer] = {}
+#: The provider last asked and its tracer. The provider itself is kept, not its id(): a replaced
+#: provider's id can be reused by the next one (tests make one each), whose spans would then go
+#: to the old provider's tracer.
+_cached: tuple[object, Tracer] | None = None
 
 
 def _tracer() -> Tracer | None:
@@ -72,11 +75,12 @@ def _tracer() -> Tracer | None:
     provider = _trace.get_tracer_provider()
     if isinstance(provider, (_ProxyTracerProvider, _trace.NoOpTracerProvider)):
         return None
-    tracer = _tracers.get(id(provider))
-    if tracer is None:
-        if len(_tracers) > 8:  # providers replaced (tests): forget the old ones
-            _tracers.clear()
-        tracer = _tracers[id(provider)] = provider.get_tracer(TRACER_NAME, __version__)
+    global _cached
+    cached = _cached
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = provider.get_tracer(TRACER_NAME, __version__)
+    _cached = (provider, tracer)
     return tracer
 
 
