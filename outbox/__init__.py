@@ -30,11 +30,15 @@ from outbox.errors import (
     PayloadTooLargeError,
     UnknownPriorityError,
     UnsupportedTransactionError,
+    UpcastError,
 )
 from outbox.settings import EmitSettings, Settings, configure, get_settings
+from outbox.upcasting import UpcasterRegistry, upcasters
 from outbox.validation import SchemaRegistry, schemas
 
 register_schema = schemas.register
+register_upcaster = upcasters.register
+upcaster = upcasters.upcaster
 
 __all__ = [
     "ConfigurationError",
@@ -54,6 +58,8 @@ __all__ = [
     "Settings",
     "UnknownPriorityError",
     "UnsupportedTransactionError",
+    "UpcastError",
+    "UpcasterRegistry",
     "__version__",
     "caused_by",
     "configure",
@@ -65,5 +71,8 @@ __all__ = [
     "emit_many",
     "get_settings",
     "register_schema",
+    "register_upcaster",
     "schemas",
+    "upcaster",
+    "upcasters",
 ]

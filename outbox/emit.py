@@ -25,6 +25,7 @@ from outbox.errors import (
     UnsupportedTransactionError,
 )
 from outbox.settings import emit_settings
+from outbox.upcasting import upcasters
 from outbox.validation import (
     check_event_type,
     check_headers,
@@ -96,6 +97,8 @@ class _Prepared:
                 raise PayloadTooLargeError(size, max_payload_bytes)
         schemas.validate(service, event_type, self.data)
         self.headers = check_headers(spec.headers)
+        if upcasters.active:
+            upcasters.stamp(service, event_type, self.headers)
         # A traceparent given in the headers is the caller's own propagation: stored as given,
         # with the tracestate given beside it. Otherwise the emit span's context is stored, its
         # tracestate (rarely any) in the headers: entries and CloudEvents carry them already.

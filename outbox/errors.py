@@ -58,3 +58,9 @@ class NotInTransactionError(OutboxError):
 
 class ConfigurationError(OutboxError):
     """A setting is missing or invalid."""
+
+
+class UpcastError(OutboxError):
+    """A stored event cannot be brought to the current version of its schema: an upcaster step
+    is missing or failed, or the event is newer than this process knows. The event is
+    dead-lettered, never passed through; replay it once the upcaster is registered."""

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum
@@ -18,7 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from outbox.errors import EventSchemaError, InvalidNameError, PayloadNotSerializableError
+from outbox.errors import (
+    EventSchemaError,
+    InvalidEventError,
+    InvalidNameError,
+    PayloadNotSerializableError,
+)
 
 #: Services become part of Redis keys (``<prefix>:<service>:events``): no ``:``, no spaces.
 SERVICE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -163,35 +168,71 @@ def _locate_problem(value: object, path: str) -> None:
 
 
 class SchemaRegistry:
-    """Optional pydantic models per event type, validated by emit() before anything is sent."""
+    """Optional pydantic models per event type and schema version, validated by emit() before
+    anything is sent. emit() validates against the model of the highest registered version;
+    older versions are read through upcasters (:mod:`outbox.upcasting`)."""
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str | None, str], type[BaseModel]] = {}
+        self._models: dict[tuple[str | None, str], dict[int, type[BaseModel]]] = {}
 
     def register(
-        self, event_type: str, model: type[BaseModel], *, service: str | None = None
+        self,
+        event_type: str,
+        model: type[BaseModel],
+        *,
+        version: int = 1,
+        service: str | None = None,
     ) -> None:
-        """Validate ``event_type`` events (of ``service``, or of any service) against ``model``."""
+        """Validate ``event_type`` events (of ``service``, or of any service) against ``model``,
+        the schema of ``version`` (1 for events that carry no version)."""
         check_event_type(event_type)
         if service is not None:
             check_service(service)
-        self._models[(service, event_type)] = model
+        check_version(version)
+        self._models.setdefault((service, event_type), {})[version] = model
 
-    def unregister(self, event_type: str, *, service: str | None = None) -> None:
-        self._models.pop((service, event_type), None)
+    def unregister(
+        self, event_type: str, *, service: str | None = None, version: int | None = None
+    ) -> None:
+        """Forget the schema of ``version``, or every version when ``version`` is None."""
+        if version is None:
+            self._models.pop((service, event_type), None)
+            return
+        models = self._models.get((service, event_type))
+        if models is not None:
+            models.pop(version, None)
+            if not models:
+                del self._models[(service, event_type)]
+
+    def versions(self, service: str, event_type: str) -> Collection[int]:
+        """The registered versions of ``service``'s ``event_type``: the service's own schemas
+        when it has any, else those registered for every service."""
+        if not self._models:
+            return ()
+        models = self._models.get((service, event_type)) or self._models.get((None, event_type))
+        return models.keys() if models else ()
 
     def validate(self, service: str, event_type: str, data: Mapping[str, Any]) -> None:
         if not self._models:
             return
-        model = self._models.get((service, event_type)) or self._models.get((None, event_type))
-        if model is None:
+        models = self._models.get((service, event_type)) or self._models.get((None, event_type))
+        if not models:
             return
+        version = max(models)
+        model = models[version]
         try:
             model.model_validate(data)
         except ValidationError as error:
+            suffix = f" (version {version})" if version > 1 else ""
             raise EventSchemaError(
-                f"data of {service}/{event_type} does not match {model.__name__}: {error}"
+                f"data of {service}/{event_type} does not match {model.__name__}{suffix}: {error}"
             ) from None
+
+
+def check_version(version: object) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidEventError(f"a schema version is an integer from 1, got {version!r}")
+    return version
 
 
 schemas = SchemaRegistry()

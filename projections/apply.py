@@ -5,7 +5,9 @@ One PostgreSQL transaction per batch:
 1. ``INSERT … SELECT unnest(event_ids) ON CONFLICT DO NOTHING RETURNING event_id`` records the
    whole batch in the inbox in one statement and tells which events are new;
 2. handlers run for the new events only, in the given order (a run of consecutive events
-   whose types share one ``on_batch`` handler goes to it in one call);
+   whose types share one ``on_batch`` handler goes to it in one call), each event upcast to
+   the current version of its schema first (:mod:`outbox.upcasting`; a failed upcast fails
+   the event like its handler would);
 3. commit; the caller XACKs afterwards.
 
 Fast path first: the whole batch in one transaction without savepoints. If a handler raises,
@@ -33,6 +35,7 @@ from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.projection import Connection, Projection
 from outbox.streams.codec import StreamMessage
+from outbox.upcasting import upcasters
 
 log = logging.getLogger("outbox.projections.apply")
 
@@ -145,6 +148,9 @@ async def _run_handlers(
                 projection.batch_handlers.get(fresh[end].event_type) is batch_handler
             ):
                 end += 1
+            if upcasters.active:
+                for each in fresh[index:end]:
+                    upcasters.upcast(each)
             started = perf_counter()
             with _handling(projection, message.event_type, fresh[index:end], traced):
                 await batch_handler(fresh[index:end], db)
@@ -154,6 +160,8 @@ async def _run_handlers(
             continue
         handler = projection.handlers.get(message.event_type)
         if handler is not None:
+            if upcasters.active:
+                upcasters.upcast(message)
             started = perf_counter()
             with _handling(projection, message.event_type, (message,), traced):
                 await handler(message, db)
@@ -247,6 +255,8 @@ async def _slow_path(
             try:
                 async with db.transaction():  # SAVEPOINT: a failure undoes this event only
                     if projection.handles(message.event_type):
+                        if upcasters.active:
+                            upcasters.upcast(message)
                         with _handling(projection, message.event_type, (message,), traced):
                             applied = await projection.apply_one(message, db)
                     else:

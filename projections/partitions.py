@@ -30,6 +30,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.errors import UpcastError
 from outbox.metrics import ProjectionMetrics
 from outbox.partitioning import Partition, Partitioning
 from outbox.projections import queries
@@ -490,8 +491,8 @@ class PartitionReader:
                 attempt,
                 text,
             )
-            if attempt > self.config.max_retries:
-                letters.append((message, attempt, text))
+            if attempt > self.config.max_retries or isinstance(error, UpcastError):
+                letters.append((message, attempt, text))  # a missing upcaster stays missing
         if not letters:
             self.member.metrics.retries.labels(self.member.projection.name).inc(len(outcome.failed))
             attempt = max(self.attempts.values(), default=1)

@@ -39,6 +39,7 @@ import asyncpg
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
+from outbox.errors import UpcastError
 from outbox.metrics import ProjectionMetrics
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.probes import Heartbeats
@@ -600,11 +601,19 @@ class ProjectionWorker:
                 attempts,
                 text,
             )
-            if not message.id or attempts > self.config.max_retries:
+            # A missing upcaster stays missing until a deploy: retrying it only blocks the
+            # aggregate, so it goes to the dead letters at once.
+            upcast_failed = isinstance(error, UpcastError)
+            if not message.id or attempts > self.config.max_retries or upcast_failed:
                 self.held.pop((message.stream, message.id), None)
                 letters.append(
                     _Letter(
-                        message.stream, message.id, attempts, text, store.fields_of_message(message)
+                        message.stream,
+                        message.id,
+                        attempts,
+                        text,
+                        store.fields_of_message(message),
+                        "upcast_failed" if upcast_failed else "retries_exhausted",
                     )
                 )
                 continue

@@ -14,6 +14,7 @@ relay publish (DESIGN.md invariant 1).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,7 @@ from redis import exceptions as redis_errors
 
 from outbox.context import current_correlation_id, new_correlation_id
 from outbox.envelope import MessagePriority, uuid7
+from outbox.errors import UpcastError
 from outbox.settings import client_settings
 from outbox.streams.codec import (
     MalformedEntryError,
@@ -44,6 +46,7 @@ from outbox.streams.errors import (
 )
 from outbox.streams.heartbeat import ConsumerReport, beat
 from outbox.streams.keys import Keys
+from outbox.upcasting import upcasters
 from outbox.validation import check_event_type, check_service, schemas, serialise_data
 
 log = logging.getLogger("outbox.streams.client")
@@ -205,6 +208,9 @@ class RedisStreamsClient:
         event_type = check_event_type(event_type)
         checked, data_json = serialise_data(data)
         schemas.validate(self._service(stream), event_type, checked)
+        headers: dict[str, str] = {}
+        if upcasters.active:
+            upcasters.stamp(self._service(stream), event_type, headers)
         fields = encode_fields(
             event_id=str(uuid7()),
             event_type=event_type,
@@ -217,6 +223,7 @@ class RedisStreamsClient:
             position=None,
             max_retries=self.max_retries,
             user_id=None if user_id is None else str(user_id),
+            headers_json=json.dumps(headers) if headers else None,
         )
         entry_id = await with_oom_backoff(lambda: self.redis.xadd(key, fields), key)  # type: ignore[arg-type]
         return reply_text(entry_id)
@@ -403,6 +410,14 @@ class RedisStreamsClient:
             if is_marker(message):  # the original library's stream_initialized entry
                 await consumer.ack({entry.stream: [entry.id]})
                 continue
+            if upcasters.active:
+                try:
+                    upcasters.upcast(message)
+                except UpcastError as error:  # retrying cannot help: dead-letter it now
+                    await self._dead_letter(
+                        consumer, entry, attempts=1, error=f"UpcastError: {error}"
+                    )
+                    continue
             deliveries = self._delivered.setdefault((name, entry.id), [])
             delivery = _Delivery(entry.stream, consumer.group, consumer.consumer)
             if delivery not in deliveries:

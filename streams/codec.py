@@ -70,6 +70,13 @@ class StreamMessage:
     position: int | None = None
     occurred_at: datetime | None = None
 
+    @property
+    def schema_version(self) -> int:
+        """The version of the data's schema (headers ``schema_version``; 1 when absent): the
+        current one once upcast (:mod:`outbox.upcasting`)."""
+        text = self.headers.get("schema_version")
+        return int(text) if text is not None else 1
+
 
 def entry_ms(entry_id: str) -> int:
     """The Unix time in milliseconds of a Redis-generated entry id (``<ms>-<seq>``)."""

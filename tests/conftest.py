@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox.migrations import runner
 from outbox.settings import Settings, get_settings, reset_emit_settings, use_env_file
+from outbox.upcasting import upcasters
 from outbox.validation import schemas
 
 # Fixtures of each area live in their own plugin module, so areas do not edit one file.
@@ -52,11 +53,15 @@ def _admin() -> psycopg.Connection[tuple[object, ...]]:
 
 @pytest.fixture(autouse=True)
 def _restore_schema_registry() -> Iterator[None]:
-    """Event schemas are registered process-wide; no test may leave one behind for the next."""
-    saved = dict(schemas._models)
+    """Event schemas and upcasters are registered process-wide; no test may leave one behind
+    for the next."""
+    saved = {key: dict(models) for key, models in schemas._models.items()}
+    saved_steps = {key: dict(steps) for key, steps in upcasters._steps.items()}
     yield
     schemas._models.clear()
     schemas._models.update(saved)
+    upcasters._steps.clear()
+    upcasters._steps.update(saved_steps)
 
 
 @pytest.fixture(autouse=True)
