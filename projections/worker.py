@@ -125,7 +125,7 @@ class _Letter:
     attempts: int
     error: str
     payload: Any
-    #: For the dead-letter counter: malformed, retries_exhausted.
+    #: For the dead-letter counter: malformed, retries_exhausted, upcast_failed.
     reason: str = "retries_exhausted"
 
 
