@@ -227,7 +227,8 @@ class ProjectionMetrics:
         self.dead_letters = _counter(
             r,
             "projection_dead_letters",
-            "Events sent to the dead letters, by reason (malformed, retries_exhausted)",
+            "Events sent to the dead letters, by reason "
+            "(malformed, retries_exhausted, upcast_failed)",
             "projection",
             "reason",
         )
