@@ -107,6 +107,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     async def main() -> int:
         import asyncpg
 
+        from outbox.audit import cli_actor
         from outbox.projections.projection import load, select
         from outbox.projections.rebuild import rebuild
         from outbox.settings import get_settings
@@ -144,6 +145,7 @@ def _rebuild(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else progress,
                 letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
                 schema=settings.outbox_schema,
+                actor=cli_actor(),
             )
         finally:
             await db.close()
@@ -175,19 +177,33 @@ def _list_projections(args: argparse.Namespace) -> int:
 
 def _prune_inbox(args: argparse.Namespace) -> int:
     async def main() -> int:
-        import asyncpg
-
+        from outbox.cli.audit import command_audit
         from outbox.projections.store import prune_inbox
         from outbox.settings import get_settings
 
         settings = get_settings()
-        db = await asyncpg.connect(settings.libpq_url())
-        try:
-            deleted = await prune_inbox(
-                db, settings.inbox_retention_s, schema=settings.outbox_schema
+        retention = {"retention_s": settings.inbox_retention_s}
+        async with command_audit(settings) as audit:
+            # Many short transactions (decision: no long lock on the inbox): a started row
+            # first, so even a killed run is on record.
+            await audit.record(
+                "projections.prune-inbox", counts={}, details={"stage": "started", **retention}
             )
-        finally:
-            await db.close()
+            try:
+                deleted = await prune_inbox(
+                    audit.conn, settings.inbox_retention_s, schema=settings.outbox_schema
+                )
+            except Exception as error:
+                await audit.record(
+                    "projections.prune-inbox",
+                    details={"stage": "failed", "error": f"{error}", **retention},
+                )
+                raise
+            await audit.record(
+                "projections.prune-inbox",
+                counts={"deleted": deleted},
+                details={"stage": "finished", **retention},
+            )
         print(f"pruned {deleted} inbox rows older than {settings.inbox_retention_s} s")
         return 0
 
@@ -217,23 +233,51 @@ def _has_filter(args: argparse.Namespace) -> bool:
 
 
 def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
-    async def main() -> int:
-        from outbox.settings import get_settings
-        from outbox.streams.connection import connect
-        from outbox.streams.dead_letter import DeadLetters
-        from outbox.streams.keys import Keys
+    return _run(lambda: _with_dead_letters_async(action))
 
-        settings = get_settings()
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = await connect(settings.redis_url(), password, cluster=settings.cluster)
-        try:
-            return await action(
-                DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
-            )
-        finally:
-            await redis.aclose()
+
+def _with_audited_dead_letters(action: Callable[[Any, Any], Awaitable[int]]) -> int:
+    """Like :func:`_with_dead_letters`, with the audit log connected first: when it cannot be
+    reached the command stops before it changes anything."""
+
+    async def main() -> int:
+        from outbox.cli.audit import command_audit
+        from outbox.settings import get_settings
+
+        async with command_audit(get_settings()) as audit:
+            return await _with_dead_letters_async(lambda letters: action(letters, audit))
 
     return _run(main)
+
+
+async def _with_dead_letters_async(action: Callable[[Any], Awaitable[int]]) -> int:
+    from outbox.settings import get_settings
+    from outbox.streams.connection import connect
+    from outbox.streams.dead_letter import DeadLetters
+    from outbox.streams.keys import Keys
+
+    settings = get_settings()
+    redis = await connect(
+        settings.redis_url(), settings.redis_password_text(), cluster=settings.cluster
+    )
+    try:
+        return await action(
+            DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
+        )
+    finally:
+        await redis.aclose()
+
+
+def _selection(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The audit target and details of a replay or purge: the ids, or the filter."""
+    if args.id:
+        return "ids", {"ids": list(args.id)[:100]}
+    where = {
+        name: getattr(args, name)
+        for name in ("stream", "group", "event_type", "older_than", "newer_than")
+        if getattr(args, name) is not None
+    }
+    return ("all" if args.all and not where else "filter"), {"filter": where}
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
@@ -295,7 +339,7 @@ async def _chosen(letters: Any, args: argparse.Namespace) -> _Chosen | None:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    async def action(letters: Any) -> int:
+    async def action(letters: Any, audit: Any) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
@@ -303,15 +347,33 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         if len(chosen.letters) > 1 and not args.yes:
             print("outbox: add --yes to replay them", file=sys.stderr)
             return 1
-        new_ids = await letters.replay(chosen.letters, keep=args.keep)
+        target, details = _selection(args)
+        new_ids: list[str] = []
+        try:
+            await letters.replay(chosen.letters, keep=args.keep, into=new_ids)
+        except Exception as error:
+            details["error"] = f"{error.__class__.__name__}: {error}"
+            raise
+        finally:
+            # Recorded after Redis acted, with what it did, also when it failed half-way.
+            await audit.record(
+                "dlq.replay",
+                target=target,
+                counts={
+                    "selected": len(chosen.letters),
+                    "replayed": len(new_ids),
+                    "missing": chosen.missing,
+                },
+                details={**details, "keep": args.keep},
+            )
         print(f"replayed {len(new_ids)} dead letter(s) to their source streams")
         return chosen.exit_code()
 
-    return _with_dead_letters(action)
+    return _with_audited_dead_letters(action)
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:
-    async def action(letters: Any) -> int:
+    async def action(letters: Any, audit: Any) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
@@ -319,11 +381,28 @@ def _dlq_purge(args: argparse.Namespace) -> int:
         if not args.yes:
             print("outbox: add --yes to purge them", file=sys.stderr)
             return 1
-        deleted = await letters.delete([letter.id for letter in chosen.letters])
+        target, details = _selection(args)
+        deleted = 0
+        try:
+            deleted = await letters.delete([letter.id for letter in chosen.letters])
+        except Exception as error:
+            details["error"] = f"{error.__class__.__name__}: {error}"
+            raise
+        finally:
+            await audit.record(
+                "dlq.purge",
+                target=target,
+                counts={
+                    "selected": len(chosen.letters),
+                    "purged": deleted,
+                    "missing": chosen.missing,
+                },
+                details=details,
+            )
         print(f"purged {deleted} dead letter(s)")
         return chosen.exit_code()
 
-    return _with_dead_letters(action)
+    return _with_audited_dead_letters(action)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
