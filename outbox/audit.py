@@ -169,8 +169,9 @@ async def record(
             )
         )
     except (asyncpg.PostgresError, *CONNECTION_ERRORS) as error:
+        hint = " (run `outbox migrate`)" if isinstance(error, asyncpg.UndefinedTableError) else ""
         raise AuditError(
-            f"the audit log could not be written ({action} by {actor.name}): {error}"
+            f"the audit log could not be written ({action} by {actor.name}): {error}{hint}"
         ) from error
 
 

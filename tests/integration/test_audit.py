@@ -266,3 +266,15 @@ async def test_monitor_actions_are_recorded_under_the_tokens_name(
     dump = await asyncpg_conn.fetchval("SELECT json_agg(a)::text FROM outbox_audit a")
     assert token not in dump
     assert await asyncpg_conn.fetchval("SELECT count(*) FROM outbox_audit") == 3
+
+
+def test_a_database_without_the_audit_log_says_to_migrate(
+    settings: Settings, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database migrated before 0008: the command refuses (nothing changed) and says why."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE outbox_audit")
+    assert main(["partitions", "set", "assets", "4"]) == 2
+    assert "run `outbox migrate`" in capsys.readouterr().err
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM stream_partitions").fetchone() == (0,)
