@@ -813,7 +813,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def audit_log(
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        action: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+        action: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] = None,
         since_s: Annotated[float | None, Query(ge=0)] = None,
     ) -> Any:
         """The audit log, newest first: who replayed, purged, rebuilt, pruned or repartitioned

@@ -96,6 +96,10 @@ RECENT = Query(
     """,
 )
 
+#: A ``since_s`` beyond this (a century) means no bound: ``now() - interval`` would otherwise
+#: leave timestamptz's range and fail.
+MAX_SINCE_S = 100 * 365 * 86400.0
+
 #: Every statement above, for the schema check at start (outbox/preflight.py).
 AUDIT_STATEMENTS = (RECORD.asyncpg_sql, RECENT.asyncpg_sql)
 
@@ -186,6 +190,8 @@ async def recent(
     """The newest ``limit`` rows, newest first, optionally of one action (or prefix) and no
     older than ``since_s``."""
     query = RECENT.in_schema(schema)
+    if since_s is not None and not since_s <= MAX_SINCE_S:  # NaN too
+        since_s = None
     rows = await conn.fetch(
         query.asyncpg_sql,
         *query.asyncpg_args({"action": action, "since_s": since_s, "limit": limit}),
