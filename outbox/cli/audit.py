@@ -49,6 +49,25 @@ class CommandAudit:
             schema=self.schema,
         )
 
+    async def record_failure(
+        self,
+        action: str,
+        error: BaseException,
+        *,
+        target: str | None = None,
+        counts: dict[str, int] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an action that failed with what it did; the action's own error is what the
+        command reports, so a row that cannot be written is said on stderr, not raised."""
+        from outbox.audit import AuditError
+
+        failed = {**(details or {}), "error": f"{error.__class__.__name__}: {error}"}
+        try:
+            await self.record(action, target=target, counts=counts, details=failed)
+        except AuditError as not_recorded:
+            print(f"outbox: {not_recorded}", file=sys.stderr)
+
 
 @asynccontextmanager
 async def command_audit(settings: Settings) -> AsyncIterator[CommandAudit]:

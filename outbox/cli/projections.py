@@ -9,7 +9,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from outbox.cli.audit import CommandAudit
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -184,8 +187,8 @@ def _prune_inbox(args: argparse.Namespace) -> int:
         settings = get_settings()
         retention = {"retention_s": settings.inbox_retention_s}
         async with command_audit(settings) as audit:
-            # Many short transactions (decision: no long lock on the inbox): a started row
-            # first, so even a killed run is on record.
+            # prune_inbox deletes in bounded batches, each its own statement: a started row
+            # first, so that even a killed run is on record.
             await audit.record(
                 "projections.prune-inbox", counts={}, details={"stage": "started", **retention}
             )
@@ -194,9 +197,8 @@ def _prune_inbox(args: argparse.Namespace) -> int:
                     audit.conn, settings.inbox_retention_s, schema=settings.outbox_schema
                 )
             except Exception as error:
-                await audit.record(
-                    "projections.prune-inbox",
-                    details={"stage": "failed", "error": f"{error}", **retention},
+                await audit.record_failure(
+                    "projections.prune-inbox", error, details={"stage": "failed", **retention}
                 )
                 raise
             await audit.record(
@@ -236,7 +238,7 @@ def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
     return _run(lambda: _with_dead_letters_async(action))
 
 
-def _with_audited_dead_letters(action: Callable[[Any, Any], Awaitable[int]]) -> int:
+def _with_audited_dead_letters(action: Callable[[Any, CommandAudit], Awaitable[int]]) -> int:
     """Like :func:`_with_dead_letters`, with the audit log connected first: when it cannot be
     reached the command stops before it changes anything."""
 
@@ -339,7 +341,7 @@ async def _chosen(letters: Any, args: argparse.Namespace) -> _Chosen | None:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    async def action(letters: Any, audit: Any) -> int:
+    async def action(letters: Any, audit: CommandAudit) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
@@ -348,24 +350,25 @@ def _dlq_replay(args: argparse.Namespace) -> int:
             print("outbox: add --yes to replay them", file=sys.stderr)
             return 1
         target, details = _selection(args)
+        details["keep"] = args.keep
         new_ids: list[str] = []
+
+        def counts() -> dict[str, int]:
+            return {
+                "selected": len(chosen.letters),
+                "replayed": len(new_ids),
+                "missing": chosen.missing,
+            }
+
+        # Recorded after Redis acted, with what it did, also when it failed half-way.
         try:
             await letters.replay(chosen.letters, keep=args.keep, into=new_ids)
         except Exception as error:
-            details["error"] = f"{error.__class__.__name__}: {error}"
-            raise
-        finally:
-            # Recorded after Redis acted, with what it did, also when it failed half-way.
-            await audit.record(
-                "dlq.replay",
-                target=target,
-                counts={
-                    "selected": len(chosen.letters),
-                    "replayed": len(new_ids),
-                    "missing": chosen.missing,
-                },
-                details={**details, "keep": args.keep},
+            await audit.record_failure(
+                "dlq.replay", error, target=target, counts=counts(), details=details
             )
+            raise
+        await audit.record("dlq.replay", target=target, counts=counts(), details=details)
         print(f"replayed {len(new_ids)} dead letter(s) to their source streams")
         return chosen.exit_code()
 
@@ -373,7 +376,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:
-    async def action(letters: Any, audit: Any) -> int:
+    async def action(letters: Any, audit: CommandAudit) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
@@ -382,23 +385,16 @@ def _dlq_purge(args: argparse.Namespace) -> int:
             print("outbox: add --yes to purge them", file=sys.stderr)
             return 1
         target, details = _selection(args)
-        deleted = 0
+        counts = {"selected": len(chosen.letters), "purged": 0, "missing": chosen.missing}
         try:
-            deleted = await letters.delete([letter.id for letter in chosen.letters])
+            counts["purged"] = await letters.delete([letter.id for letter in chosen.letters])
         except Exception as error:
-            details["error"] = f"{error.__class__.__name__}: {error}"
-            raise
-        finally:
-            await audit.record(
-                "dlq.purge",
-                target=target,
-                counts={
-                    "selected": len(chosen.letters),
-                    "purged": deleted,
-                    "missing": chosen.missing,
-                },
-                details=details,
+            await audit.record_failure(
+                "dlq.purge", error, target=target, counts=counts, details=details
             )
+            raise
+        await audit.record("dlq.purge", target=target, counts=counts, details=details)
+        deleted = counts["purged"]
         print(f"purged {deleted} dead letter(s)")
         return chosen.exit_code()
 

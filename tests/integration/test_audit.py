@@ -278,3 +278,23 @@ def test_a_database_without_the_audit_log_says_to_migrate(
     assert "run `outbox migrate`" in capsys.readouterr().err
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM stream_partitions").fetchone() == (0,)
+
+
+def test_a_replay_that_fails_half_way_records_what_it_did(
+    settings: Settings,
+    database_url: str,
+    sync_redis: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = Keys(settings.stream_prefix)
+    _letter(sync_redis, keys, "identity", "user_created", 1)
+    _letter(sync_redis, keys, "assets", "asset_created", 2)
+    sync_redis.set(keys.stream("assets"), "not a stream")  # its XADD fails: WRONGTYPE
+
+    assert main(["dlq", "replay", "--all", "--yes"]) != 0
+    capsys.readouterr()
+    ((row),) = _rows(database_url)
+    assert row["action"] == "dlq.replay"
+    assert row["counts"] == {"selected": 2, "replayed": 1, "missing": 0}
+    assert "WRONGTYPE" in row["details"]["error"] or "type" in row["details"]["error"].lower()
+    assert sync_redis.xlen(keys.stream("identity")) == 1
