@@ -73,6 +73,10 @@ def upgrade() -> None:
         f"CREATE TRIGGER outbox_audit_no_truncate BEFORE TRUNCATE ON {q}.outbox_audit "
         f"FOR EACH STATEMENT EXECUTE FUNCTION {q}.outbox_audit_refuse_change()"
     )
+    # ALWAYS: they fire under session_replication_role = replica too, which otherwise turns
+    # ordinary triggers off (https://www.postgresql.org/docs/15/sql-altertable.html).
+    for trigger in ("outbox_audit_append_only", "outbox_audit_no_truncate"):
+        op.execute(f"ALTER TABLE {q}.outbox_audit ENABLE ALWAYS TRIGGER {trigger}")
 
 
 def downgrade() -> None:

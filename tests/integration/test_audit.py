@@ -59,6 +59,11 @@ async def test_the_audit_log_refuses_update_delete_and_truncate(
     ):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await asyncpg_conn.execute(statement)
+    # Not even with ordinary triggers turned off (a superuser's session_replication_role).
+    await asyncpg_conn.execute("SET session_replication_role = replica")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await asyncpg_conn.execute("DELETE FROM outbox_audit")
+    await asyncpg_conn.execute("RESET session_replication_role")
     (entry,) = await audit.recent(asyncpg_conn)
     assert (entry.id, entry.actor, entry.counts) == (row_id, "alice", {"deleted": 3})
     assert entry.details == {"db_role": "postgres"}
