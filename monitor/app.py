@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from redis import exceptions as redis_errors
 
+from outbox import audit
 from outbox.envelope import MessagePriority, uuid7
 from outbox.monitor import models, prometheus, queries, redis_stats, trace
 from outbox.monitor.collector import Collector
@@ -84,6 +86,51 @@ class Monitor:
         self.collector: Collector | None = None
         self.subscribers: set[asyncio.Queue[str]] = set()
         self.task: asyncio.Task[None] | None = None
+        self.hostname = socket.gethostname()
+
+    @contextlib.asynccontextmanager
+    async def audited(
+        self, action: str, actor: audit.Actor, target: str, details: dict[str, Any]
+    ) -> AsyncIterator[dict[str, int]]:
+        """Around a write action on Redis: a PostgreSQL connection is taken first (503 when it
+        cannot be, before anything changed); the action fills the counts it yields once it
+        starts changing things, and they are recorded after it, also when it failed half-way
+        (AuditError, a 500, when the row cannot be written)."""
+        assert self.pool is not None
+        counts: dict[str, int] = {}
+        async with self.pool.acquire(timeout=3) as conn:
+            try:
+                yield counts
+            except Exception as error:
+                if counts:
+                    details = {**details, "error": f"{error.__class__.__name__}: {error}"}
+                    try:
+                        await self._record(conn, action, actor, target, counts, details)
+                    except audit.AuditError as not_recorded:
+                        log.error(
+                            "event=audit_not_written action=%s error=%s", action, not_recorded
+                        )
+                raise
+            await self._record(conn, action, actor, target, counts, details)
+
+    async def _record(
+        self,
+        conn: Any,
+        action: str,
+        actor: audit.Actor,
+        target: str,
+        counts: dict[str, int],
+        details: dict[str, Any],
+    ) -> None:
+        await audit.record(
+            conn,
+            action,
+            actor,
+            target=target,
+            counts=counts,
+            details={**details, "monitor_host": self.hostname},
+            schema=self.settings.outbox_schema,
+        )
 
     async def start(self) -> None:
         settings = self.settings
@@ -233,19 +280,26 @@ admin_bearer = HTTPBearer(
 def require_admin(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
-) -> None:
+) -> audit.Actor:
     """Write actions: refused without a configured token, 401 without the right one.
 
     ``admin_bearer`` only declares the scheme (it never refuses a request itself); the header is
-    checked as sent, in constant time, by ``token_matches``.
+    checked as sent, in constant time, by ``token_matches``. Returns who acts, for the audit
+    log: the token's name (MONITOR_ADMIN_TOKEN_NAME, never the token) from the client's address.
     """
-    token = get_monitor(request).settings.monitor_admin_token
+    settings = get_monitor(request).settings
+    token = settings.monitor_admin_token
     if token is None or not token.get_secret_value():
         raise HTTPException(403, "write actions are disabled: set MONITOR_ADMIN_TOKEN")
     if not token_matches(request.headers.get("authorization"), token.get_secret_value()):
         raise HTTPException(
             401, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"}
         )
+    client = request.client.host if request.client else None
+    return audit.Actor(settings.monitor_admin_token_name, "monitor", client)
+
+
+Admin = Annotated[audit.Actor, Depends(require_admin)]
 
 
 def dead_letter_filter(
@@ -272,6 +326,10 @@ _NOT_A_STREAM = {409: "the key holds another type than a stream (WRONGTYPE)"}
 _ADMIN = {
     401: "no valid admin token: send `Authorization: Bearer <MONITOR_ADMIN_TOKEN>`",
     403: "write actions are disabled: no MONITOR_ADMIN_TOKEN is configured",
+}
+_WRITE = {
+    503: "Redis or PostgreSQL (the audit log) is not reachable: nothing was changed",
+    500: "the action was done (or done in part) but the audit log could not be written",
 }
 _CHANGED = {409: "`expected` was given and another number of dead letters matches now"}
 _OUT_OF_MEMORY = {507: "Redis is out of memory (noeviction): the replay was refused"}
@@ -326,6 +384,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RedisOutOfMemoryError)
     async def redis_oom(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=507)
+
+    @app.exception_handler(audit.AuditError)
+    async def audit_not_written(request: Request, error: Exception) -> JSONResponse:
+        log.error("event=audit_not_written error=%s", error)
+        return JSONResponse({"detail": str(error)}, status_code=500)
 
     @app.exception_handler(OSError)
     @app.exception_handler(asyncpg.PostgresConnectionError)
@@ -675,61 +738,96 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/api/dead-letters/{entry_id}/replay",
         tags=["dead letters"],
-        dependencies=[Depends(require_admin)],
         response_model=models.Replayed,
         responses=_errors(
-            {**_ADMIN, 404: "no dead letter with this id", **_REDIS, **_OUT_OF_MEMORY},
+            {**_ADMIN, 404: "no dead letter with this id", **_WRITE, **_OUT_OF_MEMORY},
             entry_id=True,
         ),
     )
-    async def dead_letter_replay_one(entry_id: EntryId) -> Any:
-        """Re-add one dead letter to its source stream (idempotent: projections keep an inbox)."""
+    async def dead_letter_replay_one(entry_id: EntryId, actor: Admin) -> Any:
+        """Re-add one dead letter to its source stream (idempotent: projections keep an inbox).
+        Recorded in the audit log."""
         dead = monitor.dead_letters()
-        letter = await dead.get(entry_id)
-        if letter is None:
-            raise HTTPException(404, f"no dead letter {entry_id}")
-        new_ids = await dead.replay([letter])
+        new_ids: list[str] = []
+        async with monitor.audited("dlq.replay", actor, "ids", {"ids": [entry_id]}) as counts:
+            letter = await dead.get(entry_id)
+            if letter is None:
+                raise HTTPException(404, f"no dead letter {entry_id}")
+            counts.update(selected=1, replayed=0)
+            await dead.replay([letter], into=new_ids)
+            counts["replayed"] = len(new_ids)
         log.info("event=dead_letter_replayed id=%s stream=%s", entry_id, letter.source_stream)
         return {"replayed": len(new_ids), "new_entry_ids": new_ids}
 
     @app.post(
         "/api/dead-letters/replay",
         tags=["dead letters"],
-        dependencies=[Depends(require_admin)],
         response_model=models.ReplayedCount,
-        responses=_errors({**_ADMIN, **_CHANGED, **_REDIS, **_OUT_OF_MEMORY}),
+        responses=_errors({**_ADMIN, **_CHANGED, **_WRITE, **_OUT_OF_MEMORY}),
     )
     async def dead_letter_replay(
-        where: Filter, expected: Annotated[int | None, Query(ge=0)] = None
+        where: Filter, actor: Admin, expected: Annotated[int | None, Query(ge=0)] = None
     ) -> Any:
         """Replay every dead letter matching the filters. Pass ``expected`` (the count shown to
-        the operator) to refuse when the set changed in between."""
+        the operator) to refuse when the set changed in between. Recorded in the audit log."""
         dead = monitor.dead_letters()
-        letters = await dead.select(where)
-        if expected is not None and expected != len(letters):
-            raise HTTPException(409, f"{len(letters)} dead letters match now, not {expected}")
-        new_ids = await dead.replay(letters)
+        new_ids: list[str] = []
+        target, details = _selection(where)
+        async with monitor.audited("dlq.replay", actor, target, details) as counts:
+            letters = await dead.select(where)
+            if expected is not None and expected != len(letters):
+                raise HTTPException(409, f"{len(letters)} dead letters match now, not {expected}")
+            counts.update(selected=len(letters), replayed=0)
+            await dead.replay(letters, into=new_ids)
+            counts["replayed"] = len(new_ids)
         log.info("event=dead_letters_replayed count=%d", len(new_ids))
         return {"replayed": len(new_ids)}
 
     @app.post(
         "/api/dead-letters/purge",
         tags=["dead letters"],
-        dependencies=[Depends(require_admin)],
         response_model=models.Purged,
-        responses=_errors({**_ADMIN, **_CHANGED, **_REDIS}),
+        responses=_errors({**_ADMIN, **_CHANGED, **_WRITE}),
     )
     async def dead_letter_purge(
-        where: Filter, expected: Annotated[int | None, Query(ge=0)] = None
+        where: Filter, actor: Admin, expected: Annotated[int | None, Query(ge=0)] = None
     ) -> Any:
-        """Delete every dead letter matching the filters."""
+        """Delete every dead letter matching the filters. Recorded in the audit log."""
         dead = monitor.dead_letters()
-        letters = await dead.select(where)
-        if expected is not None and expected != len(letters):
-            raise HTTPException(409, f"{len(letters)} dead letters match now, not {expected}")
-        deleted = await dead.delete([x.id for x in letters])
+        target, details = _selection(where)
+        async with monitor.audited("dlq.purge", actor, target, details) as counts:
+            letters = await dead.select(where)
+            if expected is not None and expected != len(letters):
+                raise HTTPException(409, f"{len(letters)} dead letters match now, not {expected}")
+            counts.update(selected=len(letters), purged=0)
+            deleted = await dead.delete([x.id for x in letters])
+            counts["purged"] = deleted
         log.info("event=dead_letters_purged count=%d", deleted)
         return {"purged": deleted}
+
+    @app.get(
+        "/api/audit",
+        tags=["audit"],
+        response_model=models.AuditLog,
+        responses=_errors({503: "PostgreSQL is not reachable"}),
+    )
+    async def audit_log(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        action: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] = None,
+        since_s: Annotated[float | None, Query(ge=0)] = None,
+    ) -> Any:
+        """The audit log, newest first: who replayed, purged, rebuilt, pruned or repartitioned
+        what, through the CLI or this monitor. ``action`` is an action or a dotted prefix."""
+        assert monitor.pool is not None
+        async with monitor.pool.acquire(timeout=3) as conn:
+            entries = await audit.recent(
+                conn,
+                limit=limit,
+                action=action,
+                since_s=since_s,
+                schema=monitor.settings.outbox_schema,
+            )
+        return {"entries": [entry.as_dict() for entry in entries]}
 
     @app.get(
         "/metrics",
@@ -785,6 +883,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _selection(where: DeadLetterFilter) -> tuple[str, dict[str, Any]]:
+    """The audit target and details of a filtered replay or purge."""
+    chosen = {
+        "stream": where.stream,
+        "group": where.group,
+        "event_type": where.event_type,
+        "older_than": where.older_than_s,
+        "newer_than": where.newer_than_s,
+    }
+    used = {name: value for name, value in chosen.items() if value is not None}
+    return ("filter" if used else "all"), {"filter": used}
 
 
 async def _find_entry(monitor: Monitor, row: Any) -> dict[str, Any] | None:

@@ -524,6 +524,26 @@ class Purged(Body):
     purged: int
 
 
+class AuditEntry(Body):
+    """One administrative action of the audit log (``outbox_audit``)."""
+
+    id: int
+    at: str
+    actor: str
+    via: str
+    action: str
+    target: str | None
+    counts: dict[str, int]
+    details: dict[str, Any]
+    host: str | None
+
+
+class AuditLog(Body):
+    """``GET /api/audit``: the newest administrative actions, newest first."""
+
+    entries: list[AuditEntry]
+
+
 def error_responses(described: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
     """FastAPI's ``responses=``: each status code with its description and an ErrorMessage."""
     return {code: {"model": ErrorMessage, "description": text} for code, text in described.items()}

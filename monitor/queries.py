@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from outbox.audit import AUDIT_STATEMENTS
+
 # The oldest running transaction that has written something (has an xid), in any database of
 # the cluster: transaction ids are cluster-wide, so it holds back every snapshot's xmin and with
 # it the relay's horizon (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
@@ -176,8 +178,10 @@ SELECT projection, stream, epoch, partition, owner, fence, drained,
  ORDER BY projection, stream, epoch, partition
 """
 
-#: Every statement above, for the schema check at start (outbox/preflight.py).
+#: Every statement above, and the audit log's, for the schema check at start
+#: (outbox/preflight.py).
 STATEMENTS = (
+    *AUDIT_STATEMENTS,
     PARTITIONINGS,
     PARTITION_OWNERS,
     OLDEST_WRITE_TRANSACTION,

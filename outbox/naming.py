@@ -29,6 +29,7 @@ TABLES = (
     "stream_partitions",
     "projection_partitions",
     "projection_members",
+    "outbox_audit",
 )
 
 # A bare table name: not part of a longer identifier (outbox_events_pkey), not already

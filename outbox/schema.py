@@ -186,3 +186,25 @@ projection_members = sa.Table(
     ),
     sa.PrimaryKeyConstraint("projection", "stream", "member", name="projection_members_pkey"),
 )
+
+# --- audit log (outbox/audit.py, migration 0008) ---
+
+# One row per administrative action (DLQ replay/purge, rebuild, prune, partitions, …): who, when,
+# what and how many. Append-only: a trigger of migration 0008 refuses UPDATE, DELETE and TRUNCATE.
+outbox_audit = sa.Table(
+    "outbox_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
+    # The OS user (CLI) or the admin token's name (monitor); never the token itself.
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("via", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("target", sa.Text, nullable=True),
+    sa.Column("counts", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("details", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("host", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("id", name="outbox_audit_pkey"),
+    sa.CheckConstraint("via IN ('cli', 'monitor')", name="outbox_audit_via_check"),
+    sa.Index("outbox_audit_at_idx", "at"),
+)

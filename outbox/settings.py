@@ -382,6 +382,13 @@ class Settings(ClientSettings, EmitSettings):
         validation_alias=_env("MONITOR_ADMIN_TOKEN"),
         description="Bearer token for the monitor's write actions; unset refuses them all.",
     )
+    monitor_admin_token_name: str = Field(
+        default="admin",
+        min_length=1,
+        max_length=200,
+        validation_alias=_env("MONITOR_ADMIN_TOKEN_NAME"),
+        description="Who the audit log names for the monitor's write actions (never the token).",
+    )
     monitor_mask_fields: str = Field(
         default="password,token,secret,email",
         validation_alias=_env("MONITOR_MASK_FIELDS"),

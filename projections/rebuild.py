@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from outbox import audit
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.apply import apply_batch
@@ -85,14 +86,29 @@ async def rebuild(
     batch_size: int = REPLAY_BATCH,
     letters: DeadLetters | None = None,
     schema: str = DEFAULT_SCHEMA,
+    actor: audit.Actor | None = None,
 ) -> RebuildResult:
     """Rebuild ``projection`` on connection ``db`` (see the module doc).
 
     An event whose handler fails is left out and, given ``letters``, dead-lettered so it can be
     replayed once the handler is fixed; the later events of its aggregate are still applied,
-    in order.
+    in order. Given ``actor``, the audit log gets a ``started`` row in the transaction that
+    empties the read model and a ``finished`` one in the transaction that puts it live again
+    (``failed``, with the counts so far, when the replay raises).
     """
     name = projection.name
+
+    async def record(stage: str, counts: dict[str, int], **details: object) -> None:
+        if actor is not None:
+            await audit.record(
+                db,
+                "projections.rebuild",
+                actor,
+                target=name,
+                counts=counts,
+                details={"stage": stage, **details},
+                schema=schema,
+            )
 
     def sql(query: Query) -> Query:
         return query.in_schema(schema)
@@ -107,51 +123,70 @@ async def rebuild(
                 await db.execute(
                     "TRUNCATE " + ", ".join(_quote(table) for table in projection.tables)
                 )
-            await db.execute(sql(queries.INBOX_RESET).asyncpg_sql, name)
+            status = await db.execute(sql(queries.INBOX_RESET).asyncpg_sql, name)
+            await record(
+                "started",
+                {"inbox_rows_deleted": int(status.split()[-1])},
+                tables=list(projection.tables),
+            )
         extent = await db.fetchrow(sql(queries.OUTBOX_EXTENT).asyncpg_sql, projection.streams)
         total, until = int(extent["events"]), int(extent["max_position"])
         log.info("event=rebuild_started projection=%s events=%d", name, total)
         after = done = applied = skipped = failed = 0
         if progress:
             progress(0, total)
-        while True:
-            q = sql(queries.OUTBOX_PAGE)
-            rows = await db.fetch(
-                q.asyncpg_sql,
-                *q.asyncpg_args(
-                    {
-                        "streams": projection.streams,
-                        "after": after,
-                        "until": until,
-                        "limit": batch_size,
-                    }
-                ),
-            )
-            if not rows:
-                break
-            pending = [message_from_row(row, keys) for row in rows]
-            while pending:
-                # The exclusive lock is ours (same session): no shared lock per batch.
-                outcome = await apply_batch(db, projection, pending, take_lock=False, schema=schema)
-                applied += len(outcome.applied)
-                skipped += len(outcome.skipped)
-                for message, error in outcome.failed:
-                    failed += 1
-                    await _failed(name, message, error, letters)
-                # Events held behind a failed event of their aggregate: that one is left out
-                # (dead-lettered) now, as live consumption does once its retries are spent, so
-                # they are applied after it, in order. Dropping them would lose them for good:
-                # replaying the dead letter brings back only the failed event.
-                pending = outcome.deferred
-            after = int(rows[-1]["position"])
-            done += len(rows)
-            if progress:
-                progress(done, total)
+        try:
+            while True:
+                q = sql(queries.OUTBOX_PAGE)
+                rows = await db.fetch(
+                    q.asyncpg_sql,
+                    *q.asyncpg_args(
+                        {
+                            "streams": projection.streams,
+                            "after": after,
+                            "until": until,
+                            "limit": batch_size,
+                        }
+                    ),
+                )
+                if not rows:
+                    break
+                pending = [message_from_row(row, keys) for row in rows]
+                while pending:
+                    # The exclusive lock is ours (same session): no shared lock per batch.
+                    outcome = await apply_batch(
+                        db, projection, pending, take_lock=False, schema=schema
+                    )
+                    applied += len(outcome.applied)
+                    skipped += len(outcome.skipped)
+                    for message, error in outcome.failed:
+                        failed += 1
+                        await _failed(name, message, error, letters)
+                    # Events held behind a failed event of their aggregate: that one is left out
+                    # (dead-lettered) now, as live consumption does once its retries are spent, so
+                    # they are applied after it, in order. Dropping them would lose them for good:
+                    # replaying the dead letter brings back only the failed event.
+                    pending = outcome.deferred
+                after = int(rows[-1]["position"])
+                done += len(rows)
+                if progress:
+                    progress(done, total)
+        except Exception as error:
+            # What was applied so far stays applied (each batch is its own transaction).
+            counts = {"events": done, "applied": applied, "skipped": skipped, "failed": failed}
+            try:
+                await record("failed", counts, error=f"{error.__class__.__name__}: {error}")
+            except audit.AuditError as not_recorded:
+                log.error("event=rebuild_not_audited projection=%s error=%s", name, not_recorded)
+            raise
         finish = sql(queries.FINISH_REBUILD)
-        await db.execute(
-            finish.asyncpg_sql,
-            *finish.asyncpg_args({"projection": name, "position": after, "events": done}),
-        )
+        counts = {"events": done, "applied": applied, "skipped": skipped, "failed": failed}
+        async with db.transaction():
+            await db.execute(
+                finish.asyncpg_sql,
+                *finish.asyncpg_args({"projection": name, "position": after, "events": done}),
+            )
+            await record("finished", counts, through_position=after)
         log.info(
             "event=rebuild_finished projection=%s events=%d applied=%d skipped=%d failed=%d",
             name,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from outbox import audit
 from outbox.errors import ConfigurationError
 from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.partitioning import MAX_PARTITIONS, Partitioning
@@ -22,9 +23,12 @@ from outbox.relay.errors import DatabaseUnavailableError
 from outbox.validation import check_service
 
 
-async def forget_marks(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[str]:
+async def forget_marks(
+    url: str, *, schema: str = DEFAULT_SCHEMA, actor: audit.Actor | None = None
+) -> list[str]:
     """Clear every service's marks; refuse while a relay of this outbox runs. Returns the
-    services whose marks were cleared."""
+    services whose marks were cleared. Given ``actor``, recorded in the audit log in the same
+    transaction."""
     try:
         conn = await asyncpg.connect(url, server_settings={"application_name": "outbox admin"})
     except CONNECTION_ERRORS as error:
@@ -36,7 +40,17 @@ async def forget_marks(url: str, *, schema: str = DEFAULT_SCHEMA) -> list[str]:
                 f"{live} relay(s) of this outbox are running: stop them first (a running relay "
                 "would write its marks back)"
             )
-        rows = await conn.fetch(in_schema(queries.FORGET_MARKS, schema))
+        async with conn.transaction():
+            rows = await conn.fetch(in_schema(queries.FORGET_MARKS, schema))
+            if actor is not None:
+                await audit.record(
+                    conn,
+                    "forget-marks",
+                    actor,
+                    counts={"services": len(rows)},
+                    details={"services": sorted(row["stream"] for row in rows)},
+                    schema=schema,
+                )
     finally:
         await conn.close()
     return sorted(row["stream"] for row in rows)
@@ -50,21 +64,39 @@ async def _connect(url: str) -> asyncpg.Connection:
 
 
 async def request_partitions(
-    url: str, service: str, partitions: int, *, schema: str = DEFAULT_SCHEMA
+    url: str,
+    service: str,
+    partitions: int,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    actor: audit.Actor | None = None,
 ) -> Partitioning:
     """Ask for ``partitions`` partitions of ``service``; returns its partitioning (with the
-    request, unless it already has that count)."""
+    request, unless it already has that count). Given ``actor``, recorded in the audit log in
+    the same transaction."""
     check_service(service)
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise ConfigurationError(f"partitions must be 1 to {MAX_PARTITIONS}, got {partitions}")
     conn = await _connect(url)
     try:
-        row = await conn.fetchrow(
-            in_schema(queries.REQUEST_PARTITIONS, schema), service, partitions
-        )
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                in_schema(queries.REQUEST_PARTITIONS, schema), service, partitions
+            )
+            found = Partitioning.from_row(row)
+            if actor is not None:
+                await audit.record(
+                    conn,
+                    "partitions.set",
+                    actor,
+                    target=service,
+                    counts={"partitions": partitions},
+                    details={"epoch": found.epoch, "already": found.requested is None},
+                    schema=schema,
+                )
     finally:
         await conn.close()
-    return Partitioning.from_row(row)
+    return found
 
 
 async def partitionings(url: str, *, schema: str = DEFAULT_SCHEMA) -> dict[str, Partitioning]:

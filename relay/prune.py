@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from outbox import audit
 from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.preflight import CONNECTION_ERRORS
 from outbox.relay import queries
@@ -49,9 +50,11 @@ async def prune(
     chunk_size: int = 1000,
     progress: Callable[[PruneProgress], None] | None = None,
     schema: str = DEFAULT_SCHEMA,
+    actor: audit.Actor | None = None,
 ) -> PruneProgress:
     """Delete published outbox rows older than ``older_than`` (the outbox in ``schema``);
-    returns the totals."""
+    returns the totals. Given ``actor``, the audit log gets a ``started`` row before the first
+    chunk and a ``finished`` (or ``failed``) row with the rows deleted."""
     chunk_query = in_schema(queries.PRUNE_CHUNK, schema)
     cutoff = datetime.now(UTC) - older_than
     state = PruneProgress()
@@ -59,7 +62,21 @@ async def prune(
         conn = await asyncpg.connect(url, server_settings={"application_name": "outbox-prune"})
     except CONNECTION_ERRORS as error:
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {error}") from error
+
+    async def record(stage: str, **details: object) -> None:
+        if actor is not None:
+            await audit.record(
+                conn,
+                "prune",
+                actor,
+                target="outbox_events",
+                counts={"deleted": state.deleted, "chunks": state.chunks},
+                details={"stage": stage, "cutoff": cutoff.isoformat(), **details},
+                schema=schema,
+            )
+
     try:
+        await record("started")
         while True:
             row = await conn.fetchrow(chunk_query, state.walked_to_position, cutoff, chunk_size)
             if row is None or row["last_position"] is None:
@@ -71,10 +88,19 @@ async def prune(
                 progress(state)
             if not row["any_old"]:
                 break
+        await record("finished")
+    except audit.AuditError:
+        raise
     except CONNECTION_ERRORS as error:
         raise DatabaseUnavailableError(f"PostgreSQL connection lost: {error}") from error
     except asyncpg.UndefinedTableError as error:
         raise RelayError(f"the outbox tables are missing ({error}); run `outbox migrate`") from None
+    except Exception as error:
+        try:
+            await record("failed", error=f"{error.__class__.__name__}: {error}")
+        except audit.AuditError as not_recorded:
+            log.error("event=prune_not_audited error=%s", not_recorded)
+        raise
     finally:
         await conn.close()
     log.info(

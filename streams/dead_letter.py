@@ -208,14 +208,21 @@ class DeadLetters:
         except redis_errors.RedisError as error:
             raise translate(error, self.keys.dead_letter) from None
 
-    async def replay(self, letters: Sequence[DeadLetter], *, keep: bool = False) -> list[str]:
+    async def replay(
+        self,
+        letters: Sequence[DeadLetter],
+        *,
+        keep: bool = False,
+        into: list[str] | None = None,
+    ) -> list[str]:
         """Re-add each letter's original fields to its source stream; then delete the letter.
 
         Idempotent in effect: a projection that already applied the event skips the copy
         (inbox). With ``keep`` the dead letters stay (for a dry run into a test stream).
-        Returns the new entry ids.
+        Returns the new entry ids; ``into`` receives them as they come, so a caller still
+        knows how many were replayed when a later one fails (the audit log records that).
         """
-        new_ids: list[str] = []
+        new_ids: list[str] = [] if into is None else into
         for letter in letters:
             if not letter.source_stream:
                 continue

@@ -157,7 +157,7 @@ function render(snap) {
     num(p.lease_left_s === null ? "–" : `${Math.max(0, p.lease_left_s).toFixed(1)} s`)]),
     "no partitioned service");
 
-  if (snap.dead_letters.count !== lastDeadCount) { lastDeadCount = snap.dead_letters.count; loadDeadLetters(); }
+  if (snap.dead_letters.count !== lastDeadCount) { lastDeadCount = snap.dead_letters.count; loadDeadLetters(); loadAudit(); }
 }
 
 function push(at, published, applied, unpublished, lag) {
@@ -223,8 +223,21 @@ async function replay(id, button) {
     method: "POST", headers: { Authorization: `Bearer ${token}` },
   });
   const body = await response.json().catch(() => ({}));
-  if (response.ok) { $("dlq-message").textContent = `replayed ${id} → ${body.new_entry_ids.join(", ")}`; lastDeadCount = null; loadDeadLetters(); }
+  if (response.ok) { $("dlq-message").textContent = `replayed ${id} → ${body.new_entry_ids.join(", ")}`; lastDeadCount = null; loadDeadLetters(); loadAudit(); }
   else { $("dlq-message").textContent = `replay refused: ${body.detail || response.status}`; button.disabled = false; }
+}
+
+async function loadAudit() {
+  try {
+    const response = await fetch("/api/audit?limit=20");
+    if (!response.ok) throw new Error(`${response.status}`);
+    const body = await response.json();
+    fill("table-audit", body.entries.map((a) => {
+      const stage = a.details && a.details.stage ? ` (${a.details.stage})` : "";
+      const counts = Object.entries(a.counts).map(([k, v]) => `${k}=${v}`).join(" ");
+      return [new Date(a.at).toLocaleString(), a.actor, a.via, a.action + stage, a.target || "", counts, a.host || ""];
+    }), "no administrative action recorded");
+  } catch (error) { $("audit-message").textContent = `could not load the audit log (${error.message})`; }
 }
 
 function connect() {
@@ -237,3 +250,5 @@ function connect() {
 
 $("token").value = sessionStorage.getItem("monitor-token") || "";
 fetch("/api/snapshot").then((r) => r.json()).then(render).catch(() => {}).finally(connect);
+loadAudit();
+setInterval(loadAudit, 15000);

@@ -63,7 +63,22 @@ def _grant(args: argparse.Namespace) -> int:
         with psycopg.connect(settings.libpq_url(), connect_timeout=10) as conn:
             print(grants.render(statements, conn), end="")
         return 0
-    grants.grant_emit(settings.libpq_url(), args.role, args.service, settings.outbox_schema)
+    from outbox.cli import eventloop
+    from outbox.cli.audit import command_audit
+
+    async def granted() -> None:
+        # psycopg runs the grant; the audit row follows on its own connection, opened first so
+        # that an unreachable audit log refuses the grant.
+        async with command_audit(settings) as audit:
+            grants.grant_emit(settings.libpq_url(), args.role, args.service, settings.outbox_schema)
+            await audit.record(
+                "grant",
+                target=args.role,
+                counts={"services": len(set(args.service))},
+                details={"services": sorted(set(args.service))},
+            )
+
+    eventloop.run(granted())
     logging.getLogger("outbox.cli").info(
         "event=granted role=%s services=%s schema=%s",
         args.role,
@@ -77,6 +92,7 @@ def _grant(args: argparse.Namespace) -> int:
 _EXTRAS = {
     "migrate": "migrate",
     "grant": "migrate",
+    "audit": "relay",
     "check": "relay",
     "relay": "relay",
     "prune": "relay",
@@ -184,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     grant.set_defaults(handler=_grant)
 
     # Each area registers its own subcommands (handlers import their package lazily).
+    from outbox.cli import audit as audit_commands
     from outbox.cli import check as check_commands
     from outbox.cli import demo as demo_commands
     from outbox.cli import monitor as monitor_commands
@@ -197,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor_commands.register(sub)
     demo_commands.register(sub)
     smoke_commands.register(sub)
+    audit_commands.register(sub)
     return parser
 
 

@@ -9,7 +9,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from outbox.cli.audit import CommandAudit
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,6 +110,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     async def main() -> int:
         import asyncpg
 
+        from outbox.audit import cli_actor
         from outbox.projections.projection import load, select
         from outbox.projections.rebuild import rebuild
         from outbox.settings import get_settings
@@ -144,6 +148,7 @@ def _rebuild(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else progress,
                 letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
                 schema=settings.outbox_schema,
+                actor=cli_actor(),
             )
         finally:
             await db.close()
@@ -175,19 +180,32 @@ def _list_projections(args: argparse.Namespace) -> int:
 
 def _prune_inbox(args: argparse.Namespace) -> int:
     async def main() -> int:
-        import asyncpg
-
+        from outbox.cli.audit import command_audit
         from outbox.projections.store import prune_inbox
         from outbox.settings import get_settings
 
         settings = get_settings()
-        db = await asyncpg.connect(settings.libpq_url())
-        try:
-            deleted = await prune_inbox(
-                db, settings.inbox_retention_s, schema=settings.outbox_schema
+        retention = {"retention_s": settings.inbox_retention_s}
+        async with command_audit(settings) as audit:
+            # prune_inbox deletes in bounded batches, each its own statement: a started row
+            # first, so that even a killed run is on record.
+            await audit.record(
+                "projections.prune-inbox", counts={}, details={"stage": "started", **retention}
             )
-        finally:
-            await db.close()
+            try:
+                deleted = await prune_inbox(
+                    audit.conn, settings.inbox_retention_s, schema=settings.outbox_schema
+                )
+            except Exception as error:
+                await audit.record_failure(
+                    "projections.prune-inbox", error, details={"stage": "failed", **retention}
+                )
+                raise
+            await audit.record(
+                "projections.prune-inbox",
+                counts={"deleted": deleted},
+                details={"stage": "finished", **retention},
+            )
         print(f"pruned {deleted} inbox rows older than {settings.inbox_retention_s} s")
         return 0
 
@@ -217,23 +235,51 @@ def _has_filter(args: argparse.Namespace) -> bool:
 
 
 def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
-    async def main() -> int:
-        from outbox.settings import get_settings
-        from outbox.streams.connection import connect
-        from outbox.streams.dead_letter import DeadLetters
-        from outbox.streams.keys import Keys
+    return _run(lambda: _with_dead_letters_async(action))
 
-        settings = get_settings()
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = await connect(settings.redis_url(), password, cluster=settings.cluster)
-        try:
-            return await action(
-                DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
-            )
-        finally:
-            await redis.aclose()
+
+def _with_audited_dead_letters(action: Callable[[Any, CommandAudit], Awaitable[int]]) -> int:
+    """Like :func:`_with_dead_letters`, with the audit log connected first: when it cannot be
+    reached the command stops before it changes anything."""
+
+    async def main() -> int:
+        from outbox.cli.audit import command_audit
+        from outbox.settings import get_settings
+
+        async with command_audit(get_settings()) as audit:
+            return await _with_dead_letters_async(lambda letters: action(letters, audit))
 
     return _run(main)
+
+
+async def _with_dead_letters_async(action: Callable[[Any], Awaitable[int]]) -> int:
+    from outbox.settings import get_settings
+    from outbox.streams.connection import connect
+    from outbox.streams.dead_letter import DeadLetters
+    from outbox.streams.keys import Keys
+
+    settings = get_settings()
+    redis = await connect(
+        settings.redis_url(), settings.redis_password_text(), cluster=settings.cluster
+    )
+    try:
+        return await action(
+            DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
+        )
+    finally:
+        await redis.aclose()
+
+
+def _selection(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The audit target and details of a replay or purge: the ids, or the filter."""
+    if args.id:
+        return "ids", {"ids": list(args.id)[:100]}
+    where = {
+        name: getattr(args, name)
+        for name in ("stream", "group", "event_type", "older_than", "newer_than")
+        if getattr(args, name) is not None
+    }
+    return ("all" if args.all and not where else "filter"), {"filter": where}
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
@@ -295,7 +341,7 @@ async def _chosen(letters: Any, args: argparse.Namespace) -> _Chosen | None:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    async def action(letters: Any) -> int:
+    async def action(letters: Any, audit: CommandAudit) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
@@ -303,15 +349,34 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         if len(chosen.letters) > 1 and not args.yes:
             print("outbox: add --yes to replay them", file=sys.stderr)
             return 1
-        new_ids = await letters.replay(chosen.letters, keep=args.keep)
+        target, details = _selection(args)
+        details["keep"] = args.keep
+        new_ids: list[str] = []
+
+        def counts() -> dict[str, int]:
+            return {
+                "selected": len(chosen.letters),
+                "replayed": len(new_ids),
+                "missing": chosen.missing,
+            }
+
+        # Recorded after Redis acted, with what it did, also when it failed half-way.
+        try:
+            await letters.replay(chosen.letters, keep=args.keep, into=new_ids)
+        except Exception as error:
+            await audit.record_failure(
+                "dlq.replay", error, target=target, counts=counts(), details=details
+            )
+            raise
+        await audit.record("dlq.replay", target=target, counts=counts(), details=details)
         print(f"replayed {len(new_ids)} dead letter(s) to their source streams")
         return chosen.exit_code()
 
-    return _with_dead_letters(action)
+    return _with_audited_dead_letters(action)
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:
-    async def action(letters: Any) -> int:
+    async def action(letters: Any, audit: CommandAudit) -> int:
         chosen = await _chosen(letters, args)
         if chosen is None:
             return 2
@@ -319,11 +384,21 @@ def _dlq_purge(args: argparse.Namespace) -> int:
         if not args.yes:
             print("outbox: add --yes to purge them", file=sys.stderr)
             return 1
-        deleted = await letters.delete([letter.id for letter in chosen.letters])
+        target, details = _selection(args)
+        counts = {"selected": len(chosen.letters), "purged": 0, "missing": chosen.missing}
+        try:
+            counts["purged"] = await letters.delete([letter.id for letter in chosen.letters])
+        except Exception as error:
+            await audit.record_failure(
+                "dlq.purge", error, target=target, counts=counts, details=details
+            )
+            raise
+        await audit.record("dlq.purge", target=target, counts=counts, details=details)
+        deleted = counts["purged"]
         print(f"purged {deleted} dead letter(s)")
         return chosen.exit_code()
 
-    return _with_dead_letters(action)
+    return _with_audited_dead_letters(action)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:

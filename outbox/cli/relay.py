@@ -151,6 +151,8 @@ def _prune(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    from outbox.audit import cli_actor
+
     settings = get_settings()
     total = eventloop.run(
         prune(
@@ -159,6 +161,7 @@ def _prune(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             progress=show,
             schema=settings.outbox_schema,
+            actor=cli_actor(),
         )
     )
     print(f"done: {total.deleted} published events older than {args.older_than} deleted")
@@ -166,12 +169,15 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _forget_marks(args: argparse.Namespace) -> int:
+    from outbox.audit import cli_actor
     from outbox.cli import eventloop
     from outbox.relay.admin import forget_marks
     from outbox.settings import get_settings
 
     settings = get_settings()
-    services = eventloop.run(forget_marks(settings.libpq_url(), schema=settings.outbox_schema))
+    services = eventloop.run(
+        forget_marks(settings.libpq_url(), schema=settings.outbox_schema, actor=cli_actor())
+    )
     print(f"forgot the marks of {len(services)} service(s): {', '.join(services) or 'none'}")
     return 0
 
@@ -233,6 +239,7 @@ async def _maintain_loop(settings: Any, every: float | None) -> int:
 
 
 def _partitions_set(args: argparse.Namespace) -> int:
+    from outbox.audit import cli_actor
     from outbox.cli import eventloop
     from outbox.relay.admin import request_partitions
     from outbox.settings import get_settings
@@ -240,7 +247,11 @@ def _partitions_set(args: argparse.Namespace) -> int:
     settings = get_settings()
     found = eventloop.run(
         request_partitions(
-            settings.libpq_url(), args.service, args.partitions, schema=settings.outbox_schema
+            settings.libpq_url(),
+            args.service,
+            args.partitions,
+            schema=settings.outbox_schema,
+            actor=cli_actor(),
         )
     )
     if found.requested is None:

@@ -143,6 +143,11 @@ async def test_dashboard_lives(
         assert await redis_client.xlen(keys.dead_letter) == 0
         entries = await redis_client.xrange(stream)
         assert [f[b"event_id"].decode() for _, f in entries] == [str(event.event_id)]
+        # The replay is in the audit log, under the token's name, never the token.
+        audited = page.locator("#table-audit tbody tr", has_text="dlq.replay")
+        await expect(audited).to_contain_text("admin", timeout=10_000)
+        await expect(audited).to_contain_text("replayed=1")
+        assert "dash-token" not in await page.locator("#table-audit").inner_text()
 
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)

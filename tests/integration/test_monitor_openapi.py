@@ -39,9 +39,11 @@ ERRORS = {
     ("get", "/api/events"): {422, 503},
     ("get", "/api/dead-letters"): {422, 503},
     ("get", "/api/dead-letters/{entry_id}"): {404, 422, 503},
-    ("post", "/api/dead-letters/{entry_id}/replay"): {401, 403, 404, 422, 503, 507},
-    ("post", "/api/dead-letters/replay"): {401, 403, 409, 422, 503, 507},
-    ("post", "/api/dead-letters/purge"): {401, 403, 409, 422, 503},
+    ("get", "/api/audit"): {422, 503},
+    # 500: done, but the audit log could not be written.
+    ("post", "/api/dead-letters/{entry_id}/replay"): {401, 403, 404, 422, 500, 503, 507},
+    ("post", "/api/dead-letters/replay"): {401, 403, 409, 422, 500, 503, 507},
+    ("post", "/api/dead-letters/purge"): {401, 403, 409, 422, 500, 503},
 }
 ADMIN = {op for op in ERRORS if op[0] == "post"}
 
@@ -223,6 +225,7 @@ async def test_every_answer_of_a_live_monitor_matches_its_model(
                     "/api/events": ["/api/events?correlation_id=trace"],
                     "/api/dead-letters": ["/api/dead-letters"],
                     "/api/dead-letters/{entry_id}": [f"/api/dead-letters/{letter}"],
+                    "/api/audit": ["/api/audit", "/api/audit?action=dlq&since_s=60&limit=5"],
                 }
                 assert set(gets) == {path for method, path in ERRORS if method == "get"}
 
