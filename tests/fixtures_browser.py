@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.skip_banner import report_skipped
+
 #: The skip reason of every test that needs Chromium (the banner counts the tests skipped with it).
 CHROMIUM_SKIP_REASON = (
     "BROWSER TESTS SKIPPED: no chromium (make test installs Debian's chromium when run as root;"
@@ -20,25 +22,11 @@ HOW_TO_GET_IT = (
 )
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    return str(longrepr or "")
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    skipped = [
-        report
-        for report in terminalreporter.stats.get("skipped", [])
-        if isinstance(report, pytest.TestReport) and CHROMIUM_SKIP_REASON in _skip_reason(report)
-    ]
-    if not skipped:
-        return
-    terminalreporter.write_sep(
-        "!", f"BROWSER TESTS SKIPPED: {len(skipped)} without chromium", red=True, bold=True
+    report_skipped(
+        terminalreporter,
+        CHROMIUM_SKIP_REASON,
+        title="BROWSER TESTS SKIPPED",
+        tool="chromium",
+        how_to_get_it=HOW_TO_GET_IT,
     )
-    for report in skipped:
-        terminalreporter.write_line(f"  {report.nodeid}", red=True)
-    terminalreporter.write_line(HOW_TO_GET_IT, red=True, bold=True)
-    terminalreporter.write_sep("!", red=True, bold=True)

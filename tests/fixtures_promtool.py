@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.skip_banner import report_skipped
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The skip reason of every test that needs promtool (the banner counts the tests skipped with it).
@@ -68,25 +70,11 @@ def promtool_check_rules(path: Path) -> tuple[int, str]:
     return _promtool("check", "rules", str(path))
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    return str(longrepr or "")
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    skipped = [
-        report
-        for report in terminalreporter.stats.get("skipped", [])
-        if isinstance(report, pytest.TestReport) and PROMTOOL_SKIP_REASON in _skip_reason(report)
-    ]
-    if not skipped:
-        return
-    terminalreporter.write_sep(
-        "!", f"PROMTOOL TESTS SKIPPED: {len(skipped)} without promtool", red=True, bold=True
+    report_skipped(
+        terminalreporter,
+        PROMTOOL_SKIP_REASON,
+        title="PROMTOOL TESTS SKIPPED",
+        tool="promtool",
+        how_to_get_it=HOW_TO_GET_IT,
     )
-    for report in skipped:
-        terminalreporter.write_line(f"  {report.nodeid}", red=True)
-    terminalreporter.write_line(HOW_TO_GET_IT, red=True, bold=True)
-    terminalreporter.write_sep("!", red=True, bold=True)
