@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import psycopg
 import pytest
+import redis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -128,6 +129,17 @@ def settings(
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def sync_redis(stream_prefix: str) -> Iterator[redis.Redis]:
+    """A synchronous client (for CLI tests run in-process); the test's keys are deleted after."""
+    client = redis.Redis.from_url(Settings().redis_streams_url.get_secret_value())
+    yield client
+    keys = list(client.scan_iter(match=f"{stream_prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,6 @@ from tests.fixtures_projections import configure
 from tests.integration.test_dlq_cli import _letter
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def sync_redis(stream_prefix: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(Settings().redis_streams_url.get_secret_value())
-    yield client
-    keys = list(client.scan_iter(match=f"{stream_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _rows(database_url: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -12,16 +11,6 @@ from outbox.cli.main import main
 from outbox.settings import Settings
 from outbox.streams.dead_letter import dead_letter_fields
 from outbox.streams.keys import Keys
-
-
-@pytest.fixture
-def sync_redis(stream_prefix: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(Settings().redis_streams_url.get_secret_value())
-    yield client
-    keys = list(client.scan_iter(match=f"{stream_prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _letter(client: redis.Redis, keys: Keys, service: str, event_type: str, n: int) -> str:
