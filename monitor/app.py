@@ -55,6 +55,8 @@ from outbox.streams.errors import RedisOutOfMemoryError, RedisUnavailableError
 from outbox.streams.keys import Keys
 
 log = logging.getLogger("outbox.monitor")
+#: How long stopping waits for the PostgreSQL pool's connections to be released.
+POOL_CLOSE_TIMEOUT_S = 5.0
 STATIC = Path(__file__).resolve().parent / "static"
 NameParam = Annotated[str, PathParam(pattern=NAME_PATTERN.pattern, max_length=200)]
 _U64 = 2**64 - 1
@@ -161,7 +163,13 @@ class Monitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         if self.pool:
-            await self.pool.close()
+            # close() waits for every connection to be released, without limit: one held by a
+            # request or collection that is stuck must not keep the monitor from stopping.
+            try:
+                await asyncio.wait_for(self.pool.close(), POOL_CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("event=monitor_pool_close_timeout timeout_s=%s", POOL_CLOSE_TIMEOUT_S)
+                self.pool.terminate()
         if self.redis:
             await self.redis.aclose()
 
