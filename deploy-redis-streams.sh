@@ -70,10 +70,7 @@ monitor_url() {
   "$PYTHON" -c '
 from outbox.settings import get_settings, use_env_file
 use_env_file(".env")
-s = get_settings()
-host = "127.0.0.1" if s.monitor_host in ("0.0.0.0", "::", "") else s.monitor_host
-host = f"[{host}]" if ":" in host else host
-print(f"http://{host}:{s.monitor_port}/")'
+print(get_settings().monitor_url())'
 }
 
 deployed_mode() { cat "$RUN_DIR/mode" 2>/dev/null || echo "$mode"; }

@@ -434,6 +434,16 @@ class Settings(ClientSettings, EmitSettings):
         """DATABASE_URL for SQLAlchemy with the given driver (``asyncpg`` or ``psycopg``)."""
         return f"postgresql+{driver}://" + self.libpq_url().split("://", 1)[1]
 
+    def monitor_url(self) -> str:
+        """The monitor's base URL as a client on this machine reaches it (ends in ``/``): an
+        address meaning "every interface" (``0.0.0.0``, ``::``) is asked over loopback."""
+        host = self.monitor_host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.monitor_port}/"
+
 
 def redact_url(url: str) -> str:
     """``scheme://user:***@host/…``: a URL with its password (if any) hidden, for logs, errors

@@ -14,7 +14,7 @@ if ! "$OUTBOX" check; then
 fi
 "$OUTBOX" migrate --examples || exit 2
 
-url=$("$PYTHON" -c 'from outbox.settings import get_settings as g, use_env_file as e; e(".env"); s = g(); print(f"http://{s.monitor_host}:{s.monitor_port}/")')
+url=$("$PYTHON" -c 'from outbox.settings import get_settings as g, use_env_file as e; e(".env"); s = g(); print(s.monitor_url())')
 names=(relay projections monitor demo)
 commands=(
   "$OUTBOX relay"

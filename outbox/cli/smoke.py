@@ -25,7 +25,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from outbox.settings import Settings
 
 Level = Literal["PASS", "WARN", "FAIL", "SKIP"]
 
@@ -419,17 +422,12 @@ class Smoke:
         check("metrics", metrics)
 
 
-def _monitor_url(given: str | None, settings: Any) -> str | None:
+def _monitor_url(given: str | None, settings: Settings) -> str | None:
     if given == "":
         return None
     if given:
         return given if given.endswith("/") else given + "/"
-    host = settings.monitor_host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.monitor_port}/"
+    return settings.monitor_url()
 
 
 def _get(url: str, timeout_s: float) -> tuple[int, bytes] | str:
