@@ -21,7 +21,9 @@ from outbox.cli.main import main
 from outbox.encryption import StaticKeyProvider, reset_key_provider
 from outbox.projections.projection import Projection
 from outbox.projections.rebuild import rebuild
+from outbox.projections.runner import ProjectionsProbe
 from outbox.projections.store import fields_from_row
+from outbox.relay.admin import request_partitions
 from outbox.settings import Settings, get_settings
 from outbox.streams import RedisStreamsClient
 from outbox.streams.codec import StreamMessage
@@ -198,8 +200,13 @@ async def test_wrong_missing_or_tampered_keys_are_dead_lettered_at_once_and_noth
     await _tamper(asyncpg_conn, 5)
     # The consumer has another key under id k1 (wrong), no k2 (missing); event 5 is tampered.
     outbox.use_key_provider(StaticKeyProvider([("k1", _key())]))
-    async with start_relay(), running([vault], projection_settings):
+    probe = ProjectionsProbe.for_settings(projection_settings)
+    async with start_relay(), running([vault], projection_settings, probe=probe):
         await poll(lambda: async_eq(redis_client.xlen(keys.dead_letter), 6))
+    counted = probe.registry.get_sample_value(
+        "projection_dead_letters_total", {"projection": "enc_assets", "reason": "decrypt_failed"}
+    )
+    assert counted == 6
     dead = await redis_client.xrange(keys.dead_letter)
     errors = sorted(f[b"error"].decode() for _, f in dead)
     assert all(e.startswith("DecryptError: assets/asset_created event ") for e in errors)
@@ -401,3 +408,35 @@ async def test_forgetting_a_subject_shreds_its_events_only_and_is_audited(
     assert audit["target"].startswith("subject.")
     assert "a2" not in audit["target"]
     assert json.loads(audit["counts"]) == {"keys_deleted": 1}
+
+
+async def test_partitioned_consumers_open_fields_and_dead_letter_a_missing_key_at_once(
+    database_url: str,
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    keys: Keys,
+    projection_settings: Settings,
+    start_relay: StartRelay,
+    running: Runner,
+    vault: Projection,
+) -> None:
+    await request_partitions(database_url, "assets", 2)
+    k1 = _key()
+    outbox.encrypt_fields("asset_created", ["credentials.password"])
+    outbox.use_key_provider(StaticKeyProvider([("k1", k1)]))
+    await emit_events(database_url, [_asset(n) for n in range(8)])
+    outbox.use_key_provider(StaticKeyProvider([("k2", _key())]))
+    await emit_events(database_url, [_asset(n) for n in range(8, 11)])
+    outbox.use_key_provider(StaticKeyProvider([("k1", k1)]))  # the consumers lack k2
+    probe = ProjectionsProbe.for_settings(projection_settings)
+    async with start_relay(), running([vault], projection_settings, probe=probe):
+        await poll(lambda: async_eq(_vault(asyncpg_conn), _expected(range(8))))
+        await poll(lambda: async_eq(redis_client.xlen(keys.dead_letter), 3))
+    assert await redis_client.xlen(keys.stream("assets")) == 0  # all on the partitions' streams
+    dead = await redis_client.xrange(keys.dead_letter)
+    assert all(b"'k2', which this process does not have" in f[b"error"] for _, f in dead)
+    assert not any(SECRET.encode() in value for _, f in dead for value in f.values())
+    counted = probe.registry.get_sample_value(
+        "projection_dead_letters_total", {"projection": "enc_assets", "reason": "decrypt_failed"}
+    )
+    assert counted == 3
