@@ -391,21 +391,23 @@ encrypted_fields = EncryptionRegistry()
 # --- sealing and opening --------------------------------------------------------------------
 
 _aesgcm: Any = None
+_invalid_tag: type[Exception] = Exception
 
 
 def _cipher(key: bytes) -> Any:
     """AES-GCM of ``cryptography``, imported on first use: a process that never seals or opens
     anything never loads it."""
-    global _aesgcm
+    global _aesgcm, _invalid_tag
     if _aesgcm is None:
         try:
+            from cryptography.exceptions import InvalidTag
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         except ModuleNotFoundError:  # pragma: no cover - the extra is installed in tests
             raise ConfigurationError(
                 "event encryption needs the cryptography package: "
                 "pip install 'opsconductor-outbox[encryption]'"
             ) from None
-        _aesgcm = AESGCM
+        _aesgcm, _invalid_tag = AESGCM, InvalidTag
     return _aesgcm(key)
 
 
@@ -501,12 +503,10 @@ def _master(provider: KeyProvider | None, key_id: str, where: str) -> bytes:
 def _unwrap(
     provider: KeyProvider | None, key_id: str, wrapped: bytes, aad: bytes, where: str
 ) -> bytes:
-    from cryptography.exceptions import InvalidTag
-
-    master = _master(provider, key_id, where)
+    cipher = _cipher(_master(provider, key_id, where))
     try:
-        return bytes(_cipher(master).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad))
-    except InvalidTag:
+        return bytes(cipher.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad))
+    except _invalid_tag:
         raise DecryptError(
             f"{where}: the data key does not open with key {key_id!r}: a wrong key under that "
             "id, or the value was altered or moved from another event or field"
@@ -515,14 +515,12 @@ def _unwrap(
 
 def open_value(value: object, path: str, context: Context, provider: KeyProvider | None) -> Any:
     """The plaintext of a sealed value, or DecryptError."""
-    from cryptography.exceptions import InvalidTag
-
     where = f"{context.service}/{context.event_type} event {context.event_id} field {path}"
     key_id, wrapped, nonce, ciphertext = _parts(value, where)
     data_key = _unwrap(provider, key_id, wrapped, context.wrap_aad(path, key_id), where)
     try:
         plaintext = _cipher(data_key).decrypt(nonce, ciphertext, context.data_aad(path))
-    except InvalidTag:
+    except _invalid_tag:
         raise DecryptError(
             f"{where}: the ciphertext does not open: it was altered or moved from another "
             "event or field"
@@ -677,13 +675,16 @@ def open_message(message: StreamMessage) -> None:
     paths = paths_of(message.headers)
     if paths is None:
         return
+    try:
+        provider = key_provider()
+    except ConfigurationError as error:
+        # Bad key settings (or no cryptography) stay bad until a deploy, like a missing key.
+        raise DecryptError(
+            f"{message.service}/{message.event_type} event {message.event_id} cannot be "
+            f"decrypted: {error}"
+        ) from None
     data = open_data(
-        message.service,
-        message.event_type,
-        message.event_id,
-        message.data,
-        paths,
-        key_provider(),
+        message.service, message.event_type, message.event_id, message.data, paths, provider
     )
     message.stored = (message.data, message.headers)
     message.headers = {k: v for k, v in message.headers.items() if k != ENCRYPTED_HEADER}

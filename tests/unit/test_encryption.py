@@ -22,6 +22,7 @@ from outbox.encryption import (
     is_sealed,
     open_message,
     provider_from_settings,
+    reset_key_provider,
     rewrap_payload,
     seal,
 )
@@ -382,3 +383,15 @@ def test_the_monitor_shows_encrypted_values_as_a_marker(k1: StaticKeyProvider) -
     }
     encrypted_fields.register("asset_created", "*")
     assert mask_fields(_sealed()[0], frozenset()) == ENCRYPTED
+
+
+def test_bad_key_settings_in_a_reader_fail_the_event_like_a_missing_key(
+    k1: StaticKeyProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox.encrypt_fields("asset_created", ["credentials.password"])
+    sealed, headers = _sealed()
+    monkeypatch.setenv("OUTBOX_ENCRYPTION_KEYS", "k1:not-a-key")
+    reset_key_provider()
+    outbox.configure()
+    with pytest.raises(DecryptError, match="cannot be decrypted: encryption key 'k1' is not"):
+        open_message(_message(sealed, headers))
