@@ -257,13 +257,14 @@ class EncryptionKeySettings(Protocol):
 
 
 def provider_from_settings(settings: EncryptionKeySettings) -> KeyProvider | None:
-    """The provider OUTBOX_ENCRYPTION_KEYS or OUTBOX_ENCRYPTION_KEY_FILE configure, or None."""
-    if settings.encryption_keys is not None and settings.encryption_key_file:
+    """The provider OUTBOX_ENCRYPTION_KEYS or OUTBOX_ENCRYPTION_KEY_FILE configure, or None
+    (also when they are empty)."""
+    text = settings.encryption_keys.get_secret_value() if settings.encryption_keys else ""
+    if text.strip() and settings.encryption_key_file:
         raise ConfigurationError(
             "OUTBOX_ENCRYPTION_KEYS and OUTBOX_ENCRYPTION_KEY_FILE exclude each other"
         )
-    if settings.encryption_keys is not None:
-        text = settings.encryption_keys.get_secret_value()
+    if text.strip():
         keys = parse_key_list(text, "OUTBOX_ENCRYPTION_KEYS")
         return StaticKeyProvider(keys, settings.encryption_active_key)
     if settings.encryption_key_file:
