@@ -18,13 +18,7 @@ from outbox.context import (
     current_traceparent,
 )
 from outbox.emit import EventSpec, emit, emit_many
-from outbox.encryption import (
-    EncryptionRegistry,
-    KeyProvider,
-    SubjectKeyProvider,
-    encrypted_fields,
-    use_key_provider,
-)
+from outbox.encryption import EncryptionRegistry, encrypted_fields
 from outbox.envelope import Event, MessagePriority
 from outbox.errors import (
     ConfigurationError,
@@ -41,6 +35,7 @@ from outbox.errors import (
     UnsupportedTransactionError,
     UpcastError,
 )
+from outbox.keyring import KeyProvider, SubjectKeyProvider, use_key_provider
 from outbox.settings import EmitSettings, Settings, configure, get_settings
 from outbox.upcasting import UpcasterRegistry, upcasters
 from outbox.validation import SchemaRegistry, schemas

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from outbox.encryption import KeyProvider, key_ids_of, paths_of, rewrap_payload
+from outbox.encryption import key_ids_of, paths_of, rewrap_payload
 from outbox.errors import DecryptError
+from outbox.keyring import KeyProvider
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.queries import Query
 

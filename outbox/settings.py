@@ -32,8 +32,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outbox.encryption import keys_from
 from outbox.errors import ConfigurationError
+from outbox.keyring import keys_from
 from outbox.naming import SCHEMA_PATTERN
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")

@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from outbox.encryption import encrypted_fields, reset_key_provider
+from outbox.encryption import encrypted_fields
+from outbox.keyring import reset_key_provider
 from outbox.migrations import runner
 from outbox.settings import Settings, get_settings, reset_emit_settings, use_env_file
 from outbox.upcasting import upcasters

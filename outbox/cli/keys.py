@@ -16,8 +16,8 @@ from typing import Any
 
 
 def _provider() -> Any:
-    from outbox.encryption import key_provider
     from outbox.errors import ConfigurationError
+    from outbox.keyring import key_provider
 
     provider = key_provider()
     if provider is None:
@@ -29,7 +29,7 @@ def _provider() -> Any:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from outbox.encryption import decode_key, new_key
+    from outbox.keyring import decode_key, new_key
 
     key = new_key()
     decode_key(args.id, key)  # the id is checked like a configured one
@@ -178,8 +178,8 @@ def _rotate(args: argparse.Namespace) -> int:
 def _forget_subject(args: argparse.Namespace) -> int:
     async def main() -> int:
         from outbox.cli.audit import command_audit
-        from outbox.encryption import SubjectKeyProvider
         from outbox.errors import ConfigurationError
+        from outbox.keyring import SubjectKeyProvider
         from outbox.settings import get_settings
 
         provider = _provider()

@@ -129,7 +129,7 @@ _OPTIONAL_MODULES = frozenset(
 def _read_settings() -> Settings:
     """A command reads the environment and ``.env`` of its working directory (a library never
     reads ``.env``), and what it emits (``outbox demo``) and migrates uses the same schema."""
-    from outbox.encryption import keys_from
+    from outbox.keyring import keys_from
     from outbox.settings import configure, get_settings, use_env_file
 
     use_env_file(".env")

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import outbox
 from outbox import EventSpec
 from outbox.cli.main import main
-from outbox.encryption import StaticKeyProvider, reset_key_provider
+from outbox.keyring import StaticKeyProvider, reset_key_provider
 from outbox.projections.projection import Projection
 from outbox.projections.rebuild import rebuild
 from outbox.projections.runner import ProjectionsProbe

@@ -16,18 +16,20 @@ from pydantic import SecretStr
 import outbox
 from outbox.encryption import (
     ENCRYPTED_HEADER,
-    FileKeyProvider,
-    StaticKeyProvider,
     encrypted_fields,
     is_sealed,
     open_message,
-    provider_from_settings,
-    reset_key_provider,
     rewrap_payload,
     seal,
 )
 from outbox.envelope import MessagePriority
 from outbox.errors import ConfigurationError, DecryptError, InvalidEventError, KeyNotConfiguredError
+from outbox.keyring import (
+    FileKeyProvider,
+    StaticKeyProvider,
+    provider_from_settings,
+    reset_key_provider,
+)
 from outbox.monitor.security import ENCRYPTED, mask_fields
 from outbox.projections.store import fields_of_message
 from outbox.settings import EmitSettings
