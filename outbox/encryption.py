@@ -8,8 +8,9 @@ written, so PostgreSQL, the relay, Redis and the dead letters only ever hold cip
 
 Each value gets a fresh random 256-bit data key; the value (its JSON text) is sealed with it
 (AES-GCM), and the data key is sealed (wrapped) with the master key ``kid`` of the
-:class:`~outbox.keyring.KeyProvider`. Both seals carry associated data naming the service, event type, field
-path and event id, so a ciphertext copied into another event or field does not open.
+:class:`~outbox.keyring.KeyProvider`. Both seals carry associated data naming the service,
+event type, field path and event id, so a ciphertext copied into another event or field does
+not open.
 
 The event's headers say which paths are sealed (``encrypted: "credentials.password"``): a
 reader that finds no such header pays one dict lookup and nothing else; one that finds it opens
