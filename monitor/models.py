@@ -458,7 +458,10 @@ class TracedEvent(Body):
     causation_id: str | None
     user_id: str | None
     occurred_at: Timestamp
-    data: dict[str, Any] = Field(description="the payload, masked fields shown as ***")
+    data: dict[str, Any] | str = Field(
+        description="the payload, masked fields shown as ***, encrypted ones as [encrypted] "
+        "(the whole payload when all of it is encrypted)"
+    )
     where: Literal["in_outbox", "published", "applied", "dead_lettered"]
     published: bool
     republishing: bool = Field(description="Redis lost it and a live relay has yet to publish it")

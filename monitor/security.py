@@ -2,6 +2,8 @@
 
 - Payload fields named in ``MONITOR_MASK_FIELDS`` are masked in every event payload the
   monitor shows (the correlation trace, dead letters), at any depth.
+- Encrypted event fields (docs/encryption.md) are shown as ``[encrypted]``: the monitor holds
+  no key and never opens them.
 - Connection URLs and passwords never leave the process (``outbox.settings.redact_url``).
 - Write actions need ``Authorization: Bearer <MONITOR_ADMIN_TOKEN>``; with no token configured
   they are refused.
@@ -16,14 +18,22 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from outbox.encryption import MARKER as ENCRYPTED_MARKER
+
 MASK = "***"
+#: What the monitor shows for an encrypted value: it holds no key, and a ciphertext blob says
+#: nothing to a person.
+ENCRYPTED = "[encrypted]"
 #: Stream keys and group names the API accepts in a path (Redis keys of this project).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:{}-]{1,200}$")
 
 
 def mask_fields(value: Any, names: frozenset[str]) -> Any:
-    """A copy of ``value`` with the values of keys named in ``names`` (case-insensitive) masked."""
+    """A copy of ``value`` with the values of keys named in ``names`` (case-insensitive) masked,
+    and every encrypted value (``{"$enc": …}``) shown as ``[encrypted]``, not as its blob."""
     if isinstance(value, dict):
+        if ENCRYPTED_MARKER in value:
+            return ENCRYPTED
         return {
             k: (MASK if isinstance(k, str) and k.lower() in names else mask_fields(v, names))
             for k, v in value.items()

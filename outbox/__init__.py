@@ -18,12 +18,15 @@ from outbox.context import (
     current_traceparent,
 )
 from outbox.emit import EventSpec, emit, emit_many
+from outbox.encryption import EncryptionRegistry, encrypted_fields
 from outbox.envelope import Event, MessagePriority
 from outbox.errors import (
     ConfigurationError,
+    DecryptError,
     EventSchemaError,
     InvalidEventError,
     InvalidNameError,
+    KeyNotConfiguredError,
     NotInTransactionError,
     OutboxError,
     PayloadNotSerializableError,
@@ -32,23 +35,29 @@ from outbox.errors import (
     UnsupportedTransactionError,
     UpcastError,
 )
+from outbox.keyring import KeyProvider, SubjectKeyProvider, use_key_provider
 from outbox.settings import EmitSettings, Settings, configure, get_settings
 from outbox.upcasting import UpcasterRegistry, upcasters
 from outbox.validation import SchemaRegistry, schemas
 
 register_schema = schemas.register
+encrypt_fields = encrypted_fields.register
 register_upcaster = upcasters.register
 upcaster = upcasters.upcaster
 
 __all__ = [
     "ConfigurationError",
     "CorrelationIdMiddleware",
+    "DecryptError",
     "EmitSettings",
+    "EncryptionRegistry",
     "Event",
     "EventSchemaError",
     "EventSpec",
     "InvalidEventError",
     "InvalidNameError",
+    "KeyNotConfiguredError",
+    "KeyProvider",
     "MessagePriority",
     "NotInTransactionError",
     "OutboxError",
@@ -56,6 +65,7 @@ __all__ = [
     "PayloadTooLargeError",
     "SchemaRegistry",
     "Settings",
+    "SubjectKeyProvider",
     "UnknownPriorityError",
     "UnsupportedTransactionError",
     "UpcastError",
@@ -69,10 +79,13 @@ __all__ = [
     "current_traceparent",
     "emit",
     "emit_many",
+    "encrypt_fields",
+    "encrypted_fields",
     "get_settings",
     "register_schema",
     "register_upcaster",
     "schemas",
     "upcaster",
     "upcasters",
+    "use_key_provider",
 ]

@@ -44,6 +44,8 @@ ACTIONS = (
     "partitions.set",
     "forget-marks",
     "grant",
+    "keys.rotate",
+    "keys.forget-subject",
 )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, overload
 
 from outbox import queries, tracing
 from outbox.context import current_causation_id, current_correlation_id, new_correlation_id
+from outbox.encryption import encrypted_fields, seal
 from outbox.envelope import Event, MessagePriority, uuid7
 from outbox.errors import (
     InvalidEventError,
@@ -99,6 +100,17 @@ class _Prepared:
         self.headers = check_headers(spec.headers)
         if upcasters.active:
             upcasters.stamp(service, event_type, self.headers)
+        event_id = uuid7()
+        aggregate_id = check_identifier("aggregate_id", spec.aggregate_id)
+        if encrypted_fields.active:
+            # Sealed after validation (the schema sees the plaintext); the limit holds for
+            # what is stored.
+            sealed = seal(service, event_type, str(event_id), self.data, self.headers, aggregate_id)
+            if sealed is not None:
+                payload = serialise_data(sealed)[1]
+                size = len(payload.encode("utf-8"))
+                if size > max_payload_bytes:
+                    raise PayloadTooLargeError(size, max_payload_bytes)
         # A traceparent given in the headers is the caller's own propagation: stored as given,
         # with the tracestate given beside it. Otherwise the emit span's context is stored, its
         # tracestate (rarely any) in the headers: entries and CloudEvents carry them already.
@@ -108,11 +120,11 @@ class _Prepared:
             if tracestate and "tracestate" not in self.headers:
                 self.headers["tracestate"] = tracestate
         self.params: dict[str, Any] = {
-            "event_id": uuid7(),
+            "event_id": event_id,
             "stream": service,
             "event_type": event_type,
             "source": service,
-            "aggregate_id": check_identifier("aggregate_id", spec.aggregate_id),
+            "aggregate_id": aggregate_id,
             "priority": int(self.priority),
             "payload": payload,
             "headers": json.dumps(self.headers, ensure_ascii=False) if self.headers else None,

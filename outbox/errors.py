@@ -64,3 +64,14 @@ class UpcastError(OutboxError):
     """A stored event cannot be brought to the current version of its schema: an upcaster step
     is missing or failed, or the event is newer than this process knows. The event is
     dead-lettered, never passed through; replay it once the upcaster is registered."""
+
+
+class KeyNotConfiguredError(ConfigurationError):
+    """An event type is declared encrypted (``outbox.encrypt_fields``) but no encryption key is
+    configured (OUTBOX_ENCRYPTION_KEYS, OUTBOX_ENCRYPTION_KEY_FILE): emit() wrote nothing."""
+
+
+class DecryptError(OutboxError):
+    """An encrypted field of a stored event does not open: its key is not configured here (or
+    was deleted), the key under its id is another one, or the ciphertext was altered or moved.
+    The event is dead-lettered as stored, still encrypted; replay it once the key is back."""

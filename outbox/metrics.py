@@ -228,7 +228,7 @@ class ProjectionMetrics:
             r,
             "projection_dead_letters",
             "Events sent to the dead letters, by reason "
-            "(malformed, retries_exhausted, upcast_failed)",
+            "(malformed, retries_exhausted, upcast_failed, decrypt_failed)",
             "projection",
             "reason",
         )

@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.errors import ConfigurationError
+from outbox.keyring import keys_from
 from outbox.naming import SCHEMA_PATTERN
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -79,7 +80,31 @@ class _Names(_FromEnvironment):
         return value
 
 
-class EmitSettings(_Names):
+class _EncryptionKeys(_FromEnvironment):
+    """Master keys of encrypted event fields (outbox/encryption.py, docs/encryption.md): what
+    emit() seals with and what consumers open with."""
+
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("OUTBOX_ENCRYPTION_KEYS"),
+        description="Master keys as id:base64 pairs (32-byte AES-256 keys), comma-separated; "
+        "the first seals new values unless OUTBOX_ENCRYPTION_ACTIVE_KEY names another, all of "
+        "them open.",
+    )
+    encryption_key_file: str | None = Field(
+        default=None,
+        validation_alias=_env("OUTBOX_ENCRYPTION_KEY_FILE"),
+        description="Instead of OUTBOX_ENCRYPTION_KEYS: a file of id:base64 lines, or a "
+        "directory of <id>.key files (and subject keys in subjects/).",
+    )
+    encryption_active_key: str | None = Field(
+        default=None,
+        validation_alias=_env("OUTBOX_ENCRYPTION_ACTIVE_KEY"),
+        description="Id of the key new values are sealed with (default: the first listed).",
+    )
+
+
+class EmitSettings(_Names, _EncryptionKeys):
     """What ``emit()`` reads: the outbox's schema, the payload limit and the stream prefix."""
 
     max_payload_bytes: int = Field(
@@ -90,7 +115,7 @@ class EmitSettings(_Names):
     )
 
 
-class ClientSettings(_Names):
+class ClientSettings(_Names, _EncryptionKeys):
     """What the streams client (``RedisStreamsClient``) reads."""
 
     redis_streams_url: SecretStr = Field(
@@ -512,6 +537,7 @@ def configure(
     except ValidationError as error:
         raise ConfigurationError(f"invalid outbox setting: {_describe(error)}") from None
     _emit_settings = settings
+    keys_from(None)  # the keys too come from these settings now, unless set in code
     return settings
 
 
@@ -535,3 +561,4 @@ def reset_emit_settings() -> None:
     """Forget what :func:`configure` set; the next emit reads the environment again."""
     global _emit_settings
     _emit_settings = None
+    keys_from(None)

@@ -5,9 +5,10 @@ One PostgreSQL transaction per batch:
 1. ``INSERT … SELECT unnest(event_ids) ON CONFLICT DO NOTHING RETURNING event_id`` records the
    whole batch in the inbox in one statement and tells which events are new;
 2. handlers run for the new events only, in the given order (a run of consecutive events
-   whose types share one ``on_batch`` handler goes to it in one call), each event upcast to
-   the current version of its schema first (:mod:`outbox.upcasting`; a failed upcast fails
-   the event like its handler would);
+   whose types share one ``on_batch`` handler goes to it in one call), each event's encrypted
+   fields opened (:mod:`outbox.encryption`) and the event upcast to the current version of its
+   schema first (:mod:`outbox.upcasting`; a failed decryption or upcast fails the event like
+   its handler would);
 3. commit; the caller XACKs afterwards.
 
 Fast path first: the whole batch in one transaction without savepoints. If a handler raises,
@@ -31,6 +32,7 @@ import asyncpg
 
 from outbox import tracing
 from outbox.context import caused_by
+from outbox.encryption import ENCRYPTED_HEADER, open_message
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.projection import Connection, Projection
@@ -130,6 +132,16 @@ def _traced_handling(
             yield
 
 
+def _readable(message: StreamMessage) -> None:
+    """Bring a message a handler will see to what it reads: encrypted fields opened, then
+    upcast (DecryptError, UpcastError fail the event as its handler would). A message with
+    nothing encrypted costs one dict lookup."""
+    if ENCRYPTED_HEADER in message.headers:
+        open_message(message)
+    if upcasters.active:
+        upcasters.upcast(message)
+
+
 async def _run_handlers(
     db: Connection,
     projection: Projection,
@@ -148,9 +160,8 @@ async def _run_handlers(
                 projection.batch_handlers.get(fresh[end].event_type) is batch_handler
             ):
                 end += 1
-            if upcasters.active:
-                for each in fresh[index:end]:
-                    upcasters.upcast(each)
+            for each in fresh[index:end]:
+                _readable(each)
             started = perf_counter()
             with _handling(projection, message.event_type, fresh[index:end], traced):
                 await batch_handler(fresh[index:end], db)
@@ -160,8 +171,7 @@ async def _run_handlers(
             continue
         handler = projection.handlers.get(message.event_type)
         if handler is not None:
-            if upcasters.active:
-                upcasters.upcast(message)
+            _readable(message)
             started = perf_counter()
             with _handling(projection, message.event_type, (message,), traced):
                 await handler(message, db)
@@ -255,8 +265,7 @@ async def _slow_path(
             try:
                 async with db.transaction():  # SAVEPOINT: a failure undoes this event only
                     if projection.handles(message.event_type):
-                        if upcasters.active:
-                            upcasters.upcast(message)
+                        _readable(message)
                         with _handling(projection, message.event_type, (message,), traced):
                             applied = await projection.apply_one(message, db)
                     else:

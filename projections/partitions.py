@@ -30,7 +30,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
-from outbox.errors import UpcastError
+from outbox.errors import DecryptError, UpcastError
 from outbox.metrics import ProjectionMetrics
 from outbox.partitioning import Partition, Partitioning
 from outbox.projections import queries
@@ -491,8 +491,8 @@ class PartitionReader:
                 attempt,
                 text,
             )
-            if attempt > self.config.max_retries or isinstance(error, UpcastError):
-                letters.append((message, attempt, text))  # a missing upcaster stays missing
+            if attempt > self.config.max_retries or isinstance(error, (UpcastError, DecryptError)):
+                letters.append((message, attempt, text, error))  # a missing upcaster/key stays
         if not letters:
             self.member.metrics.retries.labels(self.member.projection.name).inc(len(outcome.failed))
             attempt = max(self.attempts.values(), default=1)
@@ -502,9 +502,16 @@ class PartitionReader:
             return
         from outbox.projections.store import fields_of_message
 
-        for message, attempt, text in letters:
+        for message, attempt, text, error in letters:
+            reason = (
+                "decrypt_failed"
+                if isinstance(error, DecryptError)
+                else "upcast_failed"
+                if isinstance(error, UpcastError)
+                else "retries_exhausted"
+            )
             await self._dead_letter(
-                message.stream, message.id, fields_of_message(message), attempt, text
+                message.stream, message.id, fields_of_message(message), attempt, text, reason
             )
             self.attempts.pop((message.stream, message.id), None)
             done.add((message.stream, message.id))

@@ -161,13 +161,15 @@ async def outbox_unapplied(
 
 
 def fields_of_message(message: StreamMessage) -> dict[str, str]:
-    """The entry fields of a decoded message (for a dead letter that can be replayed)."""
+    """The entry fields of a decoded message (for a dead letter that can be replayed); its
+    data and headers as stored when encrypted fields were opened (never their plaintext)."""
+    data, headers = message.stored or (message.data, message.headers)
     return encode_fields(
         event_id=message.event_id,
         event_type=message.event_type,
         service=message.service,
         source=message.source,
-        data_json=json.dumps(message.data, ensure_ascii=False, separators=(",", ":")),
+        data_json=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
         priority=message.priority,
         occurred_at=message.occurred_at or datetime.fromtimestamp(message.timestamp, UTC),
         correlation_id=message.correlation_id,
@@ -178,5 +180,5 @@ def fields_of_message(message: StreamMessage) -> dict[str, str]:
         aggregate_id=message.aggregate_id,
         dedup_key=message.dedup_key,
         traceparent=message.traceparent,
-        headers_json=json.dumps(message.headers) if message.headers else None,
+        headers_json=json.dumps(headers) if headers else None,
     )

@@ -39,7 +39,7 @@ import asyncpg
 from redis import exceptions as redis_errors
 
 from outbox.envelope import MessagePriority
-from outbox.errors import UpcastError
+from outbox.errors import DecryptError, UpcastError
 from outbox.metrics import ProjectionMetrics
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.probes import Heartbeats
@@ -61,6 +61,12 @@ from outbox.streams.errors import StreamsError, translate
 from outbox.streams.keys import Keys
 
 log = logging.getLogger("outbox.projections.worker")
+
+#: Failures that retrying cannot help, dead-lettered at once, and their dead-letter reason.
+_AT_ONCE: dict[type[BaseException], str] = {
+    UpcastError: "upcast_failed",
+    DecryptError: "decrypt_failed",
+}
 
 T = TypeVar("T")
 
@@ -125,7 +131,8 @@ class _Letter:
     attempts: int
     error: str
     payload: Any
-    #: For the dead-letter counter: malformed, retries_exhausted, upcast_failed.
+    #: For the dead-letter counter: malformed, retries_exhausted, upcast_failed,
+    #: decrypt_failed.
     reason: str = "retries_exhausted"
 
 
@@ -601,10 +608,10 @@ class ProjectionWorker:
                 attempts,
                 text,
             )
-            # A missing upcaster stays missing until a deploy: retrying it only blocks the
-            # aggregate, so it goes to the dead letters at once.
-            upcast_failed = isinstance(error, UpcastError)
-            if not message.id or attempts > self.config.max_retries or upcast_failed:
+            # A missing upcaster or key stays missing until a deploy: retrying it only blocks
+            # the aggregate, so it goes to the dead letters at once (encrypted, as stored).
+            at_once = _AT_ONCE.get(type(error))
+            if not message.id or attempts > self.config.max_retries or at_once:
                 self.held.pop((message.stream, message.id), None)
                 letters.append(
                     _Letter(
@@ -613,7 +620,7 @@ class ProjectionWorker:
                         attempts,
                         text,
                         store.fields_of_message(message),
-                        "upcast_failed" if upcast_failed else "retries_exhausted",
+                        at_once or "retries_exhausted",
                     )
                 )
                 continue

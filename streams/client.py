@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 from redis import exceptions as redis_errors
 
 from outbox.context import current_correlation_id, new_correlation_id
+from outbox.encryption import ENCRYPTED_HEADER, encrypted_fields, open_message, seal
 from outbox.envelope import MessagePriority, uuid7
-from outbox.errors import UpcastError
+from outbox.errors import DecryptError, UpcastError
 from outbox.settings import client_settings
 from outbox.streams.codec import (
     MalformedEntryError,
@@ -211,8 +212,13 @@ class RedisStreamsClient:
         headers: dict[str, str] = {}
         if upcasters.active:
             upcasters.stamp(self._service(stream), event_type, headers)
+        event_id = str(uuid7())
+        if encrypted_fields.active:
+            sealed = seal(check_service(service), event_type, event_id, checked, headers, None)
+            if sealed is not None:
+                data_json = serialise_data(sealed)[1]
         fields = encode_fields(
-            event_id=str(uuid7()),
+            event_id=event_id,
             event_type=event_type,
             service=service,
             source=service,
@@ -410,12 +416,18 @@ class RedisStreamsClient:
             if is_marker(message):  # the original library's stream_initialized entry
                 await consumer.ack({entry.stream: [entry.id]})
                 continue
-            if upcasters.active:
+            if ENCRYPTED_HEADER in message.headers or upcasters.active:
                 try:
-                    upcasters.upcast(message)
-                except UpcastError as error:  # retrying cannot help: dead-letter it now
+                    if ENCRYPTED_HEADER in message.headers:
+                        open_message(message)
+                    if upcasters.active:
+                        upcasters.upcast(message)
+                except (DecryptError, UpcastError) as error:  # retrying cannot help
                     await self._dead_letter(
-                        consumer, entry, attempts=1, error=f"UpcastError: {error}"
+                        consumer,
+                        entry,
+                        attempts=1,
+                        error=f"{error.__class__.__name__}: {error}",
                     )
                     continue
             deliveries = self._delivered.setdefault((name, entry.id), [])

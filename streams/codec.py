@@ -69,6 +69,9 @@ class StreamMessage:
     headers: dict[str, str] = field(default_factory=dict)
     position: int | None = None
     occurred_at: datetime | None = None
+    #: (data, headers) as stored, once encrypted fields were opened (outbox.encryption): what a
+    #: dead letter keeps, so that no plaintext of them is ever written back.
+    stored: tuple[dict[str, Any], dict[str, str]] | None = field(default=None, repr=False)
 
     @property
     def schema_version(self) -> int:

@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from outbox.encryption import encrypted_fields
+from outbox.keyring import reset_key_provider
 from outbox.migrations import runner
 from outbox.settings import Settings, get_settings, reset_emit_settings, use_env_file
 from outbox.upcasting import upcasters
@@ -54,8 +56,8 @@ def _admin() -> psycopg.Connection[tuple[object, ...]]:
 
 @pytest.fixture(autouse=True)
 def _restore_schema_registry() -> Iterator[None]:
-    """Event schemas and upcasters are registered process-wide; no test may leave one behind
-    for the next."""
+    """Event schemas, upcasters, encrypted fields and the key provider are process-wide; no
+    test may leave one behind for the next."""
     saved = {key: dict(models) for key, models in schemas._models.items()}
     saved_steps = {key: dict(steps) for key, steps in upcasters._steps.items()}
     yield
@@ -63,6 +65,8 @@ def _restore_schema_registry() -> Iterator[None]:
     schemas._models.update(saved)
     upcasters._steps.clear()
     upcasters._steps.update(saved_steps)
+    encrypted_fields.clear()
+    reset_key_provider()
 
 
 @pytest.fixture(autouse=True)

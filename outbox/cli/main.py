@@ -102,6 +102,7 @@ _EXTRAS = {
     "project": "projections",
     "projections": "projections",
     "dlq": "projections",
+    "keys": "relay,encryption",
     "monitor": "monitor",
     "maintain": "client",
     "smoke": "client",
@@ -111,6 +112,7 @@ _OPTIONAL_MODULES = frozenset(
     {
         "alembic",
         "asyncpg",
+        "cryptography",
         "fastapi",
         "hiredis",
         "prometheus_client",
@@ -127,6 +129,7 @@ _OPTIONAL_MODULES = frozenset(
 def _read_settings() -> Settings:
     """A command reads the environment and ``.env`` of its working directory (a library never
     reads ``.env``), and what it emits (``outbox demo``) and migrates uses the same schema."""
+    from outbox.keyring import keys_from
     from outbox.settings import configure, get_settings, use_env_file
 
     use_env_file(".env")
@@ -136,6 +139,7 @@ def _read_settings() -> Settings:
         max_payload_bytes=settings.max_payload_bytes,
         stream_prefix=settings.stream_prefix,
     )
+    keys_from(settings)  # encryption keys from the same place (.env too)
     return settings
 
 
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     from outbox.cli import audit as audit_commands
     from outbox.cli import check as check_commands
     from outbox.cli import demo as demo_commands
+    from outbox.cli import keys as keys_commands
     from outbox.cli import monitor as monitor_commands
     from outbox.cli import projections as projections_commands
     from outbox.cli import relay as relay_commands
@@ -215,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_commands.register(sub)
     smoke_commands.register(sub)
     audit_commands.register(sub)
+    keys_commands.register(sub)
     return parser
 
 
