@@ -253,12 +253,14 @@ def test_rules_from_the_setting_or_a_toml_or_json_file(tmp_path: Path) -> None:
     )
     from_toml = load_routing(Settings(routing_rules_file=str(toml)), KEYS)
     from_env = load_routing(Settings(routing_rules=json.dumps([ALERTS])), KEYS)
-    assert from_toml is not None and from_env is not None
+    assert from_toml is not None
+    assert from_env is not None
     assert from_toml.rules == from_env.rules
     as_json = tmp_path / "routing.json"
     as_json.write_text(json.dumps({"rules": [ALERTS]}), encoding="utf-8")
     from_json = load_routing(Settings(routing_rules_file=str(as_json)), KEYS)
-    assert from_json is not None and from_json.rules == from_env.rules
+    assert from_json is not None
+    assert from_json.rules == from_env.rules
     # None, or an empty list: no routing at all (the relay's plain path).
     assert load_routing(Settings(), KEYS) is None
     assert load_routing(Settings(routing_rules="[]"), KEYS) is None
@@ -269,11 +271,11 @@ def test_unreadable_rule_sources_are_named(tmp_path: Path) -> None:
         read_rules("[]", str(tmp_path / "x.toml"))
     with pytest.raises(ConfigurationError, match="ROUTING_RULES is not JSON"):
         read_rules("[{", None)
-    with pytest.raises(ConfigurationError, match="ROUTING_RULES_FILE .*missing.toml"):
+    with pytest.raises(ConfigurationError, match=r"ROUTING_RULES_FILE .*missing\.toml"):
         read_rules(None, str(tmp_path / "missing.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_text("[[rules]\n", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="bad.toml"):
+    with pytest.raises(ConfigurationError, match=r"bad\.toml"):
         read_rules(None, str(bad))
 
 
