@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -409,3 +413,30 @@ async def test_an_invalid_rule_stops_the_relay_before_it_starts(relay_settings: 
     )
     with pytest.raises(ConfigurationError, match="'alerts-to-communication': to: 'nowhere:at:all'"):
         Relay.from_settings(bad)
+
+
+def test_outbox_check_validates_the_rules(relay_settings: Settings) -> None:
+    outbox_command = str(Path(sys.executable).parent / "outbox")
+    env = {
+        **os.environ,
+        "DATABASE_URL": relay_settings.database_url.get_secret_value(),
+        "STREAM_PREFIX": relay_settings.stream_prefix,
+    }
+    good = subprocess.run(
+        [outbox_command, "check"],
+        env={**env, "ROUTING_RULES": _rules(ALERTS)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "ok       routing rules: 1 rule(s), writing" in good.stdout
+    bad = subprocess.run(
+        [outbox_command, "check"],
+        env={**env, "ROUTING_RULES": _rules({**ALERTS, "priority": "urgent"})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "INVALID  routing rules: routing rule 'alerts-to-communication': priority:" in bad.stderr
