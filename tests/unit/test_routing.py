@@ -284,3 +284,20 @@ def test_marks_of_copies_no_rule_makes_any_more_are_not_kept() -> None:
     assert routing.keeps_mark(KEYS.copy_watermark(COMMUNICATION, "assets"))
     assert not routing.keeps_mark(KEYS.copy_watermark(KEYS.stream("system"), "assets"))
     assert routing.keeps_mark(KEYS.stream("assets"))
+
+
+def test_the_rules_in_docs_routing_md_are_valid() -> None:
+    import re
+    import tomllib
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "routing.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) == 2
+    parsed = [Routing.parse(tomllib.loads(block), KEYS) for block in blocks]
+    assert [r.name for p in parsed for r in p.rules] == [
+        "alerts-to-communication",
+        "automation-criticals-to-pager",
+        "prod-incidents",
+    ]
+    [env] = re.findall(r"ROUTING_RULES='(.*?)'", text)
+    assert Routing.parse(json.loads(env), KEYS).rules == parsed[0].rules
