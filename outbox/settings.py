@@ -366,6 +366,18 @@ class Settings(ClientSettings, EmitSettings):
         validation_alias=_env("RELAY_LEASES"),
         description="Share services out through leases; false (tests only) relays every service.",
     )
+    routing_rules: str = Field(
+        default="",
+        validation_alias=_env("ROUTING_RULES"),
+        description="Routing rules as JSON: a list of rules that copy or route events to "
+        "further streams (docs/routing.md); validated when the relay starts.",
+    )
+    routing_rules_file: str | None = Field(
+        default=None,
+        validation_alias=_env("ROUTING_RULES_FILE"),
+        description="A file of routing rules instead: TOML ([[rules]] tables) when it ends in "
+        ".toml, else JSON (docs/routing.md).",
+    )
 
     # --- projection settings (projections/) ---
     projection_batch_size: int = Field(

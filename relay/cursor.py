@@ -135,6 +135,7 @@ async def connect(url: str, application_name: str) -> asyncpg.Connection:
 RELAY_STATEMENTS = (
     queries.LOAD_CURSORS,
     queries.FETCH_BATCH,
+    queries.FETCH_BATCH_ROUTED,
     queries.ADVANCE_CURSORS,
     queries.WRITE_STATUS,
     queries.LOAD_PARTITIONINGS,
@@ -150,7 +151,9 @@ class PgOutboxStore:
     """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure.
 
     ``max_retries`` is the value every entry carries in its ``max_retries`` field (MAX_RETRIES);
-    ``schema`` is the one the outbox tables are in (OUTBOX_SCHEMA).
+    ``schema`` is the one the outbox tables are in (OUTBOX_SCHEMA). ``route_paths``: a relay
+    with routing rules reads each row's event type and the payload values at these paths
+    (:data:`queries.FETCH_BATCH_ROUTED`); None, the plain batch query.
     """
 
     def __init__(
@@ -159,7 +162,9 @@ class PgOutboxStore:
         application_name: str,
         max_retries: int,
         schema: str = DEFAULT_SCHEMA,
+        route_paths: Sequence[str] | None = None,
     ) -> None:
+        self._route_paths = None if route_paths is None else list(route_paths)
         self._url = url
         self._schema = schema
         self._application_name = application_name
@@ -203,9 +208,7 @@ class PgOutboxStore:
     ) -> dict[str, list[OutboxRow]]:
         services = list(cursors)
         counts = partitions or {}
-        rows = await self._call(
-            "fetch",
-            queries.FETCH_BATCH,
+        args = (
             services,
             [cursors[s].txid for s in services],
             [cursors[s].position for s in services],
@@ -213,6 +216,10 @@ class PgOutboxStore:
             self._max_retries,
             [counts.get(s, 1) for s in services],
         )
+        if self._route_paths is None:
+            rows = await self._call("fetch", queries.FETCH_BATCH, *args)
+        else:
+            rows = await self._call("fetch", queries.FETCH_BATCH_ROUTED, *args, self._route_paths)
         batches: dict[str, list[OutboxRow]] = {}
         for row in rows:  # already in cursor order per service (FETCH_BATCH's ORDER BY)
             batches.setdefault(row["stream"], []).append(row)

@@ -55,6 +55,7 @@ from outbox.relay.leases import Leases, LeaseSession
 from outbox.relay.maintenance import trim_streams
 from outbox.relay.marks import Marks
 from outbox.relay.publisher import Publisher, RedisPublisher, ServiceOutcome, connect_redis
+from outbox.relay.routing import Routing, load_routing
 from outbox.relay.status import RelayStatus, default_instance_id
 from outbox.relay.wakeup import AdaptivePoll, Backoff
 from outbox.settings import Settings
@@ -89,12 +90,15 @@ class Relay:
         keys: Keys,
         instance_id: str,
         trim_client: RedisClient | None = None,
+        routing: Routing | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.publisher = publisher
         self.leases = leases
         self.keys = keys
+        #: The routing rules (decision 0018), None without any.
+        self.routing = routing
         self.status = RelayStatus(instance_id=instance_id)
         self.poll = AdaptivePoll(
             settings.relay_poll_min_ms / 1000, settings.relay_poll_max_ms / 1000
@@ -143,6 +147,7 @@ class Relay:
         """A relay on DATABASE_URL and REDIS_STREAMS_URL. ``exclusive=False`` bypasses leases."""
         instance = instance_id or settings.relay_instance_id or default_instance_id()
         keys = Keys.for_settings(settings)
+        routing = load_routing(settings, keys)  # an invalid rule stops the relay here
         client = connect_redis(settings)
         relay: Relay
         leases = LeaseSession(
@@ -160,12 +165,14 @@ class Relay:
                 f"outbox-relay {instance}",
                 settings.max_retries,
                 settings.outbox_schema,
+                route_paths=None if routing is None else routing.data_paths,
             ),
-            publisher=RedisPublisher(client, keys),
+            publisher=RedisPublisher(client, keys, routing),
             leases=leases,
             keys=keys,
             instance_id=instance,
             trim_client=client,
+            routing=routing,
         )
         return relay
 
@@ -185,10 +192,11 @@ class Relay:
     async def run(self) -> None:
         """Relay until :meth:`stop` is called; then shut down within RELAY_SHUTDOWN_GRACE_S."""
         log.info(
-            "event=relay_started instance=%s leases=%s batch_size=%d",
+            "event=relay_started instance=%s leases=%s batch_size=%d routing_rules=%d",
             self.status.instance_id,
             type(self.leases).__name__,
             self.settings.relay_batch_size,
+            0 if self.routing is None else len(self.routing.rules),
         )
         pump = asyncio.create_task(self._pump(), name="relay-pump")
         control = asyncio.create_task(self._control(), name="relay-control")
@@ -296,10 +304,11 @@ class Relay:
         if new:
             for service, stored in (await self.store.load(new)).items():
                 self._cursors[service] = self._committed[service] = stored.cursor
-                # Marks of keys of another layout (STREAM_KEY_LAYOUT changed) name no stream
-                # this relay writes: they are dropped at the next commit.
+                # Marks of keys of another layout (STREAM_KEY_LAYOUT changed), and of copies
+                # no routing rule makes any more, name no lane this relay writes: they are
+                # dropped at the next commit.
                 self._marks.took(
-                    {k: mark for k, mark in stored.marks.items() if self.keys.parse_stream(k)}
+                    service, {k: mark for k, mark in stored.marks.items() if self._keeps_mark(k)}
                 )
         await self._follow_partitionings(active, force=bool(new))
         now = time.monotonic()
@@ -355,6 +364,15 @@ class Relay:
             )
         return batches
 
+    def _keeps_mark(self, key: str) -> bool:
+        if self.keys.parse_stream(key) is not None:
+            return True
+        return (
+            self.routing is not None
+            and self.keys.parse_copy_watermark(key) is not None
+            and (self.routing.keeps_mark(key))
+        )
+
     def _routed(self) -> dict[str, int]:
         return {s: p.routed for s, p in self._partitionings.items() if p.routed > 1}
 
@@ -372,7 +390,11 @@ class Relay:
         ):
             return
         self._partitionings_read_at = now
-        self._partitionings = await self.store.partitionings(sorted(active))
+        targets = [] if self.routing is None else self.routing.target_services()
+        read = await self.store.partitionings(sorted(active | set(targets)))
+        self._partitionings = {s: p for s, p in read.items() if s in active}
+        if self.routing is not None:
+            self._block_partitioned_targets({s: read[s] for s in targets})
         requested = [s for s, p in self._partitionings.items() if p.requested is not None]
         if not requested:
             return
@@ -392,6 +414,22 @@ class Relay:
                 self._committed[service],
             )
 
+    def _block_partitioned_targets(self, targets: Mapping[str, Partitioning]) -> None:
+        """A partitioned service's own stream is sealed (decision 0014): routing rules cannot
+        write to it, so the origins whose events they would copy there wait (their cursors do
+        not move, nothing is skipped) with the reason in ``stream_errors``."""
+        assert self.routing is not None
+        blocked = {
+            service: f"routing target {service} is partitioned (decision 0014); routing rules "
+            "can only write unpartitioned streams"
+            for service, p in targets.items()
+            if p.epoch or p.requested is not None
+        }
+        if blocked != self.routing.blocked:
+            self.routing.blocked = blocked
+            if blocked:
+                log.warning("event=routing_target_partitioned services=%s", ",".join(blocked))
+
     async def _publish(self, batches: Mapping[str, Sequence[OutboxRow]]) -> None:
         started = time.perf_counter()
         with tracing.relay_publish(batches):
@@ -399,7 +437,7 @@ class Relay:
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         self._observe(batches, outcomes)
         for service, outcome in outcomes.items():
-            self._marks.took(outcome.marks)
+            self._marks.took(service, outcome.marks)
             if outcome.behind:
                 self._rewind(service, outcome.behind)
                 continue
@@ -407,7 +445,7 @@ class Relay:
                 self._refuse(service, str(outcome.refused))
                 continue
             self._cursors[service] = cursor_of(batches[service][-1])
-            self.status.published_count += outcome.published
+            self.status.published_count += outcome.published + outcome.copied
             target = self._republishing.get(service)
             if target is not None and target <= self._cursors[service]:
                 self._republished(service)
@@ -415,10 +453,11 @@ class Relay:
                 self.status.stream_errors.pop(service, None)
                 log.info("event=stream_resumed service=%s", service)
             log.debug(
-                "event=batch_published service=%s published=%d skipped=%d cursor=%s",
+                "event=batch_published service=%s published=%d skipped=%d copied=%d cursor=%s",
                 service,
                 outcome.published,
                 outcome.skipped,
+                outcome.copied,
                 self._cursors[service],
             )
 
@@ -435,8 +474,10 @@ class Relay:
             metrics.published.labels(service).inc(outcome.published)
             if outcome.skipped:
                 metrics.skipped.labels(service).inc(outcome.skipped)
-            # The watermark skips a prefix of the batch: the rest was added now.
-            added = rows[len(rows) - outcome.published :] if outcome.published else ()
+            # The watermark skips a prefix of the batch: the rest was added now (with routing
+            # rules, events routed away count as copies, and a routed row is counted once).
+            count = min(len(rows), outcome.published + outcome.copied)
+            added = rows[len(rows) - count :] if count else ()
             metrics.emit_to_publish.observe_many(
                 [now - row["occurred_s"] for row in added], service
             )
@@ -452,7 +493,7 @@ class Relay:
         none) and the events from there are sent again. Streams that still hold them skip them
         by their watermark; consumers' inboxes absorb any they had already applied.
         """
-        back_to = self._marks.rewind(behind)
+        back_to = self._marks.rewind(service, behind)
         reached = max(self._cursors[service], self._republishing.get(service, back_to))
         if back_to < reached:
             self._republishing[service] = reached
@@ -604,6 +645,10 @@ class Relay:
             for partition in self._partitionings.get(s, Partitioning()).every_partition()
             for stream in self.keys.streams_of(s, partition)
         ]
+        if self.routing is not None:
+            # Every relay with the rules trims their targets: the trim script never removes
+            # what a group still needs, so trimming one stream twice is harmless.
+            streams += [s for s in self.routing.target_streams() if s not in streams]
         try:
             results = await trim_streams(
                 self._trim_client,

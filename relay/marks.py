@@ -18,63 +18,70 @@ from outbox.streams.keys import Keys
 
 
 class Marks:
-    """The marks of every stream of the services a relay holds (stream key → cursor)."""
+    """The marks of every lane of the services a relay holds (mark key → cursor).
+
+    A mark key is a stream for the service's own events in it, or, for the events routing rules
+    copy into another service's stream, that copy's watermark key (:mod:`relay.routing`): a
+    service's marks are those of every lane its events go to, committed with its cursor.
+    """
 
     def __init__(self, keys: Keys) -> None:
         self._keys = keys
         self.by_stream: dict[str, Cursor] = {}
-        #: service -> its streams with a mark (partitions included), kept as marks arrive.
+        #: service -> its mark keys (partitions and copies included), kept as marks arrive.
         self._by_service: dict[str, set[str]] = {}
+        self._owner: dict[str, str] = {}
 
-    def took(self, marks: Mapping[str, Cursor]) -> None:
-        """Streams accepted batches (loaded from ``relay_cursors`` or just published)."""
-        for stream in marks:
-            if stream not in self.by_stream:
-                parsed = self._keys.parse_stream(stream)
-                if parsed is not None:
-                    self._by_service.setdefault(parsed[0], set()).add(stream)
+    def took(self, service: str, marks: Mapping[str, Cursor]) -> None:
+        """The service's lanes accepted batches (loaded from ``relay_cursors`` or just
+        published)."""
+        for key in marks:
+            if key not in self._owner:
+                self._owner[key] = service
+                self._by_service.setdefault(service, set()).add(key)
         self.by_stream.update(marks)
 
     def forget(self, service: str) -> None:
         """The service is no longer held."""
-        for stream in self._by_service.pop(service, ()):
-            self.by_stream.pop(stream, None)
+        for key in self._by_service.pop(service, ()):
+            self.by_stream.pop(key, None)
+            self._owner.pop(key, None)
 
     def of(self, service: str) -> dict[str, Cursor]:
-        """The service's marks (every partition's), to commit with its cursor."""
+        """The service's marks (every partition's and copy's), to commit with its cursor."""
         return {
-            stream: self.by_stream[stream]
-            for stream in self._by_service.get(service, ())
-            if stream in self.by_stream
+            key: self.by_stream[key]
+            for key in self._by_service.get(service, ())
+            if key in self.by_stream
         }
 
     def behind(self, held: Mapping[str, str | None]) -> dict[str, dict[str, str]]:
-        """The streams whose watermark (``held``: stream → watermark or None) is behind their
+        """The lanes whose watermark (``held``: mark key → watermark or None) is behind their
         mark, per service, with the watermark found (``""``: none). Malformed watermarks are
         left to the publish script, which refuses the stream and says why."""
         found: dict[str, dict[str, str]] = {}
-        for stream, mark in self.by_stream.items():
-            if stream not in held:
+        for key, mark in self.by_stream.items():
+            if key not in held:
                 continue
-            watermark = held[stream]
+            watermark = held[key]
             try:
                 if watermark is not None and Cursor.parse(watermark) >= mark:
                     continue
             except ValueError:
                 continue
-            parsed = self._keys.parse_stream(stream)
-            if parsed is not None:
-                found.setdefault(parsed[0], {})[stream] = watermark or ""
+            service = self._owner.get(key)
+            if service is not None:
+                found.setdefault(service, {})[key] = watermark or ""
         return found
 
-    def rewind(self, behind: Mapping[str, str]) -> Cursor:
-        """Streams that hold less than their marks (stream → watermark found, ``""``: none):
+    def rewind(self, service: str, behind: Mapping[str, str]) -> Cursor:
+        """Lanes that hold less than their marks (mark key → watermark found, ``""``: none):
         their marks become what they hold; returns the cursor to re-read the service from, the
-        lowest of them (the start for a stream that holds nothing)."""
-        found = {stream: Cursor.parse(mark) if mark else START for stream, mark in behind.items()}
-        for stream, mark in found.items():
+        lowest of them (the start for a lane that holds nothing)."""
+        found = {key: Cursor.parse(mark) if mark else START for key, mark in behind.items()}
+        for key, mark in found.items():
             if mark == START:
-                self.by_stream.pop(stream, None)
+                self.by_stream.pop(key, None)
             else:
-                self.took({stream: mark})
+                self.took(service, {key: mark})
         return min(found.values())

@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from outbox.envelope import MessagePriority
 from outbox.partitioning import Partition
 from outbox.relay.cursor import Cursor, OutboxRow
+from outbox.relay.routing import Routing, ServicePlan
 from outbox.settings import Settings
 from outbox.streams.connection import RedisClient, client_from_url, raw_pipeline, reply_text
 from outbox.streams.errors import RedisUnavailableError, StreamRefusedError
@@ -37,11 +38,15 @@ class ServiceOutcome:
 
     ``marks``: for each stream that took its part of the batch, the cursor of its last event
     (its watermark is at least that now). ``behind``: streams whose watermark Redis holds behind
-    what it had taken before (it lost writes), with the watermark found (``""``: none).
+    what it had taken before (it lost writes), with the watermark found (``""``: none). Both are
+    keyed by *mark key*: the stream, or for copies into another service's stream the copy
+    watermark's key (:mod:`relay.routing`). ``published``/``skipped`` count the entries of the
+    service's own streams; ``copied``, those added to other services' streams by routing rules.
     """
 
     published: int = 0
     skipped: int = 0
+    copied: int = 0
     refused: StreamRefusedError | None = None
     marks: dict[str, Cursor] = field(default_factory=dict)
     behind: dict[str, str] = field(default_factory=dict)
@@ -63,7 +68,8 @@ class Publisher(Protocol):
         ...
 
     async def watermarks(self, streams: Sequence[str]) -> dict[str, str | None]:
-        """The watermark each stream holds now (None: none). Raises RedisUnavailableError."""
+        """The watermark each stream holds now (None: none); a copy watermark's key (routing
+        rules) stands for itself. Raises RedisUnavailableError."""
         ...
 
     async def close(self) -> None: ...
@@ -86,9 +92,10 @@ def connect_redis(settings: Settings) -> RedisClient:
 class RedisPublisher:
     """:class:`Publisher` on a redis-py asyncio client."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, routing: Routing | None = None) -> None:
         self._client = client
         self._keys = keys
+        self._routing = routing
         # (service, epoch, partition, priority) -> stream key
         self._streams: dict[tuple[str, int, int, int], str] = {}
 
@@ -100,9 +107,20 @@ class RedisPublisher:
     ) -> dict[str, ServiceOutcome]:
         stream_batches: list[StreamBatch] = []
         owners: list[str] = []
+        refused: dict[str, StreamRefusedError] = {}
         for service, rows in batches.items():
             by_stream: dict[str, StreamBatch] = {}
             epoch = epochs.get(service, 0) if epochs else 0
+            plan = None if self._routing is None else self._routing.plan(service)
+            if plan is not None:
+                # Kept apart so that a relay without rules runs exactly the loop below.
+                refusal = self._add_routed(service, rows, epoch, plan, seen, by_stream)
+                if refusal is not None:
+                    refused[service] = refusal
+                    continue
+                stream_batches += by_stream.values()
+                owners += [service] * len(by_stream)
+                continue
             for row in rows:
                 part = row["partition"] if epoch else 0
                 route = (service, epoch, part, row["priority"])
@@ -125,22 +143,74 @@ class RedisPublisher:
                 batch.add(row["txid"], row["position"], row["fields"])
         results = await publish_batches(self._client, self._keys, stream_batches)
         outcomes: dict[str, ServiceOutcome] = {service: ServiceOutcome() for service in batches}
+        for service, reason in refused.items():
+            outcomes[service].refused = reason
         for service, batch, result in zip(owners, stream_batches, results, strict=True):
             outcome = outcomes[service]
+            key = batch.watermark or batch.stream
             if isinstance(result, StreamRefusedError):
                 outcome.refused = outcome.refused or result
             elif result.behind is not None:
-                outcome.behind[result.stream] = result.behind
+                outcome.behind[key] = result.behind
             else:
-                outcome.published += result.published
-                outcome.skipped += result.skipped
-                outcome.marks[result.stream] = Cursor(*batch.last_cursor())
+                if batch.watermark:
+                    outcome.copied += result.published
+                else:
+                    outcome.published += result.published
+                    outcome.skipped += result.skipped
+                outcome.marks[key] = Cursor(*batch.last_cursor())
         return outcomes
+
+    def _add_routed(
+        self,
+        service: str,
+        rows: Sequence[OutboxRow],
+        epoch: int,
+        plan: ServicePlan,
+        seen: Mapping[str, Cursor],
+        by_lane: dict[str, StreamBatch],
+    ) -> StreamRefusedError | None:
+        """Add a service's rows with routing rules: each row to its lanes (relay.routing), each
+        lane one batch with its own watermark. Returns the refusal when a lane's stream cannot
+        take routed events now (nothing of the service is sent then)."""
+        assert self._routing is not None
+        lanes_of: dict[tuple[str, str], StreamBatch] = {}
+        for row in rows:
+            part = row["partition"] if epoch else 0
+            route = (service, epoch, part, row["priority"])
+            stream = self._streams.get(route)
+            if stream is None:
+                stream = self._keys.stream(
+                    service,
+                    _PRIORITIES[row["priority"]],
+                    Partition(epoch, part) if epoch else None,
+                )
+                self._streams[route] = stream
+            for lane in plan.lanes(stream, row):
+                batch = lanes_of.get(lane)
+                if batch is None:
+                    target, watermark = lane
+                    if target != stream:
+                        reason = self._routing.refusal(target)
+                        if reason is not None:
+                            return StreamRefusedError(target, reason)
+                    mark = seen.get(watermark or target)
+                    batch = lanes_of[lane] = StreamBatch(
+                        target, "" if mark is None else str(mark), watermark=watermark
+                    )
+                batch.add(row["txid"], row["position"], row["fields"])
+        for (target, watermark), batch in lanes_of.items():
+            by_lane[watermark or target] = batch
+        return None
 
     async def watermarks(self, streams: Sequence[str]) -> dict[str, str | None]:
         if not streams:
             return {}
-        marks = [self._keys.watermark(stream) for stream in streams]
+        # A mark key is a stream (its own watermark) or a copy watermark's key itself.
+        marks = [
+            stream if self._keys.parse_copy_watermark(stream) else self._keys.watermark(stream)
+            for stream in streams
+        ]
         values: Sequence[object]
         try:
             if isinstance(self._client, RedisCluster):

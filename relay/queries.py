@@ -129,6 +129,18 @@ SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields,
  ORDER BY o.stream, o.txid, o.position
 """
 
+# FETCH_BATCH for a relay with routing rules (relay/routing.py, decision 0018): each row also
+# carries its event type and, in ``route_data``, the values at the payload paths of $7 that the
+# rules' data conditions name (a JSON array, one value per path, null where absent; NULL when
+# there are no paths). Only a relay with rules runs it, so a relay without pays nothing.
+FETCH_BATCH_ROUTED = FETCH_BATCH.replace(
+    "o.traceparent, o.headers->>'tracestate' AS tracestate,",
+    "o.traceparent, o.headers->>'tracestate' AS tracestate, o.event_type,\n"
+    "       (SELECT jsonb_agg(o.payload #> string_to_array(u.path, '.') ORDER BY u.i)\n"
+    "          FROM unnest($7::text[]) WITH ORDINALITY AS u(path, i))::text AS route_data,",
+)
+assert FETCH_BATCH_ROUTED != FETCH_BATCH
+
 # --- partitions (relay/partitions.py, decision 0014) --------------------------------------
 
 LOAD_PARTITIONINGS = """

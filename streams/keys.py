@@ -28,6 +28,10 @@ DEAD_LETTER_SERVICE = "dead_letter"
 METRICS_SERVICE = "metrics"
 
 
+#: Between a stream's watermark key and the origin service of a copy watermark.
+_COPY_INFIX = ":from:"
+
+
 def _suffix(priority: MessagePriority) -> str:
     return f":{priority.label}" if priority > MessagePriority.NORMAL else ""
 
@@ -98,6 +102,24 @@ class Keys:
         if "{" in stream and "}" in stream.split("{", 1)[1]:
             return f"{stream}:watermark"
         return f"{{{stream}}}:watermark"
+
+    def copy_watermark(self, stream: str, origin: str) -> str:
+        """Watermark of the events of service ``origin`` that routing rules copy or route into
+        ``stream``, another service's stream (docs/routing.md): one per origin, because the
+        origins' cursors interleave arbitrarily. In the stream's cluster slot, like
+        :meth:`watermark`."""
+        return f"{self.watermark(stream)}{_COPY_INFIX}{origin}"
+
+    def parse_copy_watermark(self, key: str) -> tuple[str, str] | None:
+        """``(stream, origin)`` of a :meth:`copy_watermark` key, or None for any other key."""
+        head, sep, origin = key.rpartition(_COPY_INFIX)
+        base = head.removesuffix(":watermark")
+        if not sep or not origin or ":" in origin or base == head:
+            return None
+        stream = base[1:-1] if base.startswith("{") and base.endswith("}") else base
+        if self.parse_stream(stream) is None or self.watermark(stream) != head:
+            return None
+        return stream, origin
 
     @property
     def dead_letter(self) -> str:

@@ -41,12 +41,17 @@ class StreamBatch:
 
     ``seen`` is the watermark the caller last saw the stream take (``"txid:position"``, ``""``
     for none): if Redis holds less, it lost acknowledged writes, and the batch is refused with
-    :attr:`PublishResult.behind` set instead of being added beyond the gap."""
+    :attr:`PublishResult.behind` set instead of being added beyond the gap.
+
+    ``watermark`` is the key of the watermark to check and move; empty, the stream's own
+    (:meth:`Keys.watermark`). Routing rules' copies into another service's stream use one per
+    origin service (:meth:`Keys.copy_watermark`), in the stream's slot."""
 
     stream: str
     seen: str = ""
     args: list[str] = field(default_factory=list)
     count: int = 0
+    watermark: str = ""
 
     def add(self, txid: int, position: int, fields_json: str) -> None:
         """One event: its cursor and its entry's ``[field, value, …]`` as a JSON array of
@@ -123,7 +128,7 @@ async def publish_batches(
             PUBLISH_SHA,
             2,
             batch.stream,
-            keys.watermark(batch.stream),
+            batch.watermark or keys.watermark(batch.stream),
             batch.seen,
             *batch.args,
         )

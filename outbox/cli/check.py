@@ -1,7 +1,8 @@
 """``outbox check``: are PostgreSQL and Redis reachable, and is the schema current?
 
 Says exactly what is missing and how to start it, instead of a traceback; ``make run`` calls it
-first. The exit code is 2 when a service cannot be reached. An out-of-date schema is reported
+first. The exit code is 2 when a service cannot be reached or the relay's routing rules are
+invalid (docs/routing.md). An out-of-date schema is reported
 but does not change it: ``make run`` checks before it migrates.
 """
 
@@ -65,6 +66,24 @@ class _Report:
     services: list[tuple[str, str, str | None, str]]
     #: Why the schema is older than this version; None when current or when PostgreSQL is down.
     schema: str | None
+    #: The routing rules: how many, or why they are invalid (None: none set).
+    routing: str | None = None
+    routing_ok: bool = True
+
+
+def _check_routing(settings: Any) -> tuple[str | None, bool]:
+    """The relay's routing rules validated as the relay would at start (docs/routing.md)."""
+    from outbox.errors import ConfigurationError
+    from outbox.relay.routing import load_routing
+    from outbox.streams.keys import Keys
+
+    try:
+        routing = load_routing(settings, Keys.for_settings(settings))
+    except ConfigurationError as error:
+        return str(error), False
+    if routing is None:
+        return None, True
+    return f"{len(routing.rules)} rule(s), writing {', '.join(routing.target_streams())}", True
 
 
 async def _run(timeout_s: float) -> _Report:
@@ -80,7 +99,10 @@ async def _run(timeout_s: float) -> _Report:
     pg, rd = await asyncio.gather(
         _check_postgres(pg_url, timeout_s), _check_redis(settings, timeout_s)
     )
+    routing, routing_ok = _check_routing(settings)
     return _Report(
+        routing=routing,
+        routing_ok=routing_ok,
         services=[
             ("PostgreSQL", redact_url(pg_url), pg, _PG_HINT),
             ("Redis", redact_url(redis_url), rd, _REDIS_HINT),
@@ -116,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
             print("ok       schema: every table and column the relay, consumers and monitor use")
         else:
             print(f"OUTDATED schema: {report.schema}")
+    if not report.routing_ok:
+        failed = True
+        print(f"INVALID  routing rules: {report.routing}", file=sys.stderr)
+    elif report.routing is not None:
+        print(f"ok       routing rules: {report.routing}")
     return 2 if failed else 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import random
 import signal
@@ -12,11 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+import outbox
 from outbox.envelope import MessagePriority
 from outbox.relay.cursor import Cursor
 from outbox.settings import Settings
@@ -223,3 +227,153 @@ async def test_a_killed_relays_services_are_taken_over_within_seconds(
 
     await wait_until(all_published, what="everything published")
     await _verify_exactly_once(asyncpg_conn, redis_client, keys, ids)
+
+
+ROUTED_SERVICES = ("identity", "assets", "automation", "network", "communication")
+ALERT_TYPES = ("alert_triggered", "vulnerability_detected")
+
+
+def _routing_rules(keys: Keys) -> list[dict[str, object]]:
+    """Copies from every origin into communication (which has its own events), a route by
+    priority to a stream of no service, and a route by a data field to another service."""
+    return [
+        {
+            "name": "alerts-to-communication",
+            "event_type": list(ALERT_TYPES),
+            "to": ["communication"],
+        },
+        {
+            "name": "automation-criticals-to-pager",
+            "action": "route",
+            "service": "automation",
+            "priority": "critical",
+            "to": [keys.stream("pager")],
+        },
+        {
+            "name": "identity-audit-to-system",
+            "action": "route",
+            "service": "identity",
+            "data": {"kind": "audit"},
+            "to": ["system"],
+        },
+    ]
+
+
+def _expected_streams(keys: Keys, spec: outbox.EventSpec) -> list[str]:
+    """Where the rules above send one event, worked out without the relay's code."""
+    priority = MessagePriority(spec.priority)
+    data = dict(spec.data)
+    if spec.service == "automation" and priority == MessagePriority.CRITICAL:
+        streams = [keys.stream("pager")]
+    elif spec.service == "identity" and data.get("kind") == "audit":
+        streams = [keys.stream("system", priority)]
+    else:
+        streams = [keys.stream(spec.service, priority)]
+    if spec.event_type in ALERT_TYPES:
+        copy = keys.stream("communication", priority)
+        if copy not in streams:
+            streams.append(copy)
+    return streams
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_relay_with_routing_rules_sigkilled_at_random_moments_routes_everything_once(
+    asyncpg_conn: asyncpg.Connection,
+    redis_target: RedisTarget,
+    settings: Settings,
+    relays: RelayProcesses,
+    database_url: str,
+) -> None:
+    """Every event exactly once in its own stream (or where a route sends it) and in every
+    stream a copy rule adds it to, after 20+ SIGKILLs; each origin in cursor order in every
+    stream. On the single Redis and on the 3-primary cluster (tagged keys)."""
+    client = redis_target.client
+    relays.env.update(redis_target.env())
+    keys = redis_target.keys(settings.stream_prefix)
+    relays.env["ROUTING_RULES"] = json.dumps(_routing_rules(keys))
+    total, rate_per_s = 20_000, 2_000
+    rng = random.Random(25)
+    expected: dict[str, list[str]] = {}
+
+    async def emit_steadily() -> None:
+        conn = await asyncpg.connect(database_url)
+        emitted, start = 0, time.monotonic()
+        try:
+            while emitted < total:
+                specs = [
+                    outbox.EventSpec(
+                        service=rng.choice(ROUTED_SERVICES),
+                        event_type=rng.choice((*ALERT_TYPES, "thing_happened", "thing_happened")),
+                        data={"n": emitted + i, "kind": "audit" if rng.random() < 0.2 else "x"},
+                        priority=rng.choice(tuple(MessagePriority)),
+                        aggregate_id=f"agg-{i % 7}",
+                    )
+                    for i in range(50)
+                ]
+                async with conn.transaction():
+                    events = await outbox.emit_many(conn, specs)
+                for spec, event in zip(specs, events, strict=True):
+                    for stream in _expected_streams(keys, spec):
+                        expected.setdefault(stream, []).append(str(event.event_id))
+                emitted += len(specs)
+                await asyncio.sleep(max(0.0, emitted / rate_per_s - (time.monotonic() - start)))
+        finally:
+            await conn.close()
+
+    every_stream = sorted(
+        {s for service in (*ROUTED_SERVICES, "system") for s in keys.streams_of(service)}
+        | {keys.stream("pager")}
+    )
+
+    async def ids_in(stream: str) -> list[str]:
+        return [f[b"event_id"].decode() for _, f in await client.xrange(stream)]
+
+    emitting = asyncio.create_task(emit_steadily())
+    kills = 0
+    while kills < 20 or not emitting.done():
+        process = relays.start()
+        await asyncio.sleep(rng.uniform(0.4, 1.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    await emitting
+    assert kills >= 20
+    assert sum([len(await ids_in(s)) for s in every_stream]) > 0  # the killed relays published
+
+    final = relays.start("--instance-id", "final")
+    wanted = sum(len(ids) for ids in expected.values())
+
+    async def all_published() -> bool:
+        row = await _status(asyncpg_conn, "final")
+        done = sum([len(await ids_in(s)) for s in every_stream]) >= wanted
+        return done and row is not None and len(row["streams"]) == len(ROUTED_SERVICES)
+
+    await wait_until(all_published, timeout_s=120, what="every event in every stream")
+    final.send_signal(signal.SIGTERM)
+    assert final.wait(timeout=20) == 0
+    for stream in every_stream:
+        found = await ids_in(stream)
+        assert Counter(found) == Counter(expected.get(stream, [])), stream
+        assert await _origins_in_cursor_order(asyncpg_conn, client, stream), stream
+
+
+async def _origins_in_cursor_order(conn: asyncpg.Connection, client: Any, stream: str) -> bool:
+    entries = [(f[b"service"], int(f[b"position"])) for _, f in await client.xrange(stream)]
+    rows = await conn.fetch(
+        "SELECT position, txid FROM outbox_events WHERE position = ANY($1::bigint[])",
+        [p for _, p in entries],
+    )
+    txid = {r["position"]: r["txid"] for r in rows}
+    by_origin: dict[bytes, list[Cursor]] = {}
+    for origin, position in entries:
+        by_origin.setdefault(origin, []).append(Cursor(txid[position], position))
+    return all(all(a < b for a, b in itertools.pairwise(c)) for c in by_origin.values())
+
+
+@pytest.mark.slow
+def test_a_relay_with_an_invalid_routing_rule_refuses_to_start(relays: RelayProcesses) -> None:
+    relays.env["ROUTING_RULES"] = json.dumps([{"name": "broken", "event_type": "x", "to": []}])
+    process = relays.start()
+    assert process.wait(timeout=30) == 2
+    assert "routing rule 'broken': to: expected a non-empty list of targets" in relays.log(0)

@@ -101,7 +101,8 @@ def test_marks_find_the_streams_redis_holds_less_of() -> None:
     normal, high = keys.stream("identity"), keys.stream("identity", MessagePriority.HIGH)
     other = keys.stream("assets")
     marks = Marks(keys)
-    marks.took({normal: Cursor(10, 5), high: Cursor(9, 7), other: Cursor(3, 1)})
+    marks.took("identity", {normal: Cursor(10, 5), high: Cursor(9, 7)})
+    marks.took("assets", {other: Cursor(3, 1)})
     # Equal or ahead (another relay published more): no loss.
     assert marks.behind({normal: "10:5", high: "11:1", other: "3:1"}) == {}
     # Behind, gone, malformed (left to the publish script), not read: only the first two.
@@ -114,11 +115,11 @@ def test_marks_rewind_to_the_lowest_watermark_left() -> None:
     keys = Keys("t")
     normal, high = keys.stream("identity"), keys.stream("identity", MessagePriority.HIGH)
     marks = Marks(keys)
-    marks.took({normal: Cursor(10, 5), high: Cursor(9, 7)})
-    assert marks.rewind({normal: "8:2"}) == Cursor(8, 2)
+    marks.took("identity", {normal: Cursor(10, 5), high: Cursor(9, 7)})
+    assert marks.rewind("identity", {normal: "8:2"}) == Cursor(8, 2)
     assert marks.of("identity") == {normal: Cursor(8, 2), high: Cursor(9, 7)}
     # A stream that holds nothing: from the start, and it has no mark any more.
-    assert marks.rewind({normal: "8:2", high: ""}) == START
+    assert marks.rewind("identity", {normal: "8:2", high: ""}) == START
     assert marks.of("identity") == {normal: Cursor(8, 2)}
     marks.forget("identity")
     assert marks.by_stream == {}
