@@ -122,16 +122,7 @@ class RedisPublisher:
                 owners += [service] * len(by_stream)
                 continue
             for row in rows:
-                part = row["partition"] if epoch else 0
-                route = (service, epoch, part, row["priority"])
-                stream = self._streams.get(route)
-                if stream is None:
-                    stream = self._keys.stream(
-                        service,
-                        _PRIORITIES[row["priority"]],
-                        Partition(epoch, part) if epoch else None,
-                    )
-                    self._streams[route] = stream
+                stream = self._own_stream(service, epoch, row)
                 batch = by_stream.get(stream)
                 if batch is None:
                     mark = seen.get(stream)
@@ -161,6 +152,20 @@ class RedisPublisher:
                 outcome.marks[key] = Cursor(*batch.last_cursor())
         return outcomes
 
+    def _own_stream(self, service: str, epoch: int, row: OutboxRow) -> str:
+        """The stream a row of ``service`` goes to by its priority (and partition), cached."""
+        part = row["partition"] if epoch else 0
+        route = (service, epoch, part, row["priority"])
+        stream = self._streams.get(route)
+        if stream is None:
+            stream = self._keys.stream(
+                service,
+                _PRIORITIES[row["priority"]],
+                Partition(epoch, part) if epoch else None,
+            )
+            self._streams[route] = stream
+        return stream
+
     def _add_routed(
         self,
         service: str,
@@ -176,16 +181,7 @@ class RedisPublisher:
         assert self._routing is not None
         lanes_of: dict[tuple[str, str], StreamBatch] = {}
         for row in rows:
-            part = row["partition"] if epoch else 0
-            route = (service, epoch, part, row["priority"])
-            stream = self._streams.get(route)
-            if stream is None:
-                stream = self._keys.stream(
-                    service,
-                    _PRIORITIES[row["priority"]],
-                    Partition(epoch, part) if epoch else None,
-                )
-                self._streams[route] = stream
+            stream = self._own_stream(service, epoch, row)
             for lane in plan.lanes(stream, row):
                 batch = lanes_of.get(lane)
                 if batch is None:
