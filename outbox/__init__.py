@@ -15,7 +15,9 @@ from outbox.context import (
     correlation_scope,
     current_causation_id,
     current_correlation_id,
+    current_tenant_id,
     current_traceparent,
+    tenant_scope,
 )
 from outbox.emit import EventSpec, emit, emit_many
 from outbox.encryption import EncryptionRegistry, encrypted_fields
@@ -23,6 +25,7 @@ from outbox.envelope import Event, MessagePriority
 from outbox.errors import (
     ConfigurationError,
     DecryptError,
+    DedupKeyOfAnotherTenantError,
     EventSchemaError,
     InvalidEventError,
     InvalidNameError,
@@ -49,6 +52,7 @@ __all__ = [
     "ConfigurationError",
     "CorrelationIdMiddleware",
     "DecryptError",
+    "DedupKeyOfAnotherTenantError",
     "EmitSettings",
     "EncryptionRegistry",
     "Event",
@@ -76,6 +80,7 @@ __all__ = [
     "correlation_scope",
     "current_causation_id",
     "current_correlation_id",
+    "current_tenant_id",
     "current_traceparent",
     "emit",
     "emit_many",
@@ -85,6 +90,7 @@ __all__ = [
     "register_schema",
     "register_upcaster",
     "schemas",
+    "tenant_scope",
     "upcaster",
     "upcasters",
     "use_key_provider",

@@ -1,4 +1,4 @@
-"""Context that emit() picks up: the correlation id and the causation id.
+"""Context that emit() picks up: the correlation id, the causation id and the tenant id.
 
 ``CorrelationIdMiddleware`` (pure ASGI) reads ``X-Correlation-ID`` from each request, or makes a
 new id, keeps it in a contextvar for the request's lifetime and returns it in the response, so
@@ -8,6 +8,10 @@ every event emitted while handling the request carries it without being passed b
 correlation id and sets ``causation_id`` to its event id. The projection runtime opens it around
 every handler call of one event (docs/tracing.md, "The causation chain"). The W3C trace context
 comes from OpenTelemetry (:mod:`outbox.tracing`).
+
+``tenant_scope(tenant_id)`` sets the tenant of every event emitted inside it (docs/tenancy.md).
+There is no middleware for it on purpose: a tenant id taken from a request header would let any
+caller pick its tenant; the service sets it from what its authentication established.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 from outbox.tracing import current_traceparent
+from outbox.validation import check_tenant_id
 
 CORRELATION_HEADER = "x-correlation-id"
 _MAX_INCOMING_LENGTH = 128
 
 _correlation_id: ContextVar[str | None] = ContextVar("outbox_correlation_id", default=None)
 _causation_id: ContextVar[str | None] = ContextVar("outbox_causation_id", default=None)
+_tenant_id: ContextVar[str | None] = ContextVar("outbox_tenant_id", default=None)
 
 __all__ = [
     "CorrelationIdMiddleware",
@@ -32,8 +38,10 @@ __all__ = [
     "correlation_scope",
     "current_causation_id",
     "current_correlation_id",
+    "current_tenant_id",
     "current_traceparent",
     "new_correlation_id",
+    "tenant_scope",
 ]
 
 
@@ -57,6 +65,24 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
         _correlation_id.reset(token)
 
 
+def current_tenant_id() -> str | None:
+    """The tenant of the current context (inside :func:`tenant_scope`), if any."""
+    return _tenant_id.get()
+
+
+@contextmanager
+def tenant_scope(tenant_id: str) -> Iterator[str]:
+    """Run a block as tenant ``tenant_id``: events emitted in it carry it, unless emit() is
+    given another; restores the previous tenant. The id is checked here
+    (:func:`outbox.validation.check_tenant_id`), so a bad one fails where it is set."""
+    value = check_tenant_id(tenant_id)
+    token = _tenant_id.set(value)
+    try:
+        yield value
+    finally:
+        _tenant_id.reset(token)
+
+
 def current_causation_id() -> str | None:
     """The event id that events emitted now are caused by (inside :func:`caused_by`), if any."""
     return _causation_id.get()
@@ -74,12 +100,13 @@ class Cause(Protocol):
 
 class caused_by:  # used like a function: `with caused_by(event):`
     """Events emitted in this block continue ``event``'s chain: they take its correlation id
-    and its event id as their causation id, unless emit() is given either explicitly.
+    and its event id as their causation id, unless emit() is given either explicitly, and its
+    tenant id when it has one (a handler of tenant ``acme``'s event emits for ``acme``).
 
     A class rather than a generator: the projection runtime enters one per handler call.
     """
 
-    __slots__ = ("_causation", "_correlation", "_event")
+    __slots__ = ("_causation", "_correlation", "_event", "_tenant")
 
     def __init__(self, event: Cause) -> None:
         self._event = event
@@ -87,8 +114,12 @@ class caused_by:  # used like a function: `with caused_by(event):`
     def __enter__(self) -> None:
         self._correlation = _correlation_id.set(self._event.correlation_id)
         self._causation = _causation_id.set(str(self._event.event_id))
+        tenant = getattr(self._event, "tenant_id", None)
+        self._tenant = None if tenant is None else _tenant_id.set(tenant)
 
     def __exit__(self, *exc: object) -> None:
+        if self._tenant is not None:
+            _tenant_id.reset(self._tenant)
         _causation_id.reset(self._causation)
         _correlation_id.reset(self._correlation)
 

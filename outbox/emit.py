@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, overload
 
 from outbox import queries, tracing
-from outbox.context import current_causation_id, current_correlation_id, new_correlation_id
+from outbox.context import (
+    current_causation_id,
+    current_correlation_id,
+    current_tenant_id,
+    new_correlation_id,
+)
 from outbox.encryption import encrypted_fields, seal
 from outbox.envelope import Event, MessagePriority, uuid7
 from outbox.errors import (
+    DedupKeyOfAnotherTenantError,
     InvalidEventError,
     NotInTransactionError,
     PayloadTooLargeError,
@@ -32,6 +38,7 @@ from outbox.validation import (
     check_headers,
     check_identifier,
     check_service,
+    check_tenant_id,
     schemas,
     serialise_data,
 )
@@ -72,6 +79,7 @@ class EventSpec:
     aggregate_id: str | int | uuid.UUID | None = None
     dedup_key: str | None = None
     headers: Mapping[str, str] | None = None
+    tenant_id: str | None = None
 
 
 class _Prepared:
@@ -86,6 +94,7 @@ class _Prepared:
         correlation_id: str,
         causation_id: str | None,
         trace_context: tuple[str | None, str | None],
+        tenant_id: str | None,
     ) -> None:
         service = check_service(spec.service)
         event_type = check_event_type(spec.event_type)
@@ -134,6 +143,7 @@ class _Prepared:
             "user_id": check_identifier("user_id", spec.user_id),
             "traceparent": check_identifier("traceparent", traceparent),
             "dedup_key": check_identifier("dedup_key", spec.dedup_key),
+            "tenant_id": tenant_id if spec.tenant_id is None else check_tenant_id(spec.tenant_id),
         }
 
     def written(self, row: Row) -> Event:
@@ -155,17 +165,21 @@ class _Prepared:
             traceparent=p["traceparent"],
             headers=self.headers,
             position=row["position"],
+            tenant_id=p["tenant_id"],
         )
 
 
 def _prepare_all(specs: Iterable[EventSpec], limit: int, span: Span | None) -> list[_Prepared]:
-    """Check every event; the defaults come from the context: correlation and causation ids
-    (:mod:`outbox.context`) and the trace context (``span``'s, see :mod:`outbox.tracing`)."""
+    """Check every event; the defaults come from the context: correlation, causation and
+    tenant ids (:mod:`outbox.context`) and the trace context (``span``'s, see
+    :mod:`outbox.tracing`)."""
     correlation_id = current_correlation_id() or new_correlation_id()
     causation_id = current_causation_id()
+    tenant_id = current_tenant_id()
     trace_context = tracing.emit_context(span)
     prepared = [
-        _Prepared(spec, limit, correlation_id, causation_id, trace_context) for spec in specs
+        _Prepared(spec, limit, correlation_id, causation_id, trace_context, tenant_id)
+        for spec in specs
     ]
     seen: set[tuple[str, str]] = set()
     for item in prepared:
@@ -219,6 +233,7 @@ def _stored_event(row: Row) -> Event:
         traceparent=row["traceparent"],
         headers=json.loads(row["headers"]) if row["headers"] else {},
         position=row["position"],
+        tenant_id=row["tenant_id"],
     )
 
 
@@ -234,8 +249,15 @@ def _results(
         row = written.get(item.params["event_id"])
         if row is not None:
             events.append(item.written(row))
-        else:
-            events.append(_stored_event(stored[(item.params["stream"], item.params["dedup_key"])]))
+            continue
+        found = stored[(item.params["stream"], item.params["dedup_key"])]
+        if found["tenant_id"] != item.params["tenant_id"]:
+            raise DedupKeyOfAnotherTenantError(
+                f"dedup key {item.params['dedup_key']!r} of service {item.params['stream']!r} "
+                "is stored already for another tenant; nothing of that event is returned. "
+                "Roll the transaction back, and put the tenant id in tenants' dedup keys"
+            )
+        events.append(_stored_event(found))
     return events
 
 
@@ -407,6 +429,7 @@ def emit(
     aggregate_id: str | int | uuid.UUID | None = ...,
     dedup_key: str | None = ...,
     headers: Mapping[str, str] | None = ...,
+    tenant_id: str | None = ...,
 ) -> Event: ...
 @overload
 def emit(
@@ -422,6 +445,7 @@ def emit(
     aggregate_id: str | int | uuid.UUID | None = ...,
     dedup_key: str | None = ...,
     headers: Mapping[str, str] | None = ...,
+    tenant_id: str | None = ...,
 ) -> Coroutine[Any, Any, Event]: ...
 def emit(
     tx: SyncTransaction | AsyncTransaction,
@@ -436,6 +460,7 @@ def emit(
     aggregate_id: str | int | uuid.UUID | None = None,
     dedup_key: str | None = None,
     headers: Mapping[str, str] | None = None,
+    tenant_id: str | None = None,
 ) -> Event | Coroutine[Any, Any, Event]:
     """Write one event in the caller's transaction and return it (with ``event_id``).
 
@@ -446,7 +471,8 @@ def emit(
     to the event being handled, if any. With OpenTelemetry, an ``outbox.emit`` span is made in
     the current context and the event stores its ``traceparent``/``tracestate``
     (docs/tracing.md). If ``dedup_key`` is already stored for this service, the stored event
-    is returned and nothing is written. Invalid input raises
+    is returned and nothing is written. ``tenant_id`` defaults to the current
+    :func:`~outbox.context.tenant_scope`'s, else none (docs/tenancy.md). Invalid input raises
     :class:`~outbox.errors.InvalidEventError` before anything is sent.
     """
     kind = _kind(tx)
@@ -461,6 +487,7 @@ def emit(
         aggregate_id,
         dedup_key,
         headers,
+        tenant_id,
     )
     settings = emit_settings()
     prepared, span = _prepare_traced([spec], settings.max_payload_bytes)

@@ -85,3 +85,5 @@ class Event:
     traceparent: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     position: int | None = None
+    #: The tenant the event belongs to (docs/tenancy.md); None: the deployment's own.
+    tenant_id: str | None = None

@@ -48,6 +48,13 @@ class EventSchemaError(InvalidEventError):
     """The event data does not match the schema registered for its event type."""
 
 
+class DedupKeyOfAnotherTenantError(InvalidEventError):
+    """The dedup key is stored already for this service, by an event of another tenant (or of
+    none): the stored event is not returned, its data belongs to someone else. Dedup keys are
+    unique per service (docs/tenancy.md): derive tenants' keys with their tenant id in them.
+    Raised after the statement ran: roll the transaction back."""
+
+
 class UnsupportedTransactionError(OutboxError, TypeError):
     """emit() was given something that is not a supported transaction handle."""
 

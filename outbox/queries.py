@@ -65,7 +65,7 @@ class Query:
 
 
 _COLUMNS = """event_id, stream, event_type, source, aggregate_id, priority, payload, headers,
-               correlation_id, causation_id, user_id, traceparent, dedup_key"""
+               correlation_id, causation_id, user_id, traceparent, dedup_key, tenant_id"""
 
 # One event: scalar parameters (cheaper to encode than one-element arrays).
 INSERT_EVENT = Query(
@@ -74,7 +74,7 @@ INSERT_EVENT = Query(
     INSERT INTO outbox_events ({_COLUMNS})
     VALUES (:event_id, :stream, :event_type, :source, :aggregate_id, :priority,
             CAST(:payload AS jsonb), CAST(:headers AS jsonb), :correlation_id, :causation_id,
-            :user_id, :traceparent, :dedup_key)
+            :user_id, :traceparent, :dedup_key, :tenant_id)
     ON CONFLICT (stream, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
     RETURNING event_id, position, occurred_at
     """,
@@ -89,16 +89,16 @@ INSERT_EVENTS = Query(
     INSERT INTO outbox_events ({_COLUMNS})
     SELECT e.event_id, e.stream, e.event_type, e.source, e.aggregate_id, e.priority,
            e.payload::jsonb, e.headers::jsonb, e.correlation_id, e.causation_id, e.user_id,
-           e.traceparent, e.dedup_key
+           e.traceparent, e.dedup_key, e.tenant_id
       FROM unnest(CAST(:event_id AS uuid[]), CAST(:stream AS text[]),
                   CAST(:event_type AS text[]), CAST(:source AS text[]),
                   CAST(:aggregate_id AS text[]), CAST(:priority AS smallint[]),
                   CAST(:payload AS text[]), CAST(:headers AS text[]),
                   CAST(:correlation_id AS text[]), CAST(:causation_id AS text[]),
                   CAST(:user_id AS text[]), CAST(:traceparent AS text[]),
-                  CAST(:dedup_key AS text[]))
+                  CAST(:dedup_key AS text[]), CAST(:tenant_id AS text[]))
            AS e(event_id, stream, event_type, source, aggregate_id, priority, payload, headers,
-                correlation_id, causation_id, user_id, traceparent, dedup_key)
+                correlation_id, causation_id, user_id, traceparent, dedup_key, tenant_id)
     ON CONFLICT (stream, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
     RETURNING event_id, position, occurred_at
     """,
@@ -110,7 +110,7 @@ SELECT_BY_DEDUP_KEYS = Query(
     """
     SELECT o.position, o.event_id, o.stream, o.event_type, o.source, o.aggregate_id, o.priority,
            o.payload::text AS payload, o.headers::text AS headers, o.correlation_id,
-           o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at
+           o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at, o.tenant_id
       FROM unnest(CAST(:streams AS text[]), CAST(:dedup_keys AS text[])) AS k(stream, dedup_key)
       JOIN outbox_events o ON o.stream = k.stream AND o.dedup_key = k.dedup_key
     """,

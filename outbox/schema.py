@@ -52,9 +52,15 @@ outbox_events = sa.Table(
         nullable=False,
         server_default=sa.text("clock_timestamp()"),
     ),
+    # The event's tenant (migration 0009, docs/tenancy.md); NULL: the deployment's own.
+    sa.Column("tenant_id", sa.Text, nullable=True),
     sa.PrimaryKeyConstraint("position", name="outbox_events_pkey"),
     sa.UniqueConstraint("event_id", name="outbox_events_event_id_key"),
     sa.CheckConstraint("priority BETWEEN 0 AND 3", name="outbox_events_priority_check"),
+    sa.CheckConstraint(
+        "tenant_id ~ '^[a-z0-9][a-z0-9_-]{0,62}$' AND tenant_id <> 'events'",
+        name="outbox_events_tenant_id_check",
+    ),
     # The relay's scan: per stream, in cursor order.
     sa.Index("outbox_events_stream_cursor_idx", "stream", "txid", "position"),
     sa.Index("outbox_events_correlation_idx", "correlation_id"),

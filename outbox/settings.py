@@ -19,6 +19,7 @@ The environment variable names of the original OpsConductor document are kept
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from outbox.errors import ConfigurationError
 from outbox.keyring import keys_from
 from outbox.naming import SCHEMA_PATTERN
+from outbox.validation import check_tenant_id
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -156,6 +158,13 @@ class ClientSettings(_Names, _EncryptionKeys):
         "tagged: <prefix>:{<service>}:events, every key of a service in one cluster slot. "
         "Default: tagged when REDIS_CLUSTER=true, else document.",
     )
+    tenant_id: str | None = Field(
+        default=None,
+        validation_alias=_env("TENANT_ID"),
+        description="The tenant a RedisStreamsClient (and a projection process) is: it names "
+        "only <prefix>:tenant:<TENANT_ID>:… keys (docs/tenancy.md). Unset: the deployment's "
+        "own keys.",
+    )
     max_retries: int = Field(default=3, ge=0, le=1000, validation_alias=_env("MAX_RETRIES"))
     dead_letter_ttl_s: int = Field(default=86400, ge=60, validation_alias=_env("DEAD_LETTER_TTL"))
     retry_base_delay_ms: int = Field(
@@ -178,6 +187,18 @@ class ClientSettings(_Names, _EncryptionKeys):
         validation_alias=_env("CONSUMER_HEARTBEAT_INTERVAL"),
         description="How often a RedisStreamsClient consumer reports to <prefix>:consumers.",
     )
+
+    @field_validator("tenant_id", mode="before")
+    @classmethod
+    def _check_tenant(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is not None:
+            try:
+                check_tenant_id(value)
+            except ValueError as error:
+                raise ValueError(f"TENANT_ID: {error}") from None
+        return value
 
     @field_validator("redis_cluster", mode="before")
     @classmethod
@@ -378,6 +399,34 @@ class Settings(ClientSettings, EmitSettings):
         description="A file of routing rules instead: TOML ([[rules]] tables) when it ends in "
         ".toml, else JSON (docs/routing.md).",
     )
+    tenant_streams: str = Field(
+        default="",
+        validation_alias=_env("TENANT_STREAMS"),
+        description="Comma-separated services whose events of a tenant go to the tenant's own "
+        "streams (<prefix>:tenant:<tenant>:<service>:events), or * for every service; events "
+        "without a tenant stay on the service's streams (docs/tenancy.md).",
+    )
+
+    @field_validator("tenant_streams")
+    @classmethod
+    def _check_tenant_streams(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if names == ["*"]:
+            return "*"
+        for name in names:
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"TENANT_STREAMS: {name!r} is not a service name (^[a-z][a-z0-9_-]{{0,62}}$), "
+                    "nor is the list '*'"
+                )
+        return ",".join(names)
+
+    def tenant_streamed(self) -> Callable[[str], bool]:
+        """Whether a service's tenant events go to tenants' streams (TENANT_STREAMS)."""
+        if self.tenant_streams == "*":
+            return lambda service: True
+        services = frozenset(n for n in self.tenant_streams.split(",") if n)
+        return services.__contains__
 
     # --- projection settings (projections/) ---
     projection_batch_size: int = Field(

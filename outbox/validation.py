@@ -29,6 +29,12 @@ from outbox.errors import (
 SERVICE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: Event types: ``user_created``, ``asset.scanned``, ``automation-failed``.
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,126}$")
+#: Tenant ids become part of Redis keys (``<prefix>:tenant:<tenant>:…``) and of Redis ACL key
+#: patterns (``~<prefix>:tenant:<tenant>:*``): no ``:``, no glob characters (``*?[]\``), no
+#: braces (cluster hash tags). ``events`` is refused: ``<prefix>:tenant:events:*`` would also
+#: match the high-priority stream of a service named ``tenant`` (docs/tenancy.md).
+TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_RESERVED_TENANTS = frozenset({"events"})
 #: Identifiers carried in the envelope (correlation, causation, user, aggregate, dedup key).
 MAX_ID_LENGTH = 256
 
@@ -49,6 +55,22 @@ def check_event_type(event_type: object) -> str:
             f"or '-', starting with a letter, at most 127 characters ({EVENT_TYPE_PATTERN.pattern})"
         )
     return event_type
+
+
+def check_tenant_id(tenant_id: object) -> str:
+    """A tenant id: 1-63 lower-case letters, digits, ``_`` or ``-``, starting with a letter or
+    digit (:data:`TENANT_PATTERN`); ``events`` is reserved."""
+    if (
+        not isinstance(tenant_id, str)
+        or not TENANT_PATTERN.match(tenant_id)
+        or tenant_id in _RESERVED_TENANTS
+    ):
+        raise InvalidNameError(
+            f"invalid tenant id {tenant_id!r}: expected lower-case letters, digits, '_' or '-', "
+            f"starting with a letter or digit, at most 63 characters ({TENANT_PATTERN.pattern}), "
+            "and not 'events'"
+        )
+    return tenant_id
 
 
 def check_identifier(name: str, value: object) -> str | None:

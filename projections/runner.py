@@ -125,6 +125,10 @@ async def run_projections(
         schema=settings.outbox_schema,
     )
     keys = Keys.for_settings(settings)
+    if settings.tenant_id is not None:
+        # A tenant's projections read the tenant's streams (never partitioned) and dead-letter
+        # to the tenant's dead letters (docs/tenancy.md).
+        keys = keys.for_tenant(settings.tenant_id)
     loop = asyncio.get_running_loop()
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,7 +166,7 @@ async def run_projections(
             )
             for group_stem, services in groups:
                 names = await acquire_consumer_names(names_db, projection.name, group_stem, count)
-                for service in services:
+                for service in services if settings.tenant_id is None else ():
                     # Idle until the service is partitioned (outbox partitions set).
                     member = PartitionMember(
                         projection,

@@ -121,6 +121,7 @@ def fields_from_row(row: Any, max_retries: int = 0) -> dict[str, str]:
         dedup_key=row["dedup_key"],
         traceparent=row["traceparent"],
         headers_json=row["headers"],
+        tenant_id=row["tenant_id"],
     )
 
 
@@ -181,4 +182,5 @@ def fields_of_message(message: StreamMessage) -> dict[str, str]:
         dedup_key=message.dedup_key,
         traceparent=message.traceparent,
         headers_json=json.dumps(headers) if headers else None,
+        tenant_id=message.tenant_id,
     )

@@ -167,7 +167,7 @@ class Relay:
                 settings.outbox_schema,
                 route_paths=None if routing is None else routing.data_paths,
             ),
-            publisher=RedisPublisher(client, keys, routing),
+            publisher=RedisPublisher(client, keys, routing, settings.tenant_streamed()),
             leases=leases,
             keys=keys,
             instance_id=instance,
@@ -365,7 +365,7 @@ class Relay:
         return batches
 
     def _keeps_mark(self, key: str) -> bool:
-        if self.keys.parse_stream(key) is not None:
+        if self.keys.parse_stream(key) is not None or self.keys.parse_tenant_stream(key):
             return True
         return (
             self.routing is not None
@@ -645,6 +645,15 @@ class Relay:
             for partition in self._partitionings.get(s, Partitioning()).every_partition()
             for stream in self.keys.streams_of(s, partition)
         ]
+        # Tenants' streams (TENANT_STREAMS) are known by the marks of the services held; their
+        # dead letters are the tenants' own.
+        tenant_streams = {
+            key: parsed[0]
+            for s in self.leases.held
+            for key in self._marks.of(s)
+            if (parsed := self.keys.parse_tenant_stream(key)) is not None
+        }
+        streams += sorted(tenant_streams)
         if self.routing is not None:
             # Every relay with the rules trims their targets: the trim script never removes
             # what a group still needs, so trimming one stream twice is harmless.
@@ -656,6 +665,10 @@ class Relay:
                 retention_s=self.settings.relay_stream_retention_s,
                 dead_letter=self.keys.dead_letter,
                 dead_letter_ttl_s=self.settings.dead_letter_ttl_s,
+                tenant_dead_letters=[
+                    self.keys.for_tenant(t).dead_letter
+                    for t in sorted(set(tenant_streams.values()))
+                ],
             )
         except RedisUnavailableError as error:
             log.warning("event=trim_failed error=%r", str(error))

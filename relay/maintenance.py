@@ -70,8 +70,10 @@ async def trim_streams(
     dead_letter: str | None = None,
     dead_letter_ttl_s: float = 0,
     exact: bool = False,
+    tenant_dead_letters: Iterable[str] = (),
 ) -> list[TrimResult]:
-    """Trim the given event streams by their groups and retention, and the dead letters by age.
+    """Trim the given event streams by their groups and retention, and the dead letters (the
+    deployment's and ``tenant_dead_letters``, tenants' own) by age.
 
     A stream that cannot be trimmed now (on a cluster, its node is down) gets its error in its
     result and the others are trimmed all the same; when none could be, the error is raised.
@@ -79,8 +81,9 @@ async def trim_streams(
     results: list[TrimResult] = []
     for stream in streams:
         results.append(await _trim_or_error(client, stream, retention_s, True, exact))
-    if dead_letter is not None:
-        results.append(await _trim_or_error(client, dead_letter, dead_letter_ttl_s, False, exact))
+    for letters in [dead_letter, *tenant_dead_letters]:
+        if letters is not None:
+            results.append(await _trim_or_error(client, letters, dead_letter_ttl_s, False, exact))
     failed = [result for result in results if result.error is not None]
     if results and len(failed) == len(results):
         raise RedisUnavailableError(failed[0].error or "Redis is unavailable")

@@ -8,11 +8,15 @@ A service's events go to up to three streams (``…:events``, ``…:events:high`
 service go to Redis in one round trip. A service succeeds only when all of its streams took
 their batch: otherwise its cursor stays put and the whole batch is sent again later, and the
 streams that did take it skip it by their watermark (never a later event before an earlier one).
+
+With TENANT_STREAMS, a tenant's events of such a service go to the tenant's streams instead
+(``<prefix>:tenant:<tenant>:<service>:events``, docs/tenancy.md): more streams of the same
+service, each with its own watermark, exactly like its priority streams.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,12 +96,21 @@ def connect_redis(settings: Settings) -> RedisClient:
 class RedisPublisher:
     """:class:`Publisher` on a redis-py asyncio client."""
 
-    def __init__(self, client: RedisClient, keys: Keys, routing: Routing | None = None) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        keys: Keys,
+        routing: Routing | None = None,
+        tenant_streamed: Callable[[str], bool] = lambda service: False,
+    ) -> None:
         self._client = client
         self._keys = keys
         self._routing = routing
+        self._tenant_streamed = tenant_streamed
         # (service, epoch, partition, priority) -> stream key
         self._streams: dict[tuple[str, int, int, int], str] = {}
+        # (service, tenant, priority) -> the tenant's stream key
+        self._tenant_streams: dict[tuple[str, str, int], str] = {}
 
     async def publish(
         self,
@@ -153,7 +166,19 @@ class RedisPublisher:
         return outcomes
 
     def _own_stream(self, service: str, epoch: int, row: OutboxRow) -> str:
-        """The stream a row of ``service`` goes to by its priority (and partition), cached."""
+        """The stream a row of ``service`` goes to by its priority (and partition), or its
+        tenant's stream (never partitioned) when the service has them; cached."""
+        if self._tenant_streamed(service):
+            tenant = row["tenant_id"]
+            if tenant is not None:
+                key = (service, tenant, row["priority"])
+                stream = self._tenant_streams.get(key)
+                if stream is None:
+                    stream = self._keys.for_tenant(tenant).stream(
+                        service, _PRIORITIES[row["priority"]]
+                    )
+                    self._tenant_streams[key] = stream
+                return stream
         part = row["partition"] if epoch else 0
         route = (service, epoch, part, row["priority"])
         stream = self._streams.get(route)

@@ -76,7 +76,7 @@ _PRIORITY_LABEL = "CASE o.priority {} ELSE o.priority::text END".format(
 )
 _OPTIONAL_PAIRS = ",\n           ".join(
     f"CASE WHEN o.{c} <> '' THEN '{c}' END, nullif(o.{c}, '')"
-    for c in ("causation_id", "user_id", "aggregate_id", "dedup_key", "traceparent")
+    for c in ("causation_id", "user_id", "aggregate_id", "dedup_key", "traceparent", "tenant_id")
 )
 ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
            'event_id', o.event_id::text,
@@ -109,7 +109,7 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
 # own hash partitioning uses, so it does not change between versions. ``traceparent`` and
 # ``tracestate`` are each event's emit context, which the publish span links to (outbox.tracing).
 FETCH_BATCH = f"""
-SELECT o.stream, o.txid, o.position, o.priority, {ENTRY_FIELDS} AS fields,
+SELECT o.stream, o.txid, o.position, o.priority, o.tenant_id, {ENTRY_FIELDS} AS fields,
        extract(epoch FROM o.occurred_at)::float8 AS occurred_s,
        o.traceparent, o.headers->>'tracestate' AS tracestate,
        CASE WHEN c.partitions > 1

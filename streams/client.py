@@ -9,6 +9,11 @@ convention) unless one is given.
 the event is published even if the caller's database change later rolls back, and lost if Redis
 is down. Services with a database use ``outbox.emit()`` in their transaction instead and let the
 relay publish (DESIGN.md invariant 1).
+
+A client made with ``tenant=`` (or TENANT_ID) names only that tenant's keys
+(``<prefix>:tenant:<tenant>:…``): it reads the tenant's streams, dead-letters to the tenant's
+dead-letter stream and publishes as the tenant. With a Redis ACL user of the tenant
+(``outbox tenants acl``) Redis itself refuses it every other key (docs/tenancy.md).
 """
 
 from __future__ import annotations
@@ -48,7 +53,13 @@ from outbox.streams.errors import (
 from outbox.streams.heartbeat import ConsumerReport, beat
 from outbox.streams.keys import Keys
 from outbox.upcasting import upcasters
-from outbox.validation import check_event_type, check_service, schemas, serialise_data
+from outbox.validation import (
+    check_event_type,
+    check_service,
+    check_tenant_id,
+    schemas,
+    serialise_data,
+)
 
 log = logging.getLogger("outbox.streams.client")
 
@@ -105,6 +116,7 @@ class RedisStreamsClient:
         *,
         prefix: str | None = None,
         max_retries: int | None = None,
+        tenant: str | None = None,
     ) -> None:
         # Only the client's own variables, from the environment: nothing else of the service's
         # configuration can make this fail.
@@ -112,7 +124,13 @@ class RedisStreamsClient:
         self.redis_url = redis_url or settings.redis_url()
         secret = settings.redis_password.get_secret_value() if settings.redis_password else None
         self._password = password if password is not None else secret
-        self.keys = Keys(prefix or settings.stream_prefix, settings.tagged_keys)
+        #: The tenant this client is (``tenant`` or TENANT_ID): every key it names, streams,
+        #: dead letters and heartbeats, is the tenant's (docs/tenancy.md); None: the
+        #: deployment's own keys.
+        chosen = tenant if tenant is not None else settings.tenant_id
+        self.tenant = None if chosen is None else check_tenant_id(chosen)
+        keys = Keys(prefix or settings.stream_prefix, settings.tagged_keys)
+        self.keys = keys if self.tenant is None else keys.for_tenant(self.tenant)
         self._cluster = settings.cluster
         self.max_retries = settings.max_retries if max_retries is None else max_retries
         self._dead_letter_ttl_s = settings.dead_letter_ttl_s
@@ -230,6 +248,7 @@ class RedisStreamsClient:
             max_retries=self.max_retries,
             user_id=None if user_id is None else str(user_id),
             headers_json=json.dumps(headers) if headers else None,
+            tenant_id=self.tenant,
         )
         entry_id = await with_oom_backoff(lambda: self.redis.xadd(key, fields), key)  # type: ignore[arg-type]
         return reply_text(entry_id)

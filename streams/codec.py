@@ -37,7 +37,7 @@ from typing import Any
 from outbox.envelope import Event, MessagePriority
 from outbox.errors import OutboxError
 
-_OPTIONAL = ("causation_id", "user_id", "aggregate_id", "dedup_key", "traceparent")
+_OPTIONAL = ("causation_id", "user_id", "aggregate_id", "dedup_key", "traceparent", "tenant_id")
 _REQUIRED = ("event_id", "event_type", "service", "data", "priority", "correlation_id")
 
 
@@ -69,6 +69,8 @@ class StreamMessage:
     headers: dict[str, str] = field(default_factory=dict)
     position: int | None = None
     occurred_at: datetime | None = None
+    #: The tenant the event belongs to (docs/tenancy.md); None: the deployment's own.
+    tenant_id: str | None = None
     #: (data, headers) as stored, once encrypted fields were opened (outbox.encryption): what a
     #: dead letter keeps, so that no plaintext of them is ever written back.
     stored: tuple[dict[str, Any], dict[str, str]] | None = field(default=None, repr=False)
@@ -104,6 +106,7 @@ def encode_fields(
     dedup_key: str | None = None,
     traceparent: str | None = None,
     headers_json: str | None = None,
+    tenant_id: str | None = None,
 ) -> dict[str, str]:
     """Entry fields from already-serialised parts (the relay passes the stored JSON through)."""
     flat: list[str] = []
@@ -126,6 +129,7 @@ def encode_fields(
         dedup_key=dedup_key,
         traceparent=traceparent,
         headers_json=headers_json,
+        tenant_id=tenant_id,
     )
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -148,6 +152,7 @@ def encode_event(event: Event, *, max_retries: int) -> dict[str, str]:
         dedup_key=event.dedup_key,
         traceparent=event.traceparent,
         headers_json=json.dumps(event.headers, ensure_ascii=False) if event.headers else None,
+        tenant_id=event.tenant_id,
     )
 
 
@@ -315,6 +320,7 @@ def decode_entry(
             _load_json(headers_text) if headers_text else {},
             int(position_text) if position_text else None,
             occurred_at,
+            get("tenant_id"),
         )
     except MalformedEntryError:
         raise
@@ -416,6 +422,7 @@ def encode_flat(
     dedup_key: str | None,
     traceparent: str | None,
     headers_json: str | None,
+    tenant_id: str | None = None,
 ) -> None:
     """The entry's fields appended to ``out`` as ``field, value, …``: the relay's hot path (no
     dict, no enum lookups, times already formatted by PostgreSQL), and the one place the field
@@ -456,5 +463,7 @@ def encode_flat(
         out += ("dedup_key", dedup_key)
     if traceparent:
         out += ("traceparent", traceparent)
+    if tenant_id:
+        out += ("tenant_id", tenant_id)
     if headers_json:
         out += ("headers", headers_json)

@@ -13,6 +13,12 @@ A key that must live in the same slot as its stream (the publish watermark) is t
 plus a suffix when the name already carries a hash tag, and otherwise wraps the whole name in
 one (``{<stream>}:watermark``, which hashes exactly like ``<stream>``): never nested braces, whose
 first ``{…}`` would be the tag and put the key in another slot than its stream.
+
+A tenant's keys (docs/tenancy.md) are the same names under the prefix
+``<prefix>:tenant:<tenant>`` (:meth:`Keys.for_tenant`): its streams, its dead letters, its
+consumers' heartbeats, so one Redis ACL key pattern (``~<prefix>:tenant:<tenant>:*``) covers
+everything a tenant's consumers touch and nothing of another tenant's. Keys of the deployment
+never parse as a tenant's, nor a tenant's as the deployment's.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ METRICS_SERVICE = "metrics"
 
 #: Between a stream's watermark key and the origin service of a copy watermark.
 _COPY_INFIX = ":from:"
+#: Between the deployment's prefix and a tenant id.
+TENANT_INFIX = ":tenant:"
 
 
 def _suffix(priority: MessagePriority) -> str:
@@ -57,6 +65,30 @@ class Keys:
     @classmethod
     def for_settings(cls, settings: _Settings) -> Keys:
         return cls(settings.stream_prefix, settings.tagged_keys)
+
+    def for_tenant(self, tenant: str) -> Keys:
+        """The keys of tenant ``tenant`` (a checked tenant id): every name of this class under
+        ``<prefix>:tenant:<tenant>``."""
+        return Keys(f"{self.prefix}{TENANT_INFIX}{tenant}", self.tagged)
+
+    @property
+    def tenant_pattern(self) -> str:
+        """The glob matching every key of tenants under this prefix (``SCAN MATCH``)."""
+        return f"{self.prefix}{TENANT_INFIX}*"
+
+    def parse_tenant_stream(self, stream: str) -> tuple[str, str, MessagePriority] | None:
+        """``(tenant, service, priority)`` of a tenant's event stream, or None for any other
+        key (the deployment's own streams included)."""
+        head = f"{self.prefix}{TENANT_INFIX}"
+        if not stream.startswith(head):
+            return None
+        tenant, sep, _ = stream[len(head) :].partition(":")
+        if not sep or not tenant or "{" in tenant:
+            return None
+        parsed = self.for_tenant(tenant)._parse(stream)
+        if parsed is None or "." in parsed[0]:
+            return None
+        return tenant, parsed[0], parsed[1]
 
     def _service(self, service: str) -> str:
         return f"{{{service}}}" if self.tagged else service
