@@ -144,13 +144,21 @@ FINISH_REBUILD = Query(
 
 _EVENT_COLUMNS = """o.position, o.event_id, o.stream, o.event_type, o.source, o.aggregate_id,
        o.priority, o.payload::text AS payload, o.headers::text AS headers, o.correlation_id,
-       o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at"""
+       o.causation_id, o.user_id, o.traceparent, o.dedup_key, o.occurred_at, o.tenant_id"""
+
+# The rows the process's streams carry (projections/tenants.py): :tenant is its TENANT_ID (NULL:
+# the deployment's), :tenant_streamed the services among the query's that have tenant streams.
+TENANT_CONDITION = """CASE WHEN CAST(:tenant AS text) IS NULL
+            THEN o.tenant_id IS NULL OR NOT o.stream = ANY(CAST(:tenant_streamed AS text[]))
+            ELSE o.tenant_id = CAST(:tenant AS text)
+                 AND o.stream = ANY(CAST(:tenant_streamed AS text[])) END"""
 
 OUTBOX_EXTENT = Query(
     "outbox_extent",
-    """
+    f"""
     SELECT count(*) AS events, COALESCE(max(position), 0) AS max_position
-      FROM outbox_events WHERE stream = ANY(CAST(:streams AS text[]))
+      FROM outbox_events o WHERE o.stream = ANY(CAST(:streams AS text[]))
+       AND {TENANT_CONDITION}
     """,
 )
 OUTBOX_PAGE = Query(
@@ -160,6 +168,7 @@ OUTBOX_PAGE = Query(
       FROM outbox_events o
      WHERE o.stream = ANY(CAST(:streams AS text[])) AND o.position > :after
        AND o.position <= :until
+       AND {TENANT_CONDITION}
      ORDER BY o.position
      LIMIT :limit
     """,
@@ -183,6 +192,7 @@ OUTBOX_UNAPPLIED = Query(
       FROM outbox_events o
      WHERE o.stream = :service
        AND o.priority = ANY(CAST(:priorities AS smallint[]))
+       AND {TENANT_CONDITION}
        AND o.occurred_at >= now() - make_interval(secs => :retention_s)
        AND o.occurred_at <= to_timestamp(:until_s)
        AND NOT EXISTS (SELECT 1 FROM projection_inbox i

@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from outbox import audit
+from outbox.errors import ConfigurationError
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.apply import apply_batch
 from outbox.projections.projection import Connection, Projection
 from outbox.projections.store import fields_of_message, message_from_row
+from outbox.projections.tenants import NO_TENANTS, TenantView
 from outbox.queries import Query
 from outbox.streams.codec import StreamMessage
 from outbox.streams.dead_letter import DeadLetters, dead_letter_fields
@@ -87,6 +89,7 @@ async def rebuild(
     letters: DeadLetters | None = None,
     schema: str = DEFAULT_SCHEMA,
     actor: audit.Actor | None = None,
+    tenants: TenantView = NO_TENANTS,
 ) -> RebuildResult:
     """Rebuild ``projection`` on connection ``db`` (see the module doc).
 
@@ -95,8 +98,19 @@ async def rebuild(
     in order. Given ``actor``, the audit log gets a ``started`` row in the transaction that
     empties the read model and a ``finished`` one in the transaction that puts it live again
     (``failed``, with the counts so far, when the replay raises).
+
+    ``tenants``: which events the deployment's streams carry (projections/tenants.py); only
+    those are replayed, as live consumption sees them. A tenant's process (TENANT_ID) cannot
+    rebuild: a projection's read model, inbox and rebuild status are shared by every process of
+    it, so emptying them for one tenant would undo every other's.
     """
     name = projection.name
+    if tenants.tenant is not None:
+        raise ConfigurationError(
+            f"projection {name!r} cannot be rebuilt as tenant {tenants.tenant!r}: its read "
+            "model, inbox and status are shared by every tenant's process; rebuild it without "
+            "TENANT_ID (docs/tenancy.md)"
+        )
 
     async def record(stage: str, counts: dict[str, int], **details: object) -> None:
         if actor is not None:
@@ -129,7 +143,9 @@ async def rebuild(
                 {"inbox_rows_deleted": int(status.split()[-1])},
                 tables=list(projection.tables),
             )
-        extent = await db.fetchrow(sql(queries.OUTBOX_EXTENT).asyncpg_sql, projection.streams)
+        selection = {"streams": projection.streams, **tenants.params(projection.streams)}
+        q = sql(queries.OUTBOX_EXTENT)
+        extent = await db.fetchrow(q.asyncpg_sql, *q.asyncpg_args(selection))
         total, until = int(extent["events"]), int(extent["max_position"])
         log.info("event=rebuild_started projection=%s events=%d", name, total)
         after = done = applied = skipped = failed = 0
@@ -141,12 +157,7 @@ async def rebuild(
                 rows = await db.fetch(
                     q.asyncpg_sql,
                     *q.asyncpg_args(
-                        {
-                            "streams": projection.streams,
-                            "after": after,
-                            "until": until,
-                            "limit": batch_size,
-                        }
+                        {**selection, "after": after, "until": until, "limit": batch_size}
                     ),
                 )
                 if not rows:

@@ -13,6 +13,7 @@ from outbox.envelope import MessagePriority
 from outbox.naming import DEFAULT_SCHEMA
 from outbox.projections import queries
 from outbox.projections.projection import Connection
+from outbox.projections.tenants import NO_TENANTS, TenantView
 from outbox.streams.codec import StreamMessage, decode_entry, encode_fields
 from outbox.streams.keys import Keys
 
@@ -148,6 +149,7 @@ async def outbox_unapplied(
     until_s: float,
     limit: int,
     schema: str = DEFAULT_SCHEMA,
+    tenants: TenantView = NO_TENANTS,
 ) -> list[Any]:
     q = queries.OUTBOX_UNAPPLIED.in_schema(schema)
     params = {
@@ -157,6 +159,7 @@ async def outbox_unapplied(
         "retention_s": float(retention_s),
         "until_s": until_s,
         "limit": limit,
+        **tenants.params([service]),
     }
     return list(await db.fetch(q.asyncpg_sql, *q.asyncpg_args(params)))
 

@@ -46,6 +46,7 @@ from outbox.probes import Heartbeats
 from outbox.projections import store
 from outbox.projections.apply import Outcome, TransientError, apply_batch, is_transient
 from outbox.projections.projection import Projection
+from outbox.projections.tenants import NO_TENANTS, TenantView
 from outbox.settings import Settings
 from outbox.streams.codec import (
     MalformedEntryError,
@@ -97,6 +98,8 @@ class WorkerConfig:
     heartbeat_s: float = 5.0
     dead_letter_ttl_s: int = 86400
     schema: str = DEFAULT_SCHEMA
+    #: Which outbox rows its streams carry, for re-reading trimmed entries (by tenant).
+    tenants: TenantView = NO_TENANTS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -114,6 +117,7 @@ class WorkerConfig:
             heartbeat_s=settings.projection_heartbeat_s,
             dead_letter_ttl_s=settings.dead_letter_ttl_s,
             schema=settings.outbox_schema,
+            tenants=TenantView.for_settings(settings),
         )
 
 
@@ -460,6 +464,7 @@ class ProjectionWorker:
                     until_s=until_s,
                     limit=REFETCH_LIMIT,
                     schema=self.config.schema,
+                    tenants=self.config.tenants,
                 )
             found = [store.message_from_row(row, self.keys) for row in rows]
             messages.extend(m for m in found if m.event_id not in waiting)

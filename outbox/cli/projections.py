@@ -113,6 +113,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         from outbox.audit import cli_actor
         from outbox.projections.projection import load, select
         from outbox.projections.rebuild import rebuild
+        from outbox.projections.tenants import TenantView
         from outbox.settings import get_settings
         from outbox.streams.connection import connect
         from outbox.streams.dead_letter import DeadLetters
@@ -149,6 +150,7 @@ def _rebuild(args: argparse.Namespace) -> int:
                 letters=DeadLetters(redis, keys, settings.dead_letter_ttl_s),
                 schema=settings.outbox_schema,
                 actor=cli_actor(),
+                tenants=TenantView.for_settings(settings),
             )
         finally:
             await db.close()
@@ -234,11 +236,13 @@ def _has_filter(args: argparse.Namespace) -> bool:
     )
 
 
-def _with_dead_letters(action: Callable[[Any], Awaitable[int]]) -> int:
-    return _run(lambda: _with_dead_letters_async(action))
+def _with_dead_letters(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
+    return _run(lambda: _with_dead_letters_async(args, action))
 
 
-def _with_audited_dead_letters(action: Callable[[Any, CommandAudit], Awaitable[int]]) -> int:
+def _with_audited_dead_letters(
+    args: argparse.Namespace, action: Callable[[Any, CommandAudit], Awaitable[int]]
+) -> int:
     """Like :func:`_with_dead_letters`, with the audit log connected first: when it cannot be
     reached the command stops before it changes anything."""
 
@@ -247,39 +251,55 @@ def _with_audited_dead_letters(action: Callable[[Any, CommandAudit], Awaitable[i
         from outbox.settings import get_settings
 
         async with command_audit(get_settings()) as audit:
-            return await _with_dead_letters_async(lambda letters: action(letters, audit))
+            return await _with_dead_letters_async(args, lambda letters: action(letters, audit))
 
     return _run(main)
 
 
-async def _with_dead_letters_async(action: Callable[[Any], Awaitable[int]]) -> int:
+async def _with_dead_letters_async(
+    args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]
+) -> int:
     from outbox.settings import get_settings
     from outbox.streams.connection import connect
     from outbox.streams.dead_letter import DeadLetters
     from outbox.streams.keys import Keys
 
     settings = get_settings()
+    keys = Keys.for_settings(settings)
+    tenant = _tenant(args, settings)
+    if tenant is not None:
+        keys = keys.for_tenant(tenant)
     redis = await connect(
         settings.redis_url(), settings.redis_password_text(), cluster=settings.cluster
     )
     try:
-        return await action(
-            DeadLetters(redis, Keys.for_settings(settings), settings.dead_letter_ttl_s)
-        )
+        return await action(DeadLetters(redis, keys, settings.dead_letter_ttl_s))
     finally:
         await redis.aclose()
 
 
+def _tenant(args: argparse.Namespace, settings: Any) -> str | None:
+    """The tenant whose dead letters the command works on: ``--tenant``, else TENANT_ID, else
+    none (the deployment's dead letters; never a tenant's)."""
+    from outbox.validation import check_tenant_id
+
+    tenant = getattr(args, "tenant", None)
+    if tenant is None:
+        return settings.tenant_id  # type: ignore[no-any-return]
+    return check_tenant_id(tenant)  # a bad id: InvalidNameError, one line and exit 2
+
+
 def _selection(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The audit target and details of a replay or purge: the ids, or the filter."""
-    if args.id:
-        return "ids", {"ids": list(args.id)[:100]}
     where = {
         name: getattr(args, name)
         for name in ("stream", "group", "event_type", "older_than", "newer_than")
         if getattr(args, name) is not None
     }
-    return ("all" if args.all and not where else "filter"), {"filter": where}
+    tenant = {"tenant": args.tenant} if getattr(args, "tenant", None) else {}
+    if args.id:
+        return "ids", {"ids": list(args.id)[:100], **tenant}
+    return ("all" if args.all and not where else "filter"), {"filter": where, **tenant}
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
@@ -296,7 +316,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
         print(f"{len(found)} dead letter(s)", file=sys.stderr)
         return 0
 
-    return _with_dead_letters(action)
+    return _with_dead_letters(args, action)
 
 
 def _dlq_show(args: argparse.Namespace) -> int:
@@ -308,7 +328,7 @@ def _dlq_show(args: argparse.Namespace) -> int:
         print(json.dumps(letter.as_dict(), indent=2, ensure_ascii=False))
         return 0
 
-    return _with_dead_letters(action)
+    return _with_dead_letters(args, action)
 
 
 @dataclass
@@ -372,7 +392,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         print(f"replayed {len(new_ids)} dead letter(s) to their source streams")
         return chosen.exit_code()
 
-    return _with_audited_dead_letters(action)
+    return _with_audited_dead_letters(args, action)
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:
@@ -398,7 +418,7 @@ def _dlq_purge(args: argparse.Namespace) -> int:
         print(f"purged {deleted} dead letter(s)")
         return chosen.exit_code()
 
-    return _with_audited_dead_letters(action)
+    return _with_audited_dead_letters(args, action)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -450,18 +470,25 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     dlq = sub.add_parser("dlq", help="list, show, replay and purge dead letters")
     actions = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = actions.add_parser("list", help="list dead letters (oldest first)")
+    tenant = argparse.ArgumentParser(add_help=False)
+    tenant.add_argument(
+        "--tenant",
+        help="a tenant's dead letters (<prefix>:tenant:<TENANT>:…, docs/tenancy.md) instead of "
+        "the deployment's; default TENANT_ID",
+    )
+    dlq_list = actions.add_parser("list", help="list dead letters (oldest first)", parents=[tenant])
     _add_filters(dlq_list)
     dlq_list.add_argument("--limit", type=int, default=0, help="only the newest N")
     dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
     dlq_list.set_defaults(handler=_dlq_list)
-    show = actions.add_parser("show", help="one dead letter in full (JSON)")
+    show = actions.add_parser("show", help="one dead letter in full (JSON)", parents=[tenant])
     show.add_argument("id")
     show.set_defaults(handler=_dlq_show)
     replay = actions.add_parser(
         "replay",
         help="re-add dead letters to their source streams (idempotent: projections skip events "
         "they already applied)",
+        parents=[tenant],
     )
     replay.add_argument(
         "id",
@@ -474,7 +501,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--yes", action="store_true", help="confirm replaying more than one")
     replay.add_argument("--keep", action="store_true", help="keep the dead letters after replay")
     replay.set_defaults(handler=_dlq_replay)
-    purge = actions.add_parser("purge", help="delete dead letters")
+    purge = actions.add_parser("purge", help="delete dead letters", parents=[tenant])
     purge.add_argument(
         "id",
         nargs="*",

@@ -13,7 +13,10 @@ from outbox.streams.dead_letter import dead_letter_fields
 from outbox.streams.keys import Keys
 
 
-def _letter(client: redis.Redis, keys: Keys, service: str, event_type: str, n: int) -> str:
+def letter(
+    client: redis.Redis, keys: Keys, service: str, event_type: str, n: int, error: str = "boom"
+) -> str:
+    """Add a dead letter of ``service``'s event number ``n`` to ``keys``' dead letters."""
     payload = {
         "event_id": f"00000000-0000-0000-0000-{n:012d}",
         "event_type": event_type,
@@ -27,7 +30,7 @@ def _letter(client: redis.Redis, keys: Keys, service: str, event_type: str, n: i
         group=f"{service}_projection",
         entry_id=f"1-{n}",
         attempts=4,
-        error="boom",
+        error=error,
         payload=payload,
         consumer="w-0",
     )
@@ -38,8 +41,8 @@ def test_dlq_commands(
     settings: Settings, sync_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = Keys(settings.stream_prefix)
-    ids = [_letter(sync_redis, keys, "identity", "user_created", n) for n in range(3)]
-    ids.append(_letter(sync_redis, keys, "assets", "asset_created", 9))
+    ids = [letter(sync_redis, keys, "identity", "user_created", n) for n in range(3)]
+    ids.append(letter(sync_redis, keys, "assets", "asset_created", 9))
 
     assert main(["dlq", "list", "--stream", "identity", "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -73,7 +76,7 @@ def test_an_id_that_is_not_a_dead_letter_fails_the_command(
     """The ids that are dead letters are acted on; a mistyped or already handled one makes the
     command exit 1, so a script sees that not everything it named was done."""
     keys = Keys(settings.stream_prefix)
-    kept, purged = (_letter(sync_redis, keys, "identity", "user_created", n) for n in range(2))
+    kept, purged = (letter(sync_redis, keys, "identity", "user_created", n) for n in range(2))
 
     assert main(["dlq", "purge", purged, "1-1", "--yes"]) == 1
     captured = capsys.readouterr()
