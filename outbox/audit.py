@@ -46,6 +46,7 @@ ACTIONS = (
     "grant",
     "keys.rotate",
     "keys.forget-subject",
+    "tenants.acl",
 )
 
 

@@ -103,6 +103,7 @@ _EXTRAS = {
     "projections": "projections",
     "dlq": "projections",
     "keys": "relay,encryption",
+    "tenants": "relay",
     "monitor": "monitor",
     "maintain": "client",
     "smoke": "client",
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     from outbox.cli import projections as projections_commands
     from outbox.cli import relay as relay_commands
     from outbox.cli import smoke as smoke_commands
+    from outbox.cli import tenants as tenants_commands
 
     check_commands.register(sub)
     relay_commands.register(sub)
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     smoke_commands.register(sub)
     audit_commands.register(sub)
     keys_commands.register(sub)
+    tenants_commands.register(sub)
     return parser
 
 
