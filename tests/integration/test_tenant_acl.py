@@ -3,9 +3,9 @@ its own keys with exactly the commands ``outbox.streams.acl`` grants, and Redis 
 every other tenant's keys, the deployment's streams and dead letters, and its watermarks.
 
 Each test makes its users under its own stream prefix (so their names are unique too) and
-deletes them at the end. ``outbox dlq list --tenant`` is not on this branch: reading another
-tenant's dead letters is tested with ``DeadLetters(…, keys.for_tenant("globex"), …)`` under
-acme's credentials, and ``outbox dlq list`` (the deployment's dead letters) with them.
+deletes them at the end. Reading another tenant's dead letters is tested both with
+``DeadLetters(…, keys.for_tenant("globex"), …)`` and with ``outbox dlq list --tenant globex``
+under acme's credentials.
 """
 
 from __future__ import annotations
@@ -266,11 +266,19 @@ def test_dlq_list_with_a_tenants_credentials_is_refused(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    sync_redis.xadd(Keys(settings.stream_prefix).dead_letter, {"secret": "deployment"})
+    keys = Keys(settings.stream_prefix)
+    sync_redis.xadd(keys.dead_letter, {"secret": "deployment"})
+    sync_redis.xadd(keys.for_tenant("globex").dead_letter, {"secret": "globex"})
     monkeypatch.setenv("REDIS_STREAMS_URL", tenant_users["acme"].url)
     get_settings.cache_clear()
-    assert main(["dlq", "list"]) == 2
-    assert "no permissions" in capsys.readouterr().err
+    for args in (["dlq", "list"], ["dlq", "list", "--tenant", "globex"]):
+        assert main(args) == 2
+        out = capsys.readouterr()
+        assert "no permissions" in out.err
+        assert "secret" not in out.out + out.err
+    # Its own: allowed, and empty.
+    assert main(["dlq", "list", "--tenant", "acme"]) == 0
+    assert "0 dead letter(s)" in capsys.readouterr().err
 
 
 def _mode(path: Path) -> int:
