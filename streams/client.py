@@ -363,9 +363,12 @@ class RedisStreamsClient:
             pending = await reader.consumer.read_pending(batch_size, reader.pending_after)
             if len(pending) < batch_size:
                 reader.read_own_pending = False
+            # Entries just claimed or re-claimed for a retry are in this consumer's pending list
+            # now: read from it too, they would come twice in one batch.
+            taken = {(entry.stream, entry.id) for entry in entries}
             for entry in pending:
                 reader.pending_after[entry.stream] = entry.id
-            entries.extend(pending)
+            entries.extend(e for e in pending if (e.stream, e.id) not in taken)
         if not entries:
             entries = await reader.consumer.read_new(batch_size, block_ms)
         return entries

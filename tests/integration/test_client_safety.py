@@ -84,6 +84,31 @@ async def test_a_dead_consumers_entries_are_claimed_in_bounded_rounds(
     assert (report["processed"], report["reclaimed"], report["stopped"]) == (5, 5, True)
 
 
+async def test_entries_claimed_on_a_consumers_first_read_come_once(
+    fast_claims: Keys, redis_client: aioredis.Redis
+) -> None:
+    """A new consumer's first read claims idle entries into its own pending list and then reads
+    that list: each claimed entry must be delivered once, not twice in the same batch."""
+    key = fast_claims.stream("ai")
+    dead = RedisStreamsClient()
+    await dead.initialize()
+    ids = await _publish(dead, 2)
+    assert len(await dead.consume_messages(["ai"], "service-1111", block_time=0)) == 2
+    await dead.redis.aclose()
+
+    async def idle_enough() -> bool:
+        entries = await redis_client.xpending_range(key, GROUP, "-", "+", 10)
+        return len(entries) == 2 and all(e["time_since_delivered"] >= 400 for e in entries)
+
+    await wait_until(idle_enough, what="the dead consumer's entries to be claimable")
+    async with RedisStreamsClient() as alive:
+        batch = await alive.consume_messages(["ai"], "service-2222", block_time=0)
+        assert sorted(m.id for m in batch) == sorted(ids)  # each once
+        for message in batch:
+            assert await alive.acknowledge_message("ai", GROUP, message.id)
+    assert await _pending(redis_client, key) == {}
+
+
 async def test_a_restarted_consumer_gets_its_own_pending_back_at_once(
     fast_claims: Keys, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
