@@ -14,8 +14,14 @@
    ms, p99 <= 10 ms, on the first.
 3. **emit cost**: 16 connections emit as fast as they can, with the relay running and stopped.
    Goal: with >= 90% of without.
+4. **foreign transaction** (issue 22): the latency run again, interleaved with one during which
+   a write transaction stays open in another database of the same server
+   (``--foreign-seconds``, the whole run). Before decision 0019 this held every event until it
+   ended (p50 3.4 s measured at 200 ev/s). Goal: p99 within 2x of the run without it, every
+   event published exactly once.
 
     python -m bench.relay [--events 200000] [--naive-events 5000] [--latency-seconds 10]
+                          [--foreign-seconds 60]
 """
 
 from __future__ import annotations
@@ -221,9 +227,11 @@ async def latency(
     conns = [await asyncpg.connect(url) for _ in range(connections)]
     committed: dict[str, float] = {}
     received: dict[str, tuple[float, float]] = {}
+    seen_entries = 0  # every entry read: more than events published means a duplicate
     stop_consumer = asyncio.Event()
 
     async def consume() -> None:
+        nonlocal seen_entries
         reader = aioredis.Redis.from_url(settings.redis_streams_url.get_secret_value())
         last = "0-0"
         while not stop_consumer.is_set():
@@ -233,6 +241,7 @@ async def latency(
                 for entry_id, fields in entries:
                     last = entry_id.decode()
                     received[fields[b"event_id"].decode()] = (now, xadd_ms(last))
+                    seen_entries += 1
         await reader.aclose()
 
     async def emitter(index: int, conn: asyncpg.Connection, deadline: float) -> None:
@@ -270,6 +279,7 @@ async def latency(
         "events": len(committed),
         "achieved_rate_per_s": round(len(committed) / seconds),
         "missing": len(committed) - len(by_consumer),
+        "duplicates": seen_entries - len(received),
         "entry_id_ms": {
             "p50": percentile(by_entry_id, 0.5),
             "p99": percentile(by_entry_id, 0.99),
@@ -280,6 +290,29 @@ async def latency(
             "mean": round(statistics.fmean(by_consumer), 2),
         },
     }
+
+
+async def latency_beside_a_foreign_transaction(
+    url: str, client: aioredis.Redis, rate: float, seconds: float, connections: int
+) -> dict[str, Any]:
+    """The latency run while a write transaction stays open in another database of the same
+    server for all of it (a temporary table gives it an xid and leaves nothing behind)."""
+    other = url.rsplit("/", 1)[0] + "/postgres"
+    holder = await asyncpg.connect(other)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("CREATE TEMP TABLE bench_foreign_hold (n int)")
+    xid = await holder.fetchval("SELECT pg_current_xact_id()::text")
+    try:
+        result = await latency(url, client, rate, seconds, connections)
+        probe = await asyncpg.connect(url)
+        xmin = await probe.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        await probe.close()
+    finally:
+        await tx.rollback()
+        await holder.close()
+    # The transaction was still the snapshots' xmin at the end: it held them all along.
+    return {**result, "foreign_xid": int(xid), "xmin_held_at_end": xmin == xid}
 
 
 async def emit_rate(
@@ -308,6 +341,12 @@ async def emit_rate(
     return rate
 
 
+async def _truncate(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    await conn.execute("TRUNCATE outbox_events, relay_cursors")
+    await conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     client = aioredis.Redis.from_url(get_settings().redis_streams_url.get_secret_value())
     result: dict[str, Any] = {}
@@ -317,12 +356,33 @@ async def main(args: argparse.Namespace) -> None:
         result["drain_vs_naive"] = round(
             result["drain"]["events_per_s"] / result["naive"]["events_per_s"], 1
         )
-        conn = await asyncpg.connect(url)
-        await conn.execute("TRUNCATE outbox_events, relay_cursors")
-        await conn.close()
+        await _truncate(url)
         result["latency"] = await latency(
             url, client, args.rate, args.latency_seconds, args.connections
         )
+        if args.foreign_seconds > 0:
+            # Interleaved: without, with, without; the runs without give the reference p99
+            # (the higher of the two, so noise on one side is not taken for a regression).
+            runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+            for side in ("without", "with", "without"):
+                await _truncate(url)
+                if side == "with":
+                    run = await latency_beside_a_foreign_transaction(
+                        url, client, args.rate, args.foreign_seconds, args.connections
+                    )
+                else:
+                    run = await latency(
+                        url, client, args.rate, args.foreign_seconds, args.connections
+                    )
+                runs[side].append(run)
+            reference = max(r["entry_id_ms"]["p99"] for r in runs["without"])
+            held = runs["with"][0]
+            result["foreign_transaction"] = {
+                "seconds": args.foreign_seconds,
+                "without": runs["without"],
+                "with": held,
+                "p99_ratio": round(held["entry_id_ms"]["p99"] / reference, 2),
+            }
         # Interleaved pairs, so drift on a shared host hits both sides alike; the median pair.
         pairs = []
         for _ in range(args.emit_repeats):
@@ -343,6 +403,26 @@ async def main(args: argparse.Namespace) -> None:
     # The rate the emitters reached: on a slow host 16 paced emitters may fall short of --rate.
     achieved = result["latency"]["achieved_rate_per_s"]
     at_rate = f"{achieved:g} ev/s" + (f" (of {args.rate:g} asked)" if achieved < args.rate else "")
+    checks = []
+    if "foreign_transaction" in result:
+        foreign = result["foreign_transaction"]
+        held = foreign["with"]
+        checks = [
+            check(
+                f"commit → XADD p99 with a write transaction open {args.foreign_seconds:g} s in "
+                f"another database, vs without ({held['entry_id_ms']['p99']} ms)",
+                foreign["p99_ratio"],
+                "<=",
+                2,
+                "x",
+            ),
+            check(
+                "events lost or duplicated beside it",
+                held["missing"] + held["duplicates"],
+                "<=",
+                0,
+            ),
+        ]
     write_result(
         "relay",
         result,
@@ -364,6 +444,7 @@ async def main(args: argparse.Namespace) -> None:
                 ">=",
                 0.9,
             ),
+            *checks,
         ],
     )
 
@@ -378,4 +459,10 @@ if __name__ == "__main__":
     parser.add_argument("--emit-seconds", type=float, default=5)
     parser.add_argument("--emit-repeats", type=int, default=3, help="interleaved pairs, median")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--foreign-seconds",
+        type=float,
+        default=60,
+        help="length of each run of the foreign-transaction comparison (0: skip it)",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -3,8 +3,9 @@
 Positions are handed out when a row is inserted, but rows become visible when their transaction
 commits, in another order: reading ``WHERE position > last`` skips rows of a transaction that
 commits late with lower positions. The relay therefore reads only rows whose transaction is
-older than every running one (``txid < pg_snapshot_xmin(pg_current_snapshot())``), in
-``(txid, position)`` order, strictly after the stored cursor. Once such a row is seen, every row
+older than every running one that may write to this database (``txid < horizon``,
+:data:`relay.queries.HORIZON`: transactions of other databases are passed over, decision 0019),
+in ``(txid, position)`` order, strictly after the stored cursor. Once such a row is seen, every row
 that sorts before it is already committed (or never will be), so the set of events below any
 cursor the relay has seen never changes again; that is what makes re-reading harmless and
 publishing idempotent (see :mod:`streams.publish`).

@@ -96,13 +96,38 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
            CASE WHEN o.headers IS NOT NULL THEN 'headers' END, o.headers::text
        ], NULL))::text"""
 
+# The relay's horizon: rows of transactions below it are all visible to this statement, and no
+# row below it can appear later (DESIGN.md invariant 2). It is the oldest transaction that was
+# running at the statement's snapshot and may write to this database, else the snapshot's xmax.
+# Transaction ids are cluster-wide, so a snapshot lists the running transactions of every
+# database of the server; one of another database can never write a row here, and is passed
+# over (decision 0019). "Of another database" is known positively, never guessed: its top-level
+# xid is the ``backend_xid`` of a pg_stat_activity row of that database (xid and database come
+# from one backend's status entry; an xid belongs to one backend for its whole life, so even a
+# stale row is right), or it is a prepared transaction of that database (pg_prepared_xacts).
+# Anything else in the snapshot, a transaction that ended meanwhile included, holds the horizon,
+# as before. Both views hold 32-bit xids; the snapshot's xid8 are matched by their low 32 bits,
+# unique within one snapshot (its xids span less than 2^31). Both are readable by any role.
+# A snapshot with nothing running (xmin = xmax) never reads them.
+# Rows carry their top-level transaction's id (pg_current_xact_id()), and a snapshot's xip lists
+# top-level transactions only, so subtransactions need nothing of their own.
+HORIZON = """(SELECT least(pg_snapshot_xmax(snap.s), (
+            SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
+             WHERE (x::text::numeric % 4294967296)::text NOT IN (
+                   SELECT a.backend_xid::text FROM pg_stat_activity a
+                    WHERE a.backend_xid IS NOT NULL AND a.datname <> current_database()
+                   UNION ALL
+                   SELECT p.transaction::text FROM pg_prepared_xacts p
+                    WHERE p.database <> current_database())))
+         FROM (SELECT pg_current_snapshot() AS s) snap)"""
+
 # The next batch of each service, strictly after its cursor, in cursor order. Only rows whose
-# transaction is older than every running one are read: a transaction still in progress can
-# commit later with a lower txid and lower positions than rows already visible, and a cursor
-# that had moved past them would skip them for ever (DESIGN.md invariant 2).
-# pg_current_snapshot() is the statement's own snapshot (GetActiveSnapshot), so the xmin horizon
-# and the rows read agree: every transaction below the horizon is finished, and its rows are
-# visible to this very statement (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
+# transaction is below the horizon are read: a transaction still in progress can commit later
+# with a lower txid and lower positions than rows already visible, and a cursor that had moved
+# past them would skip them for ever (DESIGN.md invariant 2). pg_current_snapshot() is the
+# statement's own snapshot (GetActiveSnapshot), so the horizon and the rows read agree: every
+# transaction below the horizon that could write here is finished, and its rows are visible to
+# this very statement (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
 # ``partition``: the event's partition among $6, the service's partition count (1: the
 # unpartitioned stream): a stable 64-bit hash of the aggregate id (the event id when there is
 # none), non-negative, modulo the count (decision 0014). hashtextextended is what PostgreSQL's
@@ -116,13 +141,14 @@ SELECT o.stream, o.txid, o.position, o.priority, o.tenant_id, {ENTRY_FIELDS} AS 
             THEN ((hashtextextended(coalesce(o.aggregate_id, o.event_id::text), 0)
                    & 9223372036854775807) % c.partitions)::int
             ELSE 0 END AS partition
-  FROM unnest($1::text[], $2::xid8[], $3::bigint[], $6::int[])
+  FROM {HORIZON} AS h(horizon)
+  CROSS JOIN unnest($1::text[], $2::xid8[], $3::bigint[], $6::int[])
        AS c(stream, txid, position, partitions)
   CROSS JOIN LATERAL (
         SELECT * FROM outbox_events e
          WHERE e.stream = c.stream
            AND (e.txid, e.position) > (c.txid, c.position)
-           AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+           AND e.txid < h.horizon
          ORDER BY e.txid, e.position
          LIMIT $4) o
  -- Each service's rows in cursor order (the LATERAL yields them so, but only this promises it).

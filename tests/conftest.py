@@ -40,6 +40,7 @@ pytest_plugins = [
     "tests.fixtures_metrics",
     "tests.fixtures_cluster",
     "tests.fixtures_tracing",
+    "tests.fixtures_postgres",
 ]
 
 _BASE = Settings()
