@@ -163,7 +163,11 @@ class Monitor:
 
     async def stop(self) -> None:
         if self.task:
-            self.task.cancel()
+            # Cancelled again until it ends: a driver call (redis-py, asyncpg) may swallow one
+            # cancellation, and the loop would then sleep on as if nothing had happened.
+            while not self.task.done():
+                self.task.cancel()
+                await asyncio.wait({self.task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         if self.pool:
@@ -194,6 +198,11 @@ class Monitor:
                     queue.put_nowait(messages[tenant])
                 await self._append_metrics(snapshot)
             except Exception as error:  # the loop must survive outages of PG or Redis
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stop() cancelled us inside a driver call that turned the cancellation
+                    # into its own error (a timeout): stop anyway, or stop() waits forever.
+                    raise asyncio.CancelledError from error
                 log.warning("event=monitor_collect_failed error=%r", error)
             await asyncio.sleep(self.settings.refresh_interval_s)
 

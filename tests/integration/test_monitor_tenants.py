@@ -4,6 +4,7 @@ that see their own tenant only, over REST, /metrics and /ws."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -323,6 +324,13 @@ async def test_a_tenant_token_sees_only_its_tenant(
         assert (await get(live, "/api/dead-letters", ADMIN, tenant="acme"))["total"] == 1
 
 
+async def recv(socket: Any) -> str:
+    """The next message, within a deadline (a snapshot is pushed every 0.2 s here)."""
+    message = await asyncio.wait_for(socket.recv(), 10)
+    assert isinstance(message, str)
+    return message
+
+
 async def test_ws_with_tenant_tokens(monitor_server: MonitorFactory, tenants: Tenants) -> None:
     async with monitor_server(tenant_streams="assets", **TOKENS) as live:
         url = f"ws://127.0.0.1:{live.port}/ws"
@@ -334,11 +342,11 @@ async def test_ws_with_tenant_tokens(monitor_server: MonitorFactory, tenants: Te
         ):
             with pytest.raises((InvalidStatus, ConnectionClosed)):
                 async with refused as socket:
-                    await socket.recv()
+                    await recv(socket)
 
         async with websockets.connect(url, additional_headers=bearer(ACME)) as socket:
             for _ in range(3):  # the first snapshot, then pushed ones
-                message = await socket.recv()
+                message = await recv(socket)
                 assert "globex" not in message
                 assert tenants.deployment not in message
                 snapshot = json.loads(message)["snapshot"]
@@ -346,15 +354,15 @@ async def test_ws_with_tenant_tokens(monitor_server: MonitorFactory, tenants: Te
         # A browser cannot set headers on a WebSocket: the token as a subprotocol.
         async with websockets.connect(url, subprotocols=["bearer", GLOBEX]) as socket:  # type: ignore[list-item]
             assert socket.subprotocol == "bearer"
-            snapshot = json.loads(await socket.recv())["snapshot"]
+            snapshot = json.loads(await recv(socket))["snapshot"]
             assert [t["tenant"] for t in snapshot["tenants"]] == ["globex"]
             assert tenants.acme not in json.dumps(snapshot)
         async with websockets.connect(
             url + "?tenant=globex", additional_headers=bearer(ADMIN)
         ) as socket:
-            snapshot = json.loads(await socket.recv())["snapshot"]
+            snapshot = json.loads(await recv(socket))["snapshot"]
             assert stream_keys(snapshot["streams"]) >= {tenants.globex}
             assert tenants.acme not in json.dumps(snapshot)
         async with websockets.connect(url, additional_headers=bearer(ADMIN)) as socket:
-            snapshot = json.loads(await socket.recv())["snapshot"]
+            snapshot = json.loads(await recv(socket))["snapshot"]
             assert {tenants.acme, tenants.globex} <= stream_keys(snapshot["streams"])
