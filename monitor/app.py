@@ -36,7 +36,7 @@ from redis import exceptions as redis_errors
 
 from outbox import audit
 from outbox.envelope import MessagePriority, uuid7
-from outbox.monitor import models, prometheus, queries, redis_stats, trace
+from outbox.monitor import models, prometheus, queries, redis_stats, tenancy, trace
 from outbox.monitor.collector import Collector
 from outbox.monitor.dead_letters import present, select
 from outbox.monitor.security import (
@@ -52,7 +52,8 @@ from outbox.streams.codec import encode_fields
 from outbox.streams.connection import RedisClient, client_from_url
 from outbox.streams.dead_letter import DeadLetterFilter, DeadLetters
 from outbox.streams.errors import RedisOutOfMemoryError, RedisUnavailableError
-from outbox.streams.keys import Keys
+from outbox.streams.keys import DEAD_LETTER_SERVICE, Keys
+from outbox.validation import TENANT_PATTERN
 
 log = logging.getLogger("outbox.monitor")
 #: How long stopping waits for the PostgreSQL pool's connections to be released.
@@ -86,7 +87,10 @@ class Monitor:
         self.pool: asyncpg.Pool | None = None
         self.redis: RedisClient | None = None
         self.collector: Collector | None = None
-        self.subscribers: set[asyncio.Queue[str]] = set()
+        self.access = tenancy.Access(settings)
+        self.tenant_streamed = settings.tenant_streamed()
+        #: Each /ws client's queue and the tenant it is restricted to (None: everything).
+        self.subscribers: dict[asyncio.Queue[str], str | None] = {}
         self.task: asyncio.Task[None] | None = None
         self.hostname = socket.gethostname()
 
@@ -159,7 +163,11 @@ class Monitor:
 
     async def stop(self) -> None:
         if self.task:
-            self.task.cancel()
+            # Cancelled again until it ends: a driver call (redis-py, asyncpg) may swallow one
+            # cancellation, and the loop would then sleep on as if nothing had happened.
+            while not self.task.done():
+                self.task.cancel()
+                await asyncio.wait({self.task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         if self.pool:
@@ -181,13 +189,20 @@ class Monitor:
                 snapshot = await self.collector.latest(max_age_s=0)
                 # A snapshot holds names, counts and errors, never event data: masking it would
                 # only hide the monitor's own fields (a MONITOR_MASK_FIELDS of "status").
-                message = json.dumps({"type": "snapshot", "snapshot": snapshot}, default=str)
-                for queue in list(self.subscribers):
+                messages: dict[str | None, str] = {}
+                for queue, tenant in list(self.subscribers.items()):
+                    if tenant not in messages:
+                        messages[tenant] = snapshot_message(snapshot, tenant)
                     if queue.full():
                         queue.get_nowait()  # a slow client gets the newest, not a backlog
-                    queue.put_nowait(message)
+                    queue.put_nowait(messages[tenant])
                 await self._append_metrics(snapshot)
             except Exception as error:  # the loop must survive outages of PG or Redis
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stop() cancelled us inside a driver call that turned the cancellation
+                    # into its own error (a timeout): stop anyway, or stop() waits forever.
+                    raise asyncio.CancelledError from error
                 log.warning("event=monitor_collect_failed error=%r", error)
             await asyncio.sleep(self.settings.refresh_interval_s)
 
@@ -240,15 +255,27 @@ class Monitor:
     def masked_copy(self, value: Any) -> Any:
         return mask_fields(value, self.masked)
 
-    def dead_letters(self) -> DeadLetters:
+    def dead_letters(self, tenant: str | None = None) -> DeadLetters:
+        """The deployment's dead letters, or ``tenant``'s own."""
         assert self.redis is not None
-        return DeadLetters(self.redis, self.keys, self.settings.dead_letter_ttl_s)
+        keys = self.keys if tenant is None else self.keys.for_tenant(tenant)
+        return DeadLetters(self.redis, keys, self.settings.dead_letter_ttl_s)
 
-    def stream_key(self, name: str) -> str:
-        """A full key of ours from a full key or a service name; 404 for anything else."""
-        if self.keys.parse_stream(name) is not None or name in (
-            self.keys.dead_letter,
-            self.keys.metrics,
+    def stream_key(self, name: str, tenant: str | None = None) -> str:
+        """A full key of ours from a full key or a service name; 404 for anything else. With
+        ``tenant``, only that tenant's keys (a service name is the tenant's service), and the
+        same 404 for every other key, so a tenant learns nothing of what exists elsewhere."""
+        if tenant is not None:
+            own = self.keys.for_tenant(tenant)
+            candidate = own.stream(name) if ":" not in name else name
+            parsed = self.keys.parse_tenant_stream(candidate)
+            if parsed is None or parsed[0] != tenant:
+                raise HTTPException(404, f"{name!r} is not a stream of tenant {tenant!r}")
+            return candidate
+        if (
+            self.keys.parse_stream(name) is not None
+            or name in (self.keys.dead_letter, self.keys.metrics)
+            or self.keys.parse_tenant_stream(name) is not None
         ):
             return name
         candidate = self.keys.stream(name) if ":" not in name else name
@@ -256,18 +283,67 @@ class Monitor:
             raise HTTPException(404, f"{name!r} is not a stream of prefix {self.keys.prefix!r}")
         return candidate
 
-    def stream_keys(self, name: str) -> tuple[str | None, list[str]]:
+    def stream_keys(self, name: str, tenant: str | None = None) -> tuple[str | None, list[str]]:
         """(service, its streams highest priority first) for a service name; (None, [key])
         for a full key (:meth:`stream_key`)."""
-        key = self.stream_key(name)
+        key = self.stream_key(name, tenant)
         if key == name:
             return None, [key]
-        return name, self.keys.streams_of(name)
+        keys = self.keys if tenant is None else self.keys.for_tenant(tenant)
+        return name, keys.streams_of(name)
+
+    def tenant_of(self, key: str) -> str | None:
+        parsed = self.keys.parse_tenant_stream(key)
+        return parsed[0] if parsed else None
 
 
 def get_monitor(request: Request) -> Monitor:
     monitor: Monitor = request.app.state.monitor
     return monitor
+
+
+def snapshot_message(snapshot: dict[str, Any], tenant: str | None) -> str:
+    """A /ws message: the snapshot as ``tenant`` may see it (tenancy.scope_snapshot)."""
+    scoped = tenancy.scope_snapshot(snapshot, tenant)
+    return json.dumps({"type": "snapshot", "snapshot": scoped}, default=str)
+
+
+def tenant_scope(request: Request) -> str | None:
+    """The tenant a read is restricted to: ``?tenant=`` (422 when it is not a tenant id), or
+    a tenant token's own tenant (403 when it asks for another). None: everything.
+
+    Read from the query string here rather than declared as a parameter: FastAPI would then
+    document a 422 on every read, which the OpenAPI contract of these routes does not list
+    (the parameter itself is documented through :data:`TENANT_QUERY`)."""
+    given = request.query_params.getlist("tenant")
+    if len(given) > 1:
+        raise HTTPException(422, "give ?tenant= once")
+    try:
+        asked = tenancy.asked_tenant(given[0] if given else None)
+    except tenancy.BadTenant as error:
+        raise HTTPException(422, str(error)) from None
+    viewer: tenancy.Viewer = getattr(request.state, "viewer", tenancy.EVERYONE)
+    try:
+        return tenancy.tenant_in_scope(viewer, asked)
+    except tenancy.TenantRefused:
+        raise HTTPException(403, "this token sees its own tenant only") from None
+
+
+Tenant = Annotated[str | None, Depends(tenant_scope)]
+
+#: The ``tenant`` query parameter in OpenAPI (see :func:`tenant_scope`).
+TENANT_QUERY: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "tenant",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "pattern": TENANT_PATTERN.pattern},
+            "description": "only this tenant's streams, consumers, dead letters and events "
+            "(a tenant's token is always restricted to its own; 422 for a bad tenant id)",
+        }
+    ]
+}
 
 
 def get_collector(request: Request) -> Collector:
@@ -379,6 +455,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Outbox lag, relays, Redis streams, consumer groups and dead letters.",
     )
     app.state.monitor = monitor
+    app.add_middleware(tenancy.TokenGate, access=monitor.access)
 
     @app.exception_handler(redis_errors.ConnectionError)
     @app.exception_handler(redis_errors.TimeoutError)
@@ -441,20 +518,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["overview"],
         response_model=models.Snapshot,
         responses=_errors(_COLLECTED),
+        openapi_extra=TENANT_QUERY,
     )
-    async def snapshot(c: CollectorDep) -> Any:
-        """Everything at once: outbox, relays, streams, groups, projections, statuses."""
-        return await c.latest()
+    async def snapshot(c: CollectorDep, tenant: Tenant) -> Any:
+        """Everything at once: outbox, relays, streams, groups, projections, statuses. For a
+        tenant: its streams, consumers, dead letters, backlog and statuses only."""
+        return tenancy.scope_snapshot(await c.latest(), tenant)
 
     @app.get(
         "/api/status",
         tags=["overview"],
         response_model=models.Statuses,
         responses=_errors(_COLLECTED),
+        openapi_extra=TENANT_QUERY,
     )
-    async def status(c: CollectorDep) -> Any:
+    async def status(c: CollectorDep, tenant: Tenant) -> Any:
         """OK / WARN / ERR per component, with the reason."""
-        return (await c.latest())["status"]
+        return tenancy.scope_snapshot(await c.latest(), tenant)["status"]
 
     @app.get(
         "/api/outbox",
@@ -482,20 +562,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["projections"],
         response_model=models.ClientConsumerList,
         responses=_errors(_COLLECTED),
+        openapi_extra=TENANT_QUERY,
     )
-    async def consumers_view(c: CollectorDep) -> Any:
+    async def consumers_view(c: CollectorDep, tenant: Tenant) -> Any:
         """Consumers of the document's client (``consume_messages``): heartbeat age, counters."""
-        return (await c.latest())["consumers"]
+        return tenancy.scope_snapshot(await c.latest(), tenant)["consumers"]
 
     @app.get(
         "/api/streams",
         tags=["streams"],
         response_model=models.StreamList,
         responses=_errors(_COLLECTED),
+        openapi_extra=TENANT_QUERY,
     )
-    async def streams(c: CollectorDep) -> Any:
-        """All streams: length, last id, consumer groups with lag, pending and consumers."""
-        return (await c.latest())["streams"]
+    async def streams(c: CollectorDep, tenant: Tenant) -> Any:
+        """All streams, tenants' included (``tenant``): length, last id, consumer groups with
+        lag, pending and consumers."""
+        return tenancy.scope_snapshot(await c.latest(), tenant)["streams"]
 
     @app.get(
         "/api/stream/{stream}",
@@ -508,11 +591,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 503: "Redis is not reachable, or the monitor is starting",
             }
         ),
+        openapi_extra=TENANT_QUERY,
     )
-    async def stream(stream: NameParam, c: CollectorDep) -> Any:
+    async def stream(stream: NameParam, c: CollectorDep, tenant: Tenant) -> Any:
         """One stream (a full key), or every priority stream of a service (a service name:
-        CRITICAL, HIGH and NORMAL, with the service's totals per group)."""
-        service, keys = monitor.stream_keys(stream)
+        CRITICAL, HIGH and NORMAL, with the service's totals per group); with ``tenant``, a
+        service name is the tenant's service and any other tenant's key is not found."""
+        service, keys = monitor.stream_keys(stream, tenant)
         assert monitor.redis is not None
         _, stats, _ = await redis_stats.collect(monitor.redis, keys)
         for one in stats:
@@ -522,8 +607,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not found:
             raise HTTPException(404, f"stream {' / '.join(keys)} does not exist")
         if service is None:
-            return found[0].as_dict()
-        return redis_stats.service_totals(service, found)
+            return {**found[0].as_dict(), "tenant": monitor.tenant_of(found[0].key)}
+        return {
+            **redis_stats.service_totals(service, found),
+            "tenant": tenant,
+            "streams": [{**one.as_dict(), "tenant": tenant} for one in found],
+        }
 
     @app.get(
         "/api/pending/{stream}/{group}",
@@ -536,17 +625,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 **_REDIS,
             }
         ),
+        openapi_extra=TENANT_QUERY,
     )
     async def pending(
         stream: NameParam,
         group: NameParam,
+        tenant: Tenant,
         count: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Any:
         """A group's pending entries: summary, and the ``count`` longest idle with consumer and
         idle time. A service name covers all its priority streams (``keys``; each entry names
         its ``stream``); ``min_id`` / ``max_id`` are then those of the highest priority stream
         with pending entries."""
-        service, keys = monitor.stream_keys(stream)
+        service, keys = monitor.stream_keys(stream, tenant)
         assert monitor.redis is not None
         total = 0
         min_id = max_id = None
@@ -612,24 +703,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["events"],
         response_model=models.EventTrace,
         responses=_errors({503: "PostgreSQL or Redis is not reachable"}),
+        openapi_extra=TENANT_QUERY,
     )
     async def events(
         correlation_id: Annotated[str, Query(min_length=1, max_length=256)],
+        tenant: Tenant,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> Any:
         """Every event of a correlation and where each one is now: those of the outbox in
         commit order, then those published directly to Redis (``position`` null: the document's
         ``publish_event`` or the original library), found among the newest 10,000 entries of
-        each stream."""
+        each stream: the deployment's, or with ``tenant`` only the tenant's (and only its
+        events of the outbox)."""
         assert monitor.pool is not None
         assert monitor.redis is not None
         assert monitor.collector is not None
         schema = monitor.settings.outbox_schema
-        snap = await monitor.collector.latest()
+        snap = tenancy.scope_snapshot(await monitor.collector.latest(), tenant)
+        # Without a tenant, the deployment's streams only, as before tenants: searching every
+        # tenant's streams too would cost up to SCAN_ENTRIES per stream of every tenant.
         keys = [
             s["key"]
             for s in snap["streams"]
-            if s["exists"] and not s["error"] and monitor.keys.parse_stream(s["key"])
+            if s["exists"]
+            and not s["error"]
+            and s.get("tenant") == tenant
+            and _event_stream(monitor.keys, s["key"])
         ]
         async with monitor.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -637,15 +736,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 correlation_id,
                 limit,
                 monitor.collector.relay_alive_s,
+                tenant,
             )
             direct = await trace.direct_events(
                 monitor.redis, keys, correlation_id, limit - len(rows)
             )
             direct_applied = await trace.applied_by(conn, [m.event_id for m in direct], schema)
+        # The deployment's dead letters and those of the tenants of the events found, or only
+        # the one tenant's.
+        letter_tenants = (
+            [tenant] if tenant else [None, *sorted({r["tenant_id"] for r in rows} - {None})]
+        )
         dead = (
             {
                 letter.event_id: letter
-                async for letter in monitor.dead_letters().iterate()
+                for letter_tenant in letter_tenants
+                async for letter in monitor.dead_letters(letter_tenant).iterate()
                 if letter.event_id
             }
             if rows or direct
@@ -722,12 +828,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["dead letters"],
         response_model=models.DeadLetterList,
         responses=_errors(_REDIS),
+        openapi_extra=TENANT_QUERY,
     )
     async def dead_letters_list(
-        where: Filter, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        where: Filter, tenant: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> Any:
-        """Dead letters matching the filters, newest first."""
-        letters, total = await select(monitor.dead_letters(), where, limit)
+        """Dead letters matching the filters, newest first: the deployment's, or with
+        ``tenant`` the tenant's own (``<prefix>:tenant:<tenant>:dead_letter:events``)."""
+        letters, total = await select(monitor.dead_letters(tenant), where, limit)
         return {"total": total, "dead_letters": [present(x, monitor.masked) for x in letters]}
 
     @app.get(
@@ -735,10 +843,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["dead letters"],
         response_model=models.DeadLetter,
         responses=_errors({404: "no dead letter with this id", **_REDIS}, entry_id=True),
+        openapi_extra=TENANT_QUERY,
     )
-    async def dead_letter_show(entry_id: EntryId) -> Any:
-        """One dead letter."""
-        letter = await monitor.dead_letters().get(entry_id)
+    async def dead_letter_show(entry_id: EntryId, tenant: Tenant) -> Any:
+        """One dead letter (of ``tenant``'s dead letters, when given)."""
+        letter = await monitor.dead_letters(tenant).get(entry_id)
         if letter is None:
             raise HTTPException(404, f"no dead letter {entry_id}")
         return present(letter, monitor.masked)
@@ -751,11 +860,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {**_ADMIN, 404: "no dead letter with this id", **_WRITE, **_OUT_OF_MEMORY},
             entry_id=True,
         ),
+        openapi_extra=TENANT_QUERY,
     )
-    async def dead_letter_replay_one(entry_id: EntryId, actor: Admin) -> Any:
+    async def dead_letter_replay_one(entry_id: EntryId, actor: Admin, tenant: Tenant) -> Any:
         """Re-add one dead letter to its source stream (idempotent: projections keep an inbox).
         Recorded in the audit log."""
-        dead = monitor.dead_letters()
+        dead = monitor.dead_letters(tenant)
         new_ids: list[str] = []
         async with monitor.audited("dlq.replay", actor, "ids", {"ids": [entry_id]}) as counts:
             letter = await dead.get(entry_id)
@@ -772,15 +882,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["dead letters"],
         response_model=models.ReplayedCount,
         responses=_errors({**_ADMIN, **_CHANGED, **_WRITE, **_OUT_OF_MEMORY}),
+        openapi_extra=TENANT_QUERY,
     )
     async def dead_letter_replay(
-        where: Filter, actor: Admin, expected: Annotated[int | None, Query(ge=0)] = None
+        where: Filter,
+        actor: Admin,
+        tenant: Tenant,
+        expected: Annotated[int | None, Query(ge=0)] = None,
     ) -> Any:
         """Replay every dead letter matching the filters. Pass ``expected`` (the count shown to
         the operator) to refuse when the set changed in between. Recorded in the audit log."""
-        dead = monitor.dead_letters()
+        dead = monitor.dead_letters(tenant)
         new_ids: list[str] = []
-        target, details = _selection(where)
+        target, details = _selection(where, tenant)
         async with monitor.audited("dlq.replay", actor, target, details) as counts:
             letters = await dead.select(where)
             if expected is not None and expected != len(letters):
@@ -796,13 +910,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["dead letters"],
         response_model=models.Purged,
         responses=_errors({**_ADMIN, **_CHANGED, **_WRITE}),
+        openapi_extra=TENANT_QUERY,
     )
     async def dead_letter_purge(
-        where: Filter, actor: Admin, expected: Annotated[int | None, Query(ge=0)] = None
+        where: Filter,
+        actor: Admin,
+        tenant: Tenant,
+        expected: Annotated[int | None, Query(ge=0)] = None,
     ) -> Any:
         """Delete every dead letter matching the filters. Recorded in the audit log."""
-        dead = monitor.dead_letters()
-        target, details = _selection(where)
+        dead = monitor.dead_letters(tenant)
+        target, details = _selection(where, tenant)
         async with monitor.audited("dlq.purge", actor, target, details) as counts:
             letters = await dead.select(where)
             if expected is not None and expected != len(letters):
@@ -847,27 +965,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     async def metrics(c: CollectorDep) -> Response:
-        """Prometheus text format."""
+        """Prometheus text format. With MONITOR_TENANT_TOKENS, the admin token is needed (it
+        holds every tenant's figures)."""
         return Response(prometheus.render(await c.latest()), media_type=prometheus.CONTENT_TYPE)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        """A snapshot at once, then one every REFRESH_INTERVAL."""
+        """A snapshot at once, then one every REFRESH_INTERVAL; ``?tenant=`` restricts it to a
+        tenant. With MONITOR_TENANT_TOKENS a token is needed: ``Authorization: Bearer``, or
+        from a browser (which cannot set headers on a WebSocket) the subprotocols
+        ``bearer, <token>``; a tenant's token gets its tenant's snapshot only."""
         extra = monitor.settings.monitor_allowed_origins.split(",")
         if not origin_allowed(
             websocket.headers.get("origin"), websocket.headers.get("host"), extra
         ):
             await websocket.close(code=1008, reason="origin not allowed")
             return
-        await websocket.accept()
+        header = websocket.headers.get("authorization")
+        offered = websocket.scope.get("subprotocols") or []
+        subprotocol = None
+        if len(offered) == 2 and offered[0] == "bearer":
+            header, subprotocol = f"Bearer {offered[1]}", "bearer"
+        viewer = monitor.access.identify(header)
+        if viewer is None:
+            await websocket.close(code=1008, reason="a valid token is required")
+            return
+        try:
+            tenant = tenancy.tenant_in_scope(
+                viewer, tenancy.asked_tenant(websocket.query_params.get("tenant"))
+            )
+        except (tenancy.BadTenant, tenancy.TenantRefused):
+            await websocket.close(code=1008, reason="not a tenant this token may see")
+            return
+        await websocket.accept(subprotocol=subprotocol)
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
-        monitor.subscribers.add(queue)
+        monitor.subscribers[queue] = tenant
         try:
             assert monitor.collector is not None
             first = await monitor.collector.latest()
-            await websocket.send_text(
-                json.dumps({"type": "snapshot", "snapshot": first}, default=str)
-            )
+            await websocket.send_text(snapshot_message(first, tenant))
             receiver = asyncio.create_task(websocket.receive_text())
             while True:
                 getter = asyncio.create_task(queue.get())
@@ -883,7 +1019,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except WebSocketDisconnect:
             pass
         finally:
-            monitor.subscribers.discard(queue)
+            monitor.subscribers.pop(queue, None)
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
@@ -893,9 +1029,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _selection(where: DeadLetterFilter) -> tuple[str, dict[str, Any]]:
+def _selection(where: DeadLetterFilter, tenant: str | None) -> tuple[str, dict[str, Any]]:
     """The audit target and details of a filtered replay or purge."""
     chosen = {
+        "tenant": tenant,
         "stream": where.stream,
         "group": where.group,
         "event_type": where.event_type,
@@ -906,10 +1043,22 @@ def _selection(where: DeadLetterFilter) -> tuple[str, dict[str, Any]]:
     return ("filter" if used else "all"), {"filter": used}
 
 
+def _event_stream(keys: Keys, key: str) -> bool:
+    """An event stream of the deployment or of a tenant (not dead letters, not metrics)."""
+    if keys.parse_stream(key) is not None:
+        return True
+    parsed = keys.parse_tenant_stream(key)
+    return parsed is not None and parsed[1] != DEAD_LETTER_SERVICE
+
+
 async def _find_entry(monitor: Monitor, row: Any) -> dict[str, Any] | None:
-    """The stream entry of a published event: a bounded scan from its commit time onwards."""
+    """The stream entry of a published event: a bounded scan from its commit time onwards
+    (in its tenant's stream when the relay sends the service's tenant events there)."""
     assert monitor.redis is not None
-    key = monitor.keys.stream(row["stream"], MessagePriority(row["priority"]))
+    keys = monitor.keys
+    if row["tenant_id"] is not None and monitor.tenant_streamed(row["stream"]):
+        keys = keys.for_tenant(row["tenant_id"])
+    key = keys.stream(row["stream"], MessagePriority(row["priority"]))
     start_ms = int(row["occurred_at"].timestamp() * 1000) - 5000
     event_id = str(row["event_id"])
     entries: Any = await monitor.redis.xrange(key, min=str(max(0, start_ms)), count=2000)

@@ -74,6 +74,8 @@ class Collector:
         self.configured_services = [
             s.strip() for s in settings.monitor_services.split(",") if s.strip()
         ]
+        #: Tenants shown even before the relay published anything of theirs: those with a token.
+        self.known_tenants = sorted({tenant for tenant, _ in settings.tenant_tokens()})
 
     async def latest(self, max_age_s: float = 1.0) -> dict[str, Any]:
         async with self._lock:
@@ -109,9 +111,11 @@ class Collector:
                 schema,
             )
             partitionings, owners = await sources.partition_side(conn, schema)
+            tenant_services, tenant_backlog = await sources.tenant_side(conn, self.keys, schema)
         for projection in projections:
             projection["processing_latency"] = latency.get(projection["name"])
         reports = await sources.client_consumers(self.redis, self.keys)
+        tenant_rows: list[dict[str, Any]] = []
         services = sorted(
             set(self.configured_services)
             | {row["stream"] for row in outbox["streams"]}
@@ -130,7 +134,20 @@ class Collector:
             for key in self.keys.streams_of(service, partition)
         ]
         keys += [self.keys.dead_letter, self.keys.metrics]
+        tenants = sorted(set(tenant_services) | set(tenant_backlog) | set(self.known_tenants))
+        tenant_of: dict[str, str] = {}
+        for tenant in tenants:
+            own = self.keys.for_tenant(tenant)
+            for service in sorted(tenant_services.get(tenant, ())):
+                tenant_of.update(dict.fromkeys(own.streams_of(service), tenant))
+            tenant_of[own.dead_letter] = tenant
+        keys += list(tenant_of)
         redis_now, streams, server = await redis_stats.collect(self.redis, keys)
+        for tenant in tenants:
+            tenant_reports = await sources.client_consumers(
+                self.redis, self.keys.for_tenant(tenant)
+            )
+            tenant_rows += sources.client_consumer_rows(tenant_reports, redis_now, tenant)
         dead_letter = next((s for s in streams if s.key == self.keys.dead_letter), None)
         # Published per service: entries ever added to its streams (XINFO STREAM entries-added),
         # exact and cheap; the relay's watermark keeps re-publishes out of it.
@@ -139,7 +156,13 @@ class Collector:
             every = partitionings.get(row["stream"], Partitioning()).every_partition()
             row["published"] = sum(
                 added.get(k, 0) for p in every for k in self.keys.streams_of(row["stream"], p)
+            ) + sum(
+                added.get(k, 0)
+                for t in tenants
+                if row["stream"] in tenant_services.get(t, ())
+                for k in self.keys.for_tenant(t).streams_of(row["stream"])
             )
+        by_key = {s.key: s for s in streams}
         snapshot: dict[str, Any] = {
             "at": datetime.now(UTC).isoformat(),
             "db_now": outbox["db_now"],
@@ -148,13 +171,33 @@ class Collector:
             "redis_db": _db_number(self.settings.redis_streams_url.get_secret_value()),
             "outbox": outbox,
             "relays": relays,
-            "streams": [s.as_dict() for s in streams if s.exists or s.error],
+            "streams": [
+                {**s.as_dict(), "tenant": tenant_of.get(s.key)}
+                for s in streams
+                if s.exists or s.error
+            ],
             "projections": projections,
-            "consumers": sources.client_consumer_rows(reports, redis_now),
-            "dead_letters": {
-                "count": dead_letter.length if dead_letter else 0,
-                "added": (dead_letter.entries_added or 0) if dead_letter else 0,
-            },
+            "consumers": sources.client_consumer_rows(reports, redis_now) + tenant_rows,
+            "dead_letters": _dead_letter_count(dead_letter),
+            "tenants": [
+                {
+                    "tenant": tenant,
+                    "streams": [
+                        k
+                        for k, t in tenant_of.items()
+                        if t == tenant and k in by_key and by_key[k].exists
+                    ],
+                    "dead_letters": _dead_letter_count(
+                        by_key.get(self.keys.for_tenant(tenant).dead_letter)
+                    ),
+                    "unpublished": sum(tenant_backlog.get(tenant, {}).values()),
+                    "unpublished_capped": any(
+                        n >= sources.UNPUBLISHED_COUNT_CAP
+                        for n in tenant_backlog.get(tenant, {}).values()
+                    ),
+                }
+                for tenant in tenants
+            ],
             "partitions": self._partitions(owners, streams),
             "redis": server,
         }
@@ -307,7 +350,7 @@ class Collector:
                     )
 
         for consumer in snapshot["consumers"]:
-            name = f"client:{consumer['group']}/{consumer['consumer']}"
+            name = client_component(consumer)
             seen.add(name)
             samples = self._record(name, now, 0, consumer["processed"])
             consumer["processing_rate_per_s"] = self._rate(samples)
@@ -339,6 +382,20 @@ class Collector:
             del self.projection_counts[gone]
         overall = worst([Status(c["level"], c["reason"]) for c in components])  # type: ignore[arg-type]
         return {"overall": overall.as_dict(), "components": components}
+
+
+def client_component(consumer: dict[str, Any]) -> str:
+    """The status component of a client consumer (a tenant's: ``client:tenant:<t>/…``)."""
+    tenant = consumer.get("tenant")
+    scope = f"tenant:{tenant}/" if tenant else ""
+    return f"client:{scope}{consumer['group']}/{consumer['consumer']}"
+
+
+def _dead_letter_count(stats: StreamStats | None) -> dict[str, int]:
+    return {
+        "count": stats.length if stats else 0,
+        "added": (stats.entries_added or 0) if stats else 0,
+    }
 
 
 def _component(name: str, kind: str, status: Status) -> dict[str, str]:

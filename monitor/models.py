@@ -160,6 +160,7 @@ class ServiceStreams(Body):
     """``GET /api/stream/{service}``: every priority stream of a service, and the totals."""
 
     service: str
+    tenant: str | None = Field(default=None, description="the tenant whose streams these are")
     length: int
     groups: list[ServiceGroup]
     streams: list[Stream] = Field(description="those that exist, highest priority first")
@@ -176,6 +177,9 @@ class Stream(Body):
     entries_added: int | None
     error: str | None
     groups: list[ConsumerGroup]
+    tenant: str | None = Field(
+        default=None, description="the tenant whose stream (or dead letters) this is"
+    )
 
 
 class StreamOrService(RootModel[Stream | ServiceStreams]):
@@ -348,6 +352,7 @@ class ClientConsumer(Body):
     heartbeat_interval_s: float
     heartbeat_age_s: float | None
     processing_rate_per_s: float | None = None
+    tenant: str | None = Field(default=None, description="a tenant's consumer (TENANT_ID)")
 
 
 class ClientConsumerList(RootModel[list[ClientConsumer]]):
@@ -406,6 +411,18 @@ class PartitionOwner(Body):
     lag_entries: int = Field(description="entries of its streams not yet applied")
 
 
+class TenantSummary(Body):
+    """A tenant's streams (TENANT_STREAMS), dead letters and outbox backlog."""
+
+    tenant: str
+    streams: list[str] = Field(description="its stream keys that exist")
+    dead_letters: DeadLetterCount
+    unpublished: int = Field(description="its committed events not yet published")
+    unpublished_capped: bool = Field(
+        description="a service's count stopped at its cap (100,000): at least this many"
+    )
+
+
 class Snapshot(Body):
     """``GET /api/snapshot``: everything at once, as the dashboard and ``/ws`` get it."""
 
@@ -421,7 +438,10 @@ class Snapshot(Body):
     consumers: list[ClientConsumer]
     dead_letters: DeadLetterCount
     partitions: list[PartitionOwner]
-    redis: RedisServer
+    tenants: list[TenantSummary] = Field(
+        default_factory=list, description="each tenant with streams, a backlog or a token"
+    )
+    redis: RedisServer | None = Field(description="null in a tenant's view: a shared server")
     status: Statuses
     collect_ms: float
 

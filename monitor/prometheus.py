@@ -7,6 +7,11 @@ the rest are ``outbox_*`` and ``projection_*`` with base units in the name (``_s
 ``_total``). What grows is a counter, never a rate: Prometheus takes ``rate()`` over the window
 a query asks for. The output passes ``promtool check metrics``. No event or correlation id is
 ever a label (unbounded cardinality).
+
+Tenants' streams (TENANT_STREAMS) are not series of their own: a stream, group and consumer
+label per tenant would multiply the series by the number of tenants. Each tenant gets
+``outbox_tenant_*`` series instead, labelled ``tenant`` (and ``group``): tenants times groups
+series at most, documented in docs/monitor.md#tenants.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class SnapshotCollector(Collector):
             ["db", "stream", "group", "consumer"],
         )
         for stream in snap.get("streams", []):
-            if not stream.get("exists"):
+            if not stream.get("exists") or stream.get("tenant"):
                 continue
             key = stream["key"]
             length.add_metric([db, key], stream["length"])
@@ -246,13 +251,25 @@ class SnapshotCollector(Collector):
         added.add_metric([], letters.get("added", 0))
         yield added
 
+        yield from _tenant_metrics(snap)
+
         status = _gauge(
             "outbox_component_status",
-            "0 OK, 1 WARN, 2 ERR per monitored component",
+            "0 OK, 1 WARN, 2 ERR per monitored component (not tenants' streams and consumers:"
+            " see outbox_tenant_*)",
             ["component"],
         )
+        tenant_keys = tuple(
+            prefix
+            for s in snap.get("streams", [])
+            if s.get("tenant")
+            for prefix in (f"group:{s['key']}/", f"stream:{s['key']}")
+        )
         for component in snap.get("status", {}).get("components", []):
-            status.add_metric([component["component"]], _LEVELS[component["level"]])
+            name = component["component"]
+            if name.startswith(tenant_keys) or name.startswith("client:tenant:"):
+                continue
+            status.add_metric([name], _LEVELS[component["level"]])
         yield status
 
         redis = snap.get("redis", {})
@@ -298,6 +315,63 @@ class SnapshotCollector(Collector):
                         memory.add_metric([node["node"]], node.get("used_memory_bytes") or 0)
                 yield up
                 yield memory
+
+
+def _tenant_metrics(snap: dict[str, Any]) -> Iterable[Metric]:
+    """Per tenant: entries in its streams, per group its lag and pending entries over all of
+    them, its dead letters and its unpublished events."""
+    length = _gauge(
+        "outbox_tenant_stream_entries", "Entries in the tenant's event streams", ["tenant"]
+    )
+    lag = _gauge(
+        "outbox_tenant_group_lag",
+        "Entries of the tenant's streams not yet delivered to the group",
+        ["tenant", "group"],
+    )
+    pending = _gauge(
+        "outbox_tenant_group_messages_pending",
+        "Entries of the tenant's streams delivered to the group and not acknowledged",
+        ["tenant", "group"],
+    )
+    lag_s = _gauge(
+        "outbox_tenant_group_lag_seconds",
+        "Age of the oldest entry of the tenant's streams not yet delivered to the group",
+        ["tenant", "group"],
+    )
+    entries: dict[str, int] = {}
+    groups: dict[tuple[str, str], list[float]] = {}
+    for stream in snap.get("streams", []):
+        tenant = stream.get("tenant")
+        if (
+            not tenant
+            or not stream.get("exists")
+            or stream["key"].endswith((":dead_letter:events", ":{dead_letter}:events"))
+        ):
+            continue
+        entries[tenant] = entries.get(tenant, 0) + stream["length"]
+        for group in stream["groups"]:
+            figures = groups.setdefault((tenant, group["name"]), [0, 0, 0.0])
+            figures[0] += group["lag_entries"]
+            figures[1] += group["pending"]
+            figures[2] = max(figures[2], group["lag_seconds"])
+    for tenant, count in sorted(entries.items()):
+        length.add_metric([tenant], count)
+    for (tenant, name), (behind, unacked, seconds) in sorted(groups.items()):
+        lag.add_metric([tenant, name], behind)
+        pending.add_metric([tenant, name], unacked)
+        lag_s.add_metric([tenant, name], seconds)
+    dead = _gauge(
+        "outbox_tenant_dead_letters", "Entries in the tenant's dead-letter stream", ["tenant"]
+    )
+    unpublished = _gauge(
+        "outbox_tenant_unpublished_events",
+        "The tenant's committed events not yet published (each service counted up to a cap)",
+        ["tenant"],
+    )
+    for summary in snap.get("tenants", []):
+        dead.add_metric([summary["tenant"]], summary["dead_letters"]["count"])
+        unpublished.add_metric([summary["tenant"]], summary["unpublished"])
+    yield from (length, lag, pending, lag_s, dead, unpublished)
 
 
 def render(snapshot: dict[str, Any]) -> bytes:

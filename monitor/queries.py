@@ -84,6 +84,42 @@ SELECT c.stream,
  ORDER BY c.stream
 """.replace("{republishing}", _REPUBLISHING.format(alive="$2"))
 
+# The tenants' streams the relay has published to (TENANT_STREAMS): the keys of the watermarks it
+# commits with each service's cursor (relay_cursors.marks), so no keyspace SCAN is needed. $1 is
+# a LIKE pattern of the tenant keys; the caller parses each key (keys.parse_tenant_stream).
+TENANT_STREAM_KEYS = """
+SELECT DISTINCT k.key
+  FROM relay_cursors c, jsonb_object_keys(c.marks) AS k(key)
+ WHERE k.key LIKE $1
+"""
+
+# Per service and tenant, committed events of the tenant beyond the service's stored cursor:
+# the same bounded scan as OUTBOX_STREAMS's count (at most $1 rows per service, through the
+# (stream, txid, position) index), grouped by tenant. Counted from the stored cursor only (not
+# from the one a relay publishing Redis's losses again reports).
+TENANT_BACKLOG = """
+WITH RECURSIVE s(stream) AS (
+    SELECT min(stream) FROM outbox_events
+    UNION ALL
+    SELECT (SELECT min(stream) FROM outbox_events WHERE stream > s.stream)
+      FROM s WHERE s.stream IS NOT NULL
+), cursors AS (
+    SELECT s.stream, coalesce(c.txid, '0'::xid8) AS txid, coalesce(c.position, 0) AS position
+      FROM s LEFT JOIN relay_cursors c ON c.stream = s.stream
+     WHERE s.stream IS NOT NULL
+)
+SELECT c.stream, b.tenant_id, count(*) AS unpublished
+  FROM cursors c
+ CROSS JOIN LATERAL (
+       SELECT e.tenant_id FROM outbox_events e
+        WHERE e.stream = c.stream AND (e.txid, e.position) > (c.txid, c.position)
+        ORDER BY e.txid, e.position
+        LIMIT $1) b
+ WHERE b.tenant_id IS NOT NULL
+ GROUP BY c.stream, b.tenant_id
+ ORDER BY b.tenant_id, c.stream
+"""
+
 # Relay instances that are running, or stopped within the last hour.
 RELAYS = """
 SELECT instance_id, host, pid, started_at, streams, cursors, stream_errors, republishing,
@@ -136,14 +172,15 @@ SELECT p.projection,
  GROUP BY p.projection
 """
 
-# The events of one correlation, with where each one is now. Published: the relay's cursor has
+# The events of one correlation (of tenant $4 only, unless it is null), with where each one is
+# now. Published: the relay's cursor has
 # passed it, the cursor a live relay (heartbeat younger than $3 s) reports while it publishes
 # again what Redis lost, else the stored one.
 EVENTS_BY_CORRELATION = """
 WITH republishing AS ({republishing}
 )
 SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.aggregate_id,
-       e.causation_id, e.user_id, e.occurred_at, e.payload::text AS payload,
+       e.causation_id, e.user_id, e.occurred_at, e.payload::text AS payload, e.tenant_id,
        c.stream IS NOT NULL
            AND (e.txid, e.position) <= (coalesce(rp.txid, c.txid),
                                         coalesce(rp.position, c.position)) AS published,
@@ -155,6 +192,7 @@ SELECT e.position, e.event_id, e.stream, e.event_type, e.source, e.priority, e.a
   LEFT JOIN relay_cursors c ON c.stream = e.stream
   LEFT JOIN republishing rp ON rp.stream = e.stream
  WHERE e.correlation_id = $1
+   AND ($4::text IS NULL OR e.tenant_id = $4)
  ORDER BY e.txid, e.position
  LIMIT $2
 """.replace("{republishing}", _REPUBLISHING.format(alive="$3"))
@@ -187,6 +225,8 @@ STATEMENTS = (
     OLDEST_WRITE_TRANSACTION,
     DATABASE_NOW,
     OUTBOX_STREAMS,
+    TENANT_STREAM_KEYS,
+    TENANT_BACKLOG,
     RELAYS,
     PROJECTION_CONSUMERS,
     PROJECTION_CHECKPOINTS,

@@ -7,6 +7,8 @@
 - Connection URLs and passwords never leave the process (``outbox.settings.redact_url``).
 - Write actions need ``Authorization: Bearer <MONITOR_ADMIN_TOKEN>``; with no token configured
   they are refused.
+- With ``MONITOR_TENANT_TOKENS`` every read needs a token too, and a tenant's token sees its
+  own tenant only (``monitor/tenancy.py``).
 - ``/ws`` accepts only the page's own Origin (plus ``MONITOR_ALLOWED_ORIGINS``).
 - Stream and group names in paths must match a strict pattern (else 404/422, never a 500).
 """

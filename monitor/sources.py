@@ -14,7 +14,7 @@ from outbox.partitioning import Partitioning
 from outbox.streams.connection import RedisClient
 from outbox.streams.errors import RedisUnavailableError, StreamsError
 from outbox.streams.heartbeat import ConsumerReport, read_reports
-from outbox.streams.keys import Keys
+from outbox.streams.keys import TENANT_INFIX, Keys
 
 #: A consumer that stopped cleanly is shown this long after (like projection consumers).
 STOPPED_SHOWN_S = 3600.0
@@ -69,6 +69,28 @@ async def outbox_side(
             else None
         ),
     }
+
+
+async def tenant_side(
+    conn: asyncpg.Connection, keys: Keys, schema: str = DEFAULT_SCHEMA
+) -> tuple[dict[str, set[str]], dict[str, dict[str, int]]]:
+    """Per tenant: the services whose tenant streams the relay has published to (its marks),
+    and the tenant's unpublished events per service (each counted up to the cap)."""
+    pattern = _like(f"{keys.prefix}{TENANT_INFIX}") + "%"
+    services: dict[str, set[str]] = defaultdict(set)
+    for row in await conn.fetch(in_schema(queries.TENANT_STREAM_KEYS, schema), pattern):
+        parsed = keys.parse_tenant_stream(row["key"])
+        if parsed is not None:
+            services[parsed[0]].add(parsed[1])
+    backlog: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in await conn.fetch(in_schema(queries.TENANT_BACKLOG, schema), UNPUBLISHED_COUNT_CAP):
+        backlog[row["tenant_id"]][row["stream"]] = int(row["unpublished"])
+    return dict(services), dict(backlog)
+
+
+def _like(text: str) -> str:
+    """``text`` matched literally by LIKE (a prefix may hold ``_``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _float(value: Any) -> float | None:
@@ -204,8 +226,11 @@ async def client_consumers(redis: RedisClient, keys: Keys) -> list[ConsumerRepor
         return []
 
 
-def client_consumer_rows(reports: list[ConsumerReport], redis_now: float) -> list[dict[str, Any]]:
-    """Rows of the snapshot's ``consumers``: running ones, and those stopped within the hour."""
+def client_consumer_rows(
+    reports: list[ConsumerReport], redis_now: float, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows of the snapshot's ``consumers``: running ones, and those stopped within the hour
+    (of ``tenant``'s heartbeats, ``<prefix>:tenant:<tenant>:consumers``, when given)."""
     rows = []
     for report in reports:
         age = max(0.0, redis_now - report.heartbeat_at) if report.heartbeat_at else None
@@ -226,6 +251,7 @@ def client_consumer_rows(reports: list[ConsumerReport], redis_now: float) -> lis
                 "stopped": report.stopped,
                 "heartbeat_interval_s": report.heartbeat_interval_s,
                 "heartbeat_age_s": None if age is None else round(age, 3),
+                "tenant": tenant,
             }
         )
     rows.sort(key=lambda row: (row["group"], row["consumer"]))

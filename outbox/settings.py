@@ -475,6 +475,14 @@ class Settings(ClientSettings, EmitSettings):
         validation_alias=_env("MONITOR_ADMIN_TOKEN_NAME"),
         description="Who the audit log names for the monitor's write actions (never the token).",
     )
+    monitor_tenant_tokens: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("MONITOR_TENANT_TOKENS"),
+        description="Comma-separated <tenant>:<token> pairs (a tenant may have several tokens, "
+        "for rotation). Set: every /api/* request and /ws needs a bearer token, "
+        "MONITOR_ADMIN_TOKEN sees everything, a tenant's token only its tenant, read-only "
+        "(docs/monitor.md#tenants).",
+    )
     monitor_mask_fields: str = Field(
         default="password,token,secret,email",
         validation_alias=_env("MONITOR_MASK_FIELDS"),
@@ -496,6 +504,25 @@ class Settings(ClientSettings, EmitSettings):
     metrics_stream_retention_s: int = Field(
         default=86400, ge=60, validation_alias=_env("METRICS_STREAM_RETENTION")
     )
+
+    @field_validator("monitor_tenant_tokens")
+    @classmethod
+    def _check_tenant_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            parse_tenant_tokens(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _tenant_tokens_apart_from_admin(self) -> Settings:
+        admin = self.monitor_admin_token.get_secret_value() if self.monitor_admin_token else ""
+        if admin and any(token == admin for _, token in self.tenant_tokens()):
+            raise ValueError("MONITOR_TENANT_TOKENS: a tenant token equals MONITOR_ADMIN_TOKEN")
+        return self
+
+    def tenant_tokens(self) -> list[tuple[str, str]]:
+        """``(tenant, token)`` of MONITOR_TENANT_TOKENS; empty when unset."""
+        text = self.monitor_tenant_tokens.get_secret_value() if self.monitor_tenant_tokens else ""
+        return parse_tenant_tokens(text) if text.strip() else []
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -529,6 +556,40 @@ class Settings(ClientSettings, EmitSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.monitor_port}/"
+
+
+#: A tenant token is a secret a person pastes into a dashboard or a Prometheus job: long enough
+#: not to be guessed, and free of the separators of MONITOR_TENANT_TOKENS.
+_TENANT_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+
+
+def parse_tenant_tokens(text: str) -> list[tuple[str, str]]:
+    """``(tenant, token)`` pairs of ``acme:<token>,globex:<token>``. A malformed entry is named
+    by its place in the list, never by its token (the message ends up in logs)."""
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for place, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        if not entry:
+            continue
+        tenant, sep, token = entry.partition(":")
+        if not sep:
+            raise ValueError(f"MONITOR_TENANT_TOKENS entry {place}: expected <tenant>:<token>")
+        try:
+            check_tenant_id(tenant.strip())
+        except ValueError as error:
+            raise ValueError(f"MONITOR_TENANT_TOKENS entry {place}: {error}") from None
+        if not _TENANT_TOKEN.match(token.strip()):
+            raise ValueError(
+                f"MONITOR_TENANT_TOKENS entry {place} ({tenant.strip()}): a token is 16 to 512 "
+                "characters of letters, digits and ._~+/=-"
+            )
+        if token.strip() in seen:
+            raise ValueError(f"MONITOR_TENANT_TOKENS entry {place}: a token is given twice")
+        seen.add(token.strip())
+        pairs.append((tenant.strip(), token.strip()))
+    if not pairs:
+        raise ValueError("MONITOR_TENANT_TOKENS is set but names no <tenant>:<token>")
+    return pairs
 
 
 def redact_url(url: str) -> str:

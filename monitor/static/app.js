@@ -4,6 +4,29 @@
 const HISTORY = 180; // points kept for the charts (at REFRESH_INTERVAL each)
 const history = { t: [], published: [], applied: [], unpublished: [], lag: [] };
 let lastDeadCount = null;
+// The tenant shown (?tenant=, kept for the tab; "" for everything) and the live socket.
+let tenant = new URLSearchParams(location.search).get("tenant") || sessionStorage.getItem("monitor-tenant") || "";
+let socket = null;
+const knownTenants = new Set(tenant ? [tenant] : []);
+
+// The bearer token for reads too: needed when MONITOR_TENANT_TOKENS is set.
+function token() { return $("token").value || sessionStorage.getItem("monitor-token") || ""; }
+function authorized() { const t = token(); return t ? { Authorization: `Bearer ${t}` } : {}; }
+// ``path`` restricted to the chosen tenant (``extra``: further query parameters).
+function scoped(path, extra = "") {
+  const query = [tenant ? `tenant=${encodeURIComponent(tenant)}` : "", extra].filter((x) => x).join("&");
+  return query ? `${path}?${query}` : path;
+}
+
+function renderTenants(snap) {
+  for (const t of snap.tenants || []) knownTenants.add(t.tenant);
+  const select = $("tenant");
+  const wanted = ["", ...[...knownTenants].sort()];
+  if ([...select.options].map((o) => o.value).join(",") !== wanted.join(",")) {
+    select.replaceChildren(...wanted.map((t) => { const o = el("option", t || "all"); o.value = t; return o; }));
+  }
+  select.value = tenant;
+}
 
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString());
@@ -54,8 +77,12 @@ function render(snap) {
   $("overall-reason").textContent = overall.reason;
   $("updated").textContent = `updated ${new Date(snap.at).toLocaleTimeString()} · collected in ${snap.collect_ms} ms`;
 
+  renderTenants(snap);
   const outbox = snap.outbox.streams;
-  const unpublished = outbox.reduce((a, r) => a + r.unpublished, 0);
+  // A tenant's view has no outbox totals: its own backlog is in its summary.
+  const unpublished = tenant || snap.redis === null
+    ? (snap.tenants || []).reduce((a, t) => a + t.unpublished, 0)
+    : outbox.reduce((a, r) => a + r.unpublished, 0);
   const oldest = Math.max(0, ...outbox.map((r) => r.oldest_unpublished_age_s || 0));
   const publishRate = outbox.reduce((a, r) => a + (r.publish_rate_per_s || 0), 0);
   const groups = snap.streams.flatMap((s) => s.groups.map((g) => ({ stream: s, g })));
@@ -88,11 +115,13 @@ function render(snap) {
     ? `${fmt(failed)} failed · ${fmt(retried)} retried in ${age(Math.max(...windows.map((w) => w.span_s)))}`
     : "collecting history";
   $("card-dead").textContent = fmt(snap.dead_letters.count);
-  $("card-memory").textContent = bytes(snap.redis.used_memory_bytes);
-  $("card-redis").textContent = `${fmt(snap.redis.connected_clients)} clients · ${fmt(snap.redis.instantaneous_ops_per_sec)} ops/s · up ${age(snap.redis.uptime_seconds)}`;
-  $("card-hit-ratio").textContent = `hit ratio ${percent(snap.redis.hit_ratio)} (${fmt(snap.redis.keyspace_hits)} hits, ${fmt(snap.redis.keyspace_misses)} misses)`;
+  // A tenant's view has no server figures (the server is shared).
+  const redis = snap.redis || { nodes: [] };
+  $("card-memory").textContent = snap.redis ? bytes(redis.used_memory_bytes) : "–";
+  $("card-redis").textContent = snap.redis ? `${fmt(redis.connected_clients)} clients · ${fmt(redis.instantaneous_ops_per_sec)} ops/s · up ${age(redis.uptime_seconds)}` : "";
+  $("card-hit-ratio").textContent = snap.redis ? `hit ratio ${percent(redis.hit_ratio)} (${fmt(redis.keyspace_hits)} hits, ${fmt(redis.keyspace_misses)} misses)` : "";
   // On a Redis Cluster, each primary's memory: one full node refuses its own streams' writes.
-  const nodes = snap.redis.nodes || [];
+  const nodes = redis.nodes || [];
   $("card-nodes").textContent = nodes
     .map((n) => (n.error ? `${n.node}: DOWN` : `${n.node}: ${bytes(n.used_memory_bytes)}`))
     .join(" · ");
@@ -202,7 +231,7 @@ function drawChart(canvas, series) {
 
 async function loadDeadLetters() {
   try {
-    const response = await fetch("/api/dead-letters?limit=50");
+    const response = await fetch(scoped("/api/dead-letters", "limit=50"), { headers: authorized() });
     if (!response.ok) throw new Error(`${response.status}`);
     const body = await response.json();
     fill("table-dead", body.dead_letters.map((d) => {
@@ -216,11 +245,10 @@ async function loadDeadLetters() {
 }
 
 async function replay(id, button) {
-  const token = $("token").value || sessionStorage.getItem("monitor-token") || "";
-  if (token) sessionStorage.setItem("monitor-token", token);
+  if (token()) sessionStorage.setItem("monitor-token", token());
   button.disabled = true;
-  const response = await fetch(`/api/dead-letters/${encodeURIComponent(id)}/replay`, {
-    method: "POST", headers: { Authorization: `Bearer ${token}` },
+  const response = await fetch(scoped(`/api/dead-letters/${encodeURIComponent(id)}/replay`), {
+    method: "POST", headers: { Authorization: `Bearer ${token()}` },
   });
   const body = await response.json().catch(() => ({}));
   if (response.ok) { $("dlq-message").textContent = `replayed ${id} → ${body.new_entry_ids.join(", ")}`; lastDeadCount = null; loadDeadLetters(); loadAudit(); }
@@ -229,7 +257,7 @@ async function replay(id, button) {
 
 async function loadAudit() {
   try {
-    const response = await fetch("/api/audit?limit=20");
+    const response = await fetch("/api/audit?limit=20", { headers: authorized() });
     if (!response.ok) throw new Error(`${response.status}`);
     const body = await response.json();
     fill("table-audit", body.entries.map((a) => {
@@ -242,13 +270,36 @@ async function loadAudit() {
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws`);
-  socket.onopen = () => { $("connection").textContent = "live"; };
-  socket.onmessage = (message) => { const data = JSON.parse(message.data); if (data.type === "snapshot") render(data.snapshot); };
-  socket.onclose = () => { $("connection").textContent = "reconnecting…"; setTimeout(connect, 2000); };
+  // A browser cannot set headers on a WebSocket: the token travels as the subprotocols
+  // "bearer, <token>" (the monitor answers "bearer").
+  const url = `${scheme}://${location.host}${scoped("/ws")}`;
+  const current = token() ? new WebSocket(url, ["bearer", token()]) : new WebSocket(url);
+  socket = current;
+  current.onopen = () => { $("connection").textContent = tenant ? `live · tenant ${tenant}` : "live"; };
+  current.onmessage = (message) => { const data = JSON.parse(message.data); if (data.type === "snapshot") render(data.snapshot); };
+  current.onclose = () => {
+    if (socket !== current) return; // replaced on purpose (another tenant or token)
+    $("connection").textContent = "reconnecting…"; setTimeout(connect, 2000);
+  };
 }
 
+// A new socket for another tenant or token (the old one closes without reconnecting).
+function reconnect() {
+  const previous = socket;
+  socket = null;
+  if (previous) previous.close();
+  connect();
+}
+
+$("tenant").addEventListener("change", () => {
+  tenant = $("tenant").value;
+  sessionStorage.setItem("monitor-tenant", tenant);
+  lastDeadCount = null; // the next snapshot reloads the dead letters of this tenant
+  reconnect();
+});
+$("token").addEventListener("change", () => { sessionStorage.setItem("monitor-token", token()); reconnect(); loadAudit(); });
+
 $("token").value = sessionStorage.getItem("monitor-token") || "";
-fetch("/api/snapshot").then((r) => r.json()).then(render).catch(() => {}).finally(connect);
+fetch(scoped("/api/snapshot"), { headers: authorized() }).then((r) => r.json()).then(render).catch(() => {}).finally(connect);
 loadAudit();
 setInterval(loadAudit, 15000);

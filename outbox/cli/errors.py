@@ -23,6 +23,17 @@ def _is_connection_refused(error: BaseException) -> bool:
     return False
 
 
+def _secret_settings() -> frozenset[str]:
+    """The names (lower case) of the settings that hold secrets."""
+    from outbox.settings import Settings
+
+    return frozenset(
+        name
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)
+    )
+
+
 def report_failure(error: BaseException) -> int | None:
     """Print a one-line explanation and return the exit code, or None for a real bug."""
     if isinstance(error, OutboxError):
@@ -32,8 +43,15 @@ def report_failure(error: BaseException) -> int | None:
         # A bad value in the environment or .env: name each variable and what it should be.
         for problem in error.errors():
             variable = ".".join(str(part) for part in problem["loc"])
+            # A secret's value (a token, a password, a key) never reaches the terminal or a log;
+            # neither does the whole input a check across settings (no ``loc``) is given.
+            shown = (
+                "<hidden>"
+                if not variable or variable.lower() in _secret_settings()
+                else repr(problem.get("input"))
+            )
             print(
-                f"outbox: invalid setting {variable}={problem.get('input')!r}: {problem['msg']}",
+                f"outbox: invalid setting {variable or 'combination'}={shown}: {problem['msg']}",
                 file=sys.stderr,
             )
         print("  (README, Configuration, lists every setting and its default)", file=sys.stderr)
