@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import asyncpg
@@ -219,7 +219,9 @@ async def latency(
     seconds: float,
     connections: int,
     poll_min_ms: float | None = None,
+    emitted: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
+    """``emitted``: awaited once the emitters are done, before waiting for what is left."""
     prefix = f"lat{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
     stream = keys.stream("identity")
@@ -266,7 +268,9 @@ async def latency(
         await asyncio.sleep(0.5)
         deadline = time.perf_counter() + seconds
         await asyncio.gather(*(emitter(i, c, deadline) for i, c in enumerate(conns)))
-        await _until(lambda: len(received) >= len(committed), timeout_s=5)
+        if emitted is not None:
+            await emitted()
+        await _until(lambda: len(received) >= len(committed), timeout_s=10)
         stop_consumer.set()
         await consumer
     for conn in conns:
@@ -303,16 +307,24 @@ async def latency_beside_a_foreign_transaction(
     await tx.start()
     await holder.execute("CREATE TEMP TABLE bench_foreign_hold (n int)")
     xid = await holder.fetchval("SELECT pg_current_xact_id()::text")
-    try:
-        result = await latency(url, client, rate, seconds, connections)
+    held: dict[str, bool] = {}
+
+    async def end_it() -> None:
+        # Still the snapshots' xmin when the emitters stop: it held them all along. Ended now,
+        # so that a relay it holds back (before decision 0019) publishes what it kept.
         probe = await asyncpg.connect(url)
         xmin = await probe.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         await probe.close()
-    finally:
+        held["xmin_held_at_end"] = xmin == xid
         await tx.rollback()
+
+    try:
+        result = await latency(url, client, rate, seconds, connections, emitted=end_it)
+    finally:
+        if "xmin_held_at_end" not in held:  # the run failed before end_it
+            await tx.rollback()
         await holder.close()
-    # The transaction was still the snapshots' xmin at the end: it held them all along.
-    return {**result, "foreign_xid": int(xid), "xmin_held_at_end": xmin == xid}
+    return {**result, "foreign_xid": int(xid), **held}
 
 
 async def emit_rate(
