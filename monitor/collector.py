@@ -371,7 +371,7 @@ class Collector:
                     "outbox",
                     Status(
                         "WARN",
-                        f"write transaction pid {blocker['pid']} ({blocker['database']}) open for "
+                        f"{_who(blocker)} ({blocker['database']}) open for "
                         f"{blocker['age_s']:.0f} s holds the relay back",
                     ),
                 )
@@ -405,3 +405,9 @@ def _component(name: str, kind: str, status: Status) -> dict[str, str]:
 def _db_number(url: str) -> int:
     tail = url.split("?", 1)[0].rsplit("/", 1)
     return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+
+
+def _who(blocker: dict[str, Any]) -> str:
+    if blocker["pid"] is None:
+        return f"prepared transaction {blocker['gid']!r}"
+    return f"write transaction pid {blocker['pid']}"

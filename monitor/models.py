@@ -75,13 +75,15 @@ class OutboxStream(Body):
 
 
 class WriteTransaction(Body):
-    """The oldest running transaction that has written: it holds back every relay's horizon."""
+    """The oldest transaction of the outbox's database that has written (running, or prepared):
+    it holds back every relay's horizon (decision 0019)."""
 
-    pid: int
+    pid: int | None = Field(description="None for a prepared transaction (see gid)")
     age_s: float
     query_start: Timestamp | None
     state: str | None
     database: str | None
+    gid: str | None = Field(default=None, description="a prepared transaction's identifier")
 
 
 class Outbox(Body):

@@ -136,7 +136,8 @@ class SnapshotCollector(Collector):
 
         holdback = _gauge(
             "outbox_oldest_write_transaction_age_seconds",
-            "Age of the oldest running write transaction (holds the relay's horizon back)",
+            "Age of the oldest write transaction of the outbox's database, running or prepared "
+            "(holds the relay's horizon back)",
             [],
         )
         blocker = snap.get("outbox", {}).get("oldest_write_transaction")

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from outbox.audit import AUDIT_STATEMENTS
 
-# The oldest running transaction that has written something (has an xid), in any database of
-# the cluster: transaction ids are cluster-wide, so it holds back every snapshot's xmin and with
-# it the relay's horizon (https://www.postgresql.org/docs/15/functions-info.html#FUNCTIONS-PG-SNAPSHOT).
+# The oldest transaction that holds the relay's horizon back (relay.queries.HORIZON, decision
+# 0019): a running transaction of this database that has written something (has an xid), or a
+# prepared one of this database (no pid; its gid instead). Those of other databases of the
+# server no longer hold the relay and are not shown.
 OLDEST_WRITE_TRANSACTION = """
-SELECT pid,
-       extract(epoch FROM now() - xact_start) AS age_s,
-       query_start,
-       state,
-       left(query, 200) AS query,
-       datname
-  FROM pg_stat_activity
- WHERE backend_xid IS NOT NULL
-   AND pid <> pg_backend_pid()
- ORDER BY age(backend_xid) DESC
+SELECT pid, age_s, query_start, state, query, datname, gid FROM (
+    SELECT pid,
+           extract(epoch FROM now() - xact_start) AS age_s,
+           query_start,
+           state,
+           left(query, 200) AS query,
+           datname,
+           NULL::text AS gid,
+           age(backend_xid) AS xid_age
+      FROM pg_stat_activity
+     WHERE backend_xid IS NOT NULL
+       AND datname = current_database()
+       AND pid <> pg_backend_pid()
+    UNION ALL
+    SELECT NULL, extract(epoch FROM now() - prepared), NULL, 'prepared', NULL, database, gid,
+           age(transaction)
+      FROM pg_prepared_xacts
+     WHERE database = current_database()
+) t
+ ORDER BY xid_age DESC
  LIMIT 1
 """
 

@@ -64,6 +64,7 @@ async def outbox_side(
                 else None,
                 "state": blocker["state"],
                 "database": blocker["datname"],
+                "gid": blocker["gid"],
             }
             if blocker
             else None

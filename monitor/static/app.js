@@ -134,7 +134,8 @@ function render(snap) {
   const holdback = $("holdback");
   if (blocker && blocker.age_s > 5) {
     holdback.hidden = false;
-    holdback.textContent = `Oldest running write transaction: pid ${blocker.pid} in database ${blocker.database}, open ${age(blocker.age_s)} (${blocker.state}). Events committed after it started wait until it ends.`;
+    const who = blocker.pid === null ? `prepared transaction '${blocker.gid}'` : `pid ${blocker.pid}`;
+    holdback.textContent = `Oldest write transaction of this database: ${who}, open ${age(blocker.age_s)} (${blocker.state}). Events committed after it started wait until it ends.`;
   } else holdback.hidden = true;
 
   fill("table-status", snap.status.components.map((c) => [c.component, badge(c.level), c.reason]), "no components yet");

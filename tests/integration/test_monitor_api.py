@@ -353,6 +353,23 @@ async def test_the_transaction_holding_the_relay_back_is_named(
         await holder.close()
 
 
+async def test_a_transaction_of_another_database_is_not_named(
+    monitor_server: MonitorFactory, database_url: str
+) -> None:
+    """It does not hold the relay back (decision 0019), so the monitor does not blame it."""
+    other = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("CREATE TEMP TABLE held_elsewhere (n int)")  # it has an xid now
+        async with monitor_server() as live:
+            outbox_view = (await live.http.get("/api/outbox")).json()["outbox"]
+            assert outbox_view["oldest_write_transaction"] is None
+        await tx.rollback()
+    finally:
+        await other.close()
+
+
 async def test_dead_letters_list_show_and_admin_actions(
     monitor_server: MonitorFactory,
     asyncpg_conn: asyncpg.Connection,
