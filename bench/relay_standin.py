@@ -59,7 +59,11 @@ async def stand_in(url: str, redis_url: str, mode: str, interval_s: float) -> No
     started, cpu = time.perf_counter(), time.process_time()
     while not stop.is_set():
         if mode == "fetch":
-            batch = await fetch.fetch(["identity"], [cursor.txid], [cursor.position], 500, "3")
+            # One unpartitioned service; $7 = 0: every running transaction counts as young, as
+            # the relay's emitters' do (relay.queries.HORIZON never reads pg_stat_activity).
+            batch = await fetch.fetch(
+                ["identity"], [cursor.txid], [cursor.position], 500, "3", [1], 0
+            )
             if batch:
                 cursor = Cursor(batch[-1]["txid"], batch[-1]["position"])
                 rows += len(batch)

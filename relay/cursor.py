@@ -14,6 +14,7 @@ publishing idempotent (see :mod:`streams.publish`).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -24,6 +25,14 @@ from outbox.partitioning import Partitioning
 from outbox.preflight import CONNECTION_ERRORS
 from outbox.relay import queries
 from outbox.relay.errors import DatabaseUnavailableError
+
+#: How long a transaction must have been running before the batch read asks whether it is of
+#: another database (relay.queries.HORIZON): emitters' transactions are shorter, and asking
+#: costs about as much again as the read. A transaction of another database therefore holds
+#: the relay back for 20-40 ms after it begins, then never again.
+FOREIGN_AFTER_S = 0.02
+#: The largest xid8: with no reference yet, every running transaction is asked about.
+ASK_EVERY = (1 << 64) - 1
 
 
 class Cursor(NamedTuple):
@@ -171,6 +180,10 @@ class PgOutboxStore:
         self._application_name = application_name
         self._max_retries = str(max_retries)
         self._conn: asyncpg.Connection | None = None
+        # Snapshot xmaxes for HORIZON's $7: the newest seen, when, and the one before it (at
+        # least FOREIGN_AFTER_S old once replaced).
+        self._xmax: tuple[float, int] | None = None
+        self._older_xmax = ASK_EVERY
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -216,6 +229,7 @@ class PgOutboxStore:
             limit,
             self._max_retries,
             [counts.get(s, 1) for s in services],
+            await self._running_since(),
         )
         if self._route_paths is None:
             rows = await self._call("fetch", queries.FETCH_BATCH, *args)
@@ -225,6 +239,18 @@ class PgOutboxStore:
         for row in rows:  # already in cursor order per service (FETCH_BATCH's ORDER BY)
             batches.setdefault(row["stream"], []).append(row)
         return batches
+
+    async def _running_since(self) -> int:
+        """A snapshot xmax at least FOREIGN_AFTER_S old (HORIZON's $7): transactions below it
+        have been running that long. Refreshed at most every FOREIGN_AFTER_S, one small
+        statement."""
+        now = time.monotonic()
+        if self._xmax is None or now - self._xmax[0] >= FOREIGN_AFTER_S:
+            xmax: int = await self._call("fetchval", queries.SNAPSHOT_XMAX)
+            if self._xmax is not None:
+                self._older_xmax = self._xmax[1]
+            self._xmax = (now, xmax)
+        return self._older_xmax
 
     async def advance(
         self, cursors: Mapping[str, Cursor], marks: Mapping[str, Mapping[str, Cursor]]

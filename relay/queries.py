@@ -110,12 +110,18 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
 # Anything else in the snapshot, a transaction that ended meanwhile included, holds the horizon,
 # as before. Both views hold 32-bit xids; the snapshot's xid8 are matched by their low 32 bits,
 # unique within one snapshot (its xids span less than 2^31). Both are readable by any role.
-# A snapshot with nothing running (xmin = xmax) never reads them.
 # Rows carry their top-level transaction's id (pg_current_xact_id()), and a snapshot's xip lists
 # top-level transactions only, so subtransactions need nothing of their own.
+# Reading the views costs as much again as the batch read, so they are asked only about
+# transactions that have been running a while: $7 is a snapshot xmax the relay saw at least
+# FOREIGN_AFTER_S ago (relay/cursor.py, 20 ms); a transaction at or above it began since and
+# holds the horizon unasked, as emitters' short transactions do. While every running
+# transaction is that young the views are not read (the OR stops at its first operand). Which
+# transactions are asked about changes the cost, never what is passed over.
 HORIZON = """(SELECT least(pg_snapshot_xmax(snap.s), (
             SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
-             WHERE (x::text::numeric % 4294967296)::text NOT IN (
+             WHERE x >= $7::xid8
+                OR (x::text::numeric % 4294967296)::text NOT IN (
                    SELECT a.backend_xid::text FROM pg_stat_get_activity(NULL) a
                     WHERE a.backend_xid IS NOT NULL
                       AND a.datid <> (SELECT oid FROM pg_database
@@ -160,16 +166,20 @@ SELECT o.stream, o.txid, o.position, o.priority, o.tenant_id, {ENTRY_FIELDS} AS 
 """
 
 # FETCH_BATCH for a relay with routing rules (relay/routing.py, decision 0018): each row also
-# carries its event type and, in ``route_data``, the values at the payload paths of $7 that the
+# carries its event type and, in ``route_data``, the values at the payload paths of $8 that the
 # rules' data conditions name (a JSON array, one value per path, null where absent; NULL when
 # there are no paths). Only a relay with rules runs it, so a relay without pays nothing.
 FETCH_BATCH_ROUTED = FETCH_BATCH.replace(
     "o.traceparent, o.headers->>'tracestate' AS tracestate,",
     "o.traceparent, o.headers->>'tracestate' AS tracestate, o.event_type,\n"
     "       (SELECT jsonb_agg(o.payload #> string_to_array(u.path, '.') ORDER BY u.i)\n"
-    "          FROM unnest($7::text[]) WITH ORDINALITY AS u(path, i))::text AS route_data,",
+    "          FROM unnest($8::text[]) WITH ORDINALITY AS u(path, i))::text AS route_data,",
 )
 assert FETCH_BATCH_ROUTED != FETCH_BATCH
+
+# The snapshot's xmax now: every transaction below it has begun. The store keeps one a while
+# old for FETCH_BATCH's $7 (HORIZON).
+SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())"
 
 # --- partitions (relay/partitions.py, decision 0014) --------------------------------------
 

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 import outbox
+from outbox.relay.cursor import ASK_EVERY
 from outbox.relay.daemon import Relay
 from outbox.relay.queries import HORIZON
 from outbox.settings import Settings
@@ -28,9 +29,11 @@ from tests.fixtures_relay import StartRelay, cursor_order_ok, emit_events, publi
 
 
 async def _xmin_and_horizon(conn: asyncpg.Connection) -> tuple[int, int]:
+    """The snapshot's xmin and the relay's horizon, asking about every running transaction."""
     row = await conn.fetchrow(
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,"
-        f" h.horizon::text::bigint AS horizon FROM {HORIZON} AS h(horizon)"
+        f" h.horizon::text::bigint AS horizon FROM {HORIZON.replace('$7', '$1')} AS h(horizon)",
+        ASK_EVERY,
     )
     assert row is not None
     return row["xmin"], row["horizon"]
@@ -72,20 +75,32 @@ async def test_a_write_transaction_in_another_database_does_not_hold_the_relay(
     relay_settings: Settings,
     other_database: str,
 ) -> None:
+    """One open before the relay starts, and one that begins while it runs (asked about once
+    it has run FOREIGN_AFTER_S): neither holds the events emitted beside it."""
     keys = Keys(relay_settings.stream_prefix)
+    services = ("identity", "assets")
+
+    async def published_count(n: int) -> bool:
+        return len(await published(redis_client, keys, services)) >= n
+
     async with _open_write_transaction(other_database) as foreign_xid:
-        ids = await emit_events(asyncpg_conn, 300, services=("identity", "assets"), per_tx=30)
+        ids = await emit_events(asyncpg_conn, 300, services=services, per_tx=30)
         xmin, horizon = await _xmin_and_horizon(asyncpg_conn)
         assert xmin <= foreign_xid < horizon  # held back before, passed over now
         async with start_relay():
-
-            async def all_published() -> bool:
-                found = await published(redis_client, keys, ("identity", "assets"))
-                return len(found) >= len(ids)
-
             # While the foreign transaction is still open.
-            await wait_until(all_published, timeout_s=15, what="events past a foreign transaction")
-        assert Counter(await published(redis_client, keys, ("identity", "assets"))) == Counter(ids)
+            await wait_until(lambda: published_count(len(ids)), timeout_s=15, what="events past it")
+            async with _open_write_transaction(other_database) as second_xid:
+                more = await emit_events(asyncpg_conn, 100, services=services, per_tx=10)
+                xmin, horizon = await _xmin_and_horizon(asyncpg_conn)
+                assert xmin == foreign_xid < second_xid < horizon
+                await wait_until(
+                    lambda: published_count(len(ids) + len(more)),
+                    timeout_s=15,
+                    what="events past one that began while the relay ran",
+                )
+        found = await published(redis_client, keys, services)
+        assert Counter(found) == Counter(ids + more)
         assert await cursor_order_ok(asyncpg_conn, redis_client, keys.stream("identity"))
 
 
