@@ -22,7 +22,7 @@ from outbox.settings import Settings
 from outbox.streams.keys import Keys
 from tests.fixtures_monitor import MonitorFactory
 from tests.fixtures_projections import configure
-from tests.integration.test_dlq_cli import _letter
+from tests.integration.test_dlq_cli import letter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_each_command_records_its_action_as_the_os_user(
     monkeypatch.setenv("LOGNAME", "alice-ops")  # getpass.getuser() reads it first
     configure(monkeypatch, PROJECTION_MODULES="outbox.projections.examples")
     keys = Keys(settings.stream_prefix)
-    ids = [_letter(sync_redis, keys, "identity", "user_created", n) for n in range(3)]
+    ids = [letter(sync_redis, keys, "identity", "user_created", n) for n in range(3)]
 
     assert main(["dlq", "replay", ids[0]]) == 0
     assert main(["dlq", "replay", "--stream", "identity"]) == 1  # not confirmed: not done
@@ -142,7 +142,7 @@ def test_an_audit_log_that_cannot_be_written_fails_the_command(
     """A one-transaction action is undone with its row; a Redis-only one is done, and the
     command says the row is missing (exit 2). With PostgreSQL unreachable, nothing is done."""
     keys = Keys(settings.stream_prefix)
-    _letter(sync_redis, keys, "identity", "user_created", 1)
+    letter(sync_redis, keys, "identity", "user_created", 1)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -162,7 +162,7 @@ def test_an_audit_log_that_cannot_be_written_fails_the_command(
     assert "the audit log could not be written (dlq.purge by" in captured.err
     assert sync_redis.xlen(keys.dead_letter) == 0
 
-    _letter(sync_redis, keys, "identity", "user_created", 2)
+    letter(sync_redis, keys, "identity", "user_created", 2)
     configure(monkeypatch, DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere")
     assert main(["dlq", "purge", "--all", "--yes"]) == 2
     assert "so it was not done" in capsys.readouterr().err
@@ -220,8 +220,8 @@ async def test_monitor_actions_are_recorded_under_the_tokens_name(
     database_url: str,
 ) -> None:
     keys = Keys(settings.stream_prefix)
-    ids = [_letter(sync_redis, keys, "identity", "user_created", n) for n in range(3)]
-    _letter(sync_redis, keys, "assets", "asset_created", 9)
+    ids = [letter(sync_redis, keys, "identity", "user_created", n) for n in range(3)]
+    letter(sync_redis, keys, "assets", "asset_created", 9)
     token = "s3cret-audit-token"
     async with monitor_server(
         monitor_admin_token=SecretStr(token), monitor_admin_token_name="oncall"
@@ -281,8 +281,8 @@ def test_a_replay_that_fails_half_way_records_what_it_did(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     keys = Keys(settings.stream_prefix)
-    _letter(sync_redis, keys, "identity", "user_created", 1)
-    _letter(sync_redis, keys, "assets", "asset_created", 2)
+    letter(sync_redis, keys, "identity", "user_created", 1)
+    letter(sync_redis, keys, "assets", "asset_created", 2)
     sync_redis.set(keys.stream("assets"), "not a stream")  # its XADD fails: WRONGTYPE
 
     assert main(["dlq", "replay", "--all", "--yes"]) == 2
