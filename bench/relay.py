@@ -14,11 +14,13 @@
    ms, p99 <= 10 ms, on the first.
 3. **emit cost**: 16 connections emit as fast as they can, with the relay running and stopped.
    Goal: with >= 90% of without.
-4. **foreign transaction** (issue 22): the latency run again, interleaved with one during which
-   a write transaction stays open in another database of the same server
-   (``--foreign-seconds``, the whole run). Before decision 0019 this held every event until it
-   ended (p50 3.4 s measured at 200 ev/s). Goal: p99 within 2x of the run without it, every
-   event published exactly once.
+4. **long transactions** (issue 22): the latency run again, interleaved with one during which
+   a write transaction stays open in another database of the same server, and one during which
+   it stays open in the outbox's own database, emitting an event at its start and one at its
+   end (``--foreign-seconds``, the whole run). Before decision 0019 the first held every event
+   until it ended (p50 3.4 s measured at 200 ev/s), before decision 0020 the second did. Goal:
+   p99 within 2x of the runs without, every event published exactly once (the long
+   transaction's two events included, after its commit).
 
     python -m bench.relay [--events 200000] [--naive-events 5000] [--latency-seconds 10]
                           [--foreign-seconds 60]
@@ -219,9 +221,10 @@ async def latency(
     seconds: float,
     connections: int,
     poll_min_ms: float | None = None,
-    emitted: Callable[[], Awaitable[None]] | None = None,
+    emitted: Callable[[str], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """``emitted``: awaited once the emitters are done, before waiting for what is left."""
+    """``emitted``: awaited once the emitters are done, before waiting for what is left, with
+    the run's stream prefix."""
     prefix = f"lat{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
     stream = keys.stream("identity")
@@ -269,7 +272,7 @@ async def latency(
         deadline = time.perf_counter() + seconds
         await asyncio.gather(*(emitter(i, c, deadline) for i, c in enumerate(conns)))
         if emitted is not None:
-            await emitted()
+            await emitted(prefix)
         await _until(lambda: len(received) >= len(committed), timeout_s=10)
         stop_consumer.set()
         await consumer
@@ -296,27 +299,52 @@ async def latency(
     }
 
 
-async def latency_beside_a_foreign_transaction(
-    url: str, client: aioredis.Redis, rate: float, seconds: float, connections: int
+async def latency_beside_a_long_transaction(
+    url: str, client: aioredis.Redis, rate: float, seconds: float, connections: int, where: str
 ) -> dict[str, Any]:
-    """The latency run while a write transaction stays open in another database of the same
-    server for all of it (a temporary table gives it an xid and leaves nothing behind)."""
-    other = url.rsplit("/", 1)[0] + "/postgres"
-    holder = await asyncpg.connect(other)
+    """The latency run while a write transaction stays open for all of it: in another database
+    of the same server (``where="other"``; a temporary table gives it an xid and it rolls back,
+    leaving nothing), or in the outbox's own (``"own"``; it emits an event to another service
+    at its start and one at its end, commits, and both must then arrive once)."""
+    holder = await asyncpg.connect(url if where == "own" else url.rsplit("/", 1)[0] + "/postgres")
     tx = holder.transaction()
     await tx.start()
-    await holder.execute("CREATE TEMP TABLE bench_foreign_hold (n int)")
+    await holder.execute("CREATE TEMP TABLE bench_long_hold (n int)")
     xid = await holder.fetchval("SELECT pg_current_xact_id()::text")
-    held: dict[str, bool] = {}
+    held: dict[str, Any] = {}
+    ids: list[str] = []
+    if where == "own":
+        first = await outbox.emit(holder, service="assets", event_type="held", data={})
+        ids.append(str(first.event_id))
 
-    async def end_it() -> None:
-        # Still the snapshots' xmin when the emitters stop: it held them all along. Ended now,
-        # so that a relay it holds back (before decision 0019) publishes what it kept.
+    async def end_it(prefix: str) -> None:
+        # Still the snapshots' xmin when the emitters stop: it was there all along. Ended now,
+        # so that a relay it holds back publishes what it kept.
         probe = await asyncpg.connect(url)
         xmin = await probe.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-        await probe.close()
         held["xmin_held_at_end"] = xmin == xid
-        await tx.rollback()
+        if where == "own":
+            event = await outbox.emit(holder, service="assets", event_type="held", data={})
+            ids.append(str(event.event_id))
+            held["deferred"] = int(xid) in [
+                int(t) for t in await probe.fetchval("SELECT txids::text[] FROM relay_deferred")
+            ]
+            await tx.commit()
+            stream = Keys(prefix).stream("assets")
+
+            deadline = time.monotonic() + 10
+            while True:  # until both arrived, or 10 s
+                entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(stream))
+                found = [fields[b"event_id"].decode() for _, fields in entries]
+                held["held_events"] = {e: found.count(e) for e in ids}
+                if min(held["held_events"].values()) >= 1 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+            held["held_events_once"] = all(n == 1 for n in held["held_events"].values())
+            del held["held_events"]
+        else:
+            await tx.rollback()
+        await probe.close()
 
     try:
         result = await latency(url, client, rate, seconds, connections, emitted=end_it)
@@ -324,7 +352,7 @@ async def latency_beside_a_foreign_transaction(
         if "xmin_held_at_end" not in held:  # the run failed before end_it
             await tx.rollback()
         await holder.close()
-    return {**result, "foreign_xid": int(xid), **held}
+    return {**result, "where": where, "held_xid": int(xid), **held}
 
 
 async def emit_rate(
@@ -373,27 +401,32 @@ async def main(args: argparse.Namespace) -> None:
             url, client, args.rate, args.latency_seconds, args.connections
         )
         if args.foreign_seconds > 0:
-            # Interleaved: without, with, without; the runs without give the reference p99
-            # (the higher of the two, so noise on one side is not taken for a regression).
-            runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
-            for side in ("without", "with", "without"):
+            # Interleaved: without, beside one in another database, without, beside one in
+            # this database, without; the runs without give the reference p99 (the highest, so
+            # noise on one side is not taken for a regression).
+            runs: dict[str, list[dict[str, Any]]] = {"without": [], "other": [], "own": []}
+            for side in ("without", "other", "without", "own", "without"):
                 await _truncate(url)
-                if side == "with":
-                    run = await latency_beside_a_foreign_transaction(
-                        url, client, args.rate, args.foreign_seconds, args.connections
-                    )
-                else:
+                if side == "without":
                     run = await latency(
                         url, client, args.rate, args.foreign_seconds, args.connections
                     )
+                else:
+                    run = await latency_beside_a_long_transaction(
+                        url, client, args.rate, args.foreign_seconds, args.connections, side
+                    )
                 runs[side].append(run)
             reference = max(r["entry_id_ms"]["p99"] for r in runs["without"])
-            held = runs["with"][0]
             result["foreign_transaction"] = {
                 "seconds": args.foreign_seconds,
                 "without": runs["without"],
-                "with": held,
-                "p99_ratio": round(held["entry_id_ms"]["p99"] / reference, 2),
+                "with": runs["other"][0],
+                "p99_ratio": round(runs["other"][0]["entry_id_ms"]["p99"] / reference, 2),
+            }
+            result["own_transaction"] = {
+                "seconds": args.foreign_seconds,
+                "with": runs["own"][0],
+                "p99_ratio": round(runs["own"][0]["entry_id_ms"]["p99"] / reference, 2),
             }
         # Interleaved pairs, so drift on a shared host hits both sides alike; the median pair.
         pairs = []
@@ -431,6 +464,25 @@ async def main(args: argparse.Namespace) -> None:
             check(
                 "events lost or duplicated beside it",
                 held["missing"] + held["duplicates"],
+                "<=",
+                0,
+            ),
+        ]
+    if "own_transaction" in result:
+        own = result["own_transaction"]
+        held = own["with"]
+        checks += [
+            check(
+                f"commit → XADD p99 with a write transaction open {args.foreign_seconds:g} s in "
+                f"the outbox's own database, vs without ({held['entry_id_ms']['p99']} ms)",
+                own["p99_ratio"],
+                "<=",
+                2,
+                "x",
+            ),
+            check(
+                "events lost or duplicated beside it, its own two included",
+                held["missing"] + held["duplicates"] + (0 if held["held_events_once"] else 1),
                 "<=",
                 0,
             ),
@@ -475,6 +527,6 @@ if __name__ == "__main__":
         "--foreign-seconds",
         type=float,
         default=60,
-        help="length of each run of the foreign-transaction comparison (0: skip it)",
+        help="length of each run of the long-transaction comparisons (0: skip them)",
     )
     asyncio.run(main(parser.parse_args()))

@@ -23,6 +23,7 @@ TABLES = (
     "outbox_events",
     "relay_cursors",
     "relay_instances",
+    "relay_deferred",
     "projection_inbox",
     "projection_consumers",
     "projection_checkpoints",
@@ -32,9 +33,12 @@ TABLES = (
     "outbox_audit",
 )
 
+#: Every sequence of the outbox that statements name (as tables are, qualified by the schema).
+SEQUENCES = ("relay_deferral_seq",)
+
 # A bare table name: not part of a longer identifier (outbox_events_pkey), not already
 # qualified (x.outbox_events) and not quoted.
-_TABLE = re.compile(r'(?<![\w."])(' + "|".join(TABLES) + r')(?![\w"])')
+_TABLE = re.compile(r'(?<![\w."])(' + "|".join(TABLES + SEQUENCES) + r')(?![\w"])')
 
 
 def quote(schema: str) -> str:

@@ -93,6 +93,25 @@ relay_cursors = sa.Table(
     sa.PrimaryKeyConstraint("stream", name="relay_cursors_pkey"),
 )
 
+# One row: the transactions the relay has deferred (passed over while still running, their rows
+# left out of every read until moved to a transaction of the relay's own) and the number of the
+# last deferral committed; ``relay_deferral_seq`` numbers the deferrals begun (migration 0010,
+# decision 0020).
+relay_deferred = sa.Table(
+    "relay_deferred",
+    metadata,
+    sa.Column("id", sa.Boolean, nullable=False, server_default=sa.text("true")),
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column(
+        "txids", postgresql.ARRAY(XID8()), nullable=False, server_default=sa.text("'{}'::xid8[]")
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.PrimaryKeyConstraint("id", name="relay_deferred_pkey"),
+    sa.CheckConstraint("id", name="relay_deferred_one_row"),
+)
+
 # One status row per relay process, written on every heartbeat; read by the monitor.
 relay_instances = sa.Table(
     "relay_instances",

@@ -336,6 +336,14 @@ class Settings(ClientSettings, EmitSettings):
         validation_alias=_env("RELAY_POLL_MAX_MS"),
         description="Longest idle wait between polls (the worst-case wake-up delay).",
     )
+    relay_defer_after_ms: float = Field(
+        default=250.0,
+        ge=0,
+        validation_alias=_env("RELAY_DEFER_AFTER_MS"),
+        description="Age at which a write transaction of the outbox's own database is deferred: "
+        "its events are published when it ends, after the events of later transactions, "
+        "which no longer wait for it (decision 0020); 0 never defers.",
+    )
     relay_notify_channel: str = Field(
         default="outbox_relay",
         validation_alias=_env("RELAY_NOTIFY_CHANNEL"),

@@ -4,7 +4,8 @@ Positions are handed out when a row is inserted, but rows become visible when th
 commits, in another order: reading ``WHERE position > last`` skips rows of a transaction that
 commits late with lower positions. The relay therefore reads only rows whose transaction is
 older than every running one that may write to this database (``txid < horizon``,
-:data:`relay.queries.HORIZON`: transactions of other databases are passed over, decision 0019),
+:data:`relay.queries.HORIZON`: transactions of other databases are passed over, decision 0019,
+and so are long ones of this database once deferred, :mod:`relay.deferral`, decision 0020),
 in ``(txid, position)`` order, strictly after the stored cursor. Once such a row is seen, every row
 that sorts before it is already committed (or never will be), so the set of events below any
 cursor the relay has seen never changes again; that is what makes re-reading harmless and
@@ -23,8 +24,12 @@ import asyncpg
 from outbox.naming import DEFAULT_SCHEMA, in_schema
 from outbox.partitioning import Partitioning
 from outbox.preflight import CONNECTION_ERRORS
-from outbox.relay import queries
-from outbox.relay.errors import DatabaseUnavailableError
+from outbox.relay import deferral, queries
+from outbox.relay.errors import (
+    DatabaseMismatchError,
+    DatabaseUnavailableError,
+    DeferralStateError,
+)
 
 #: How long a transaction must have been running before the batch read asks whether it is of
 #: another database (relay.queries.HORIZON): emitters' transactions are shorter, and asking
@@ -33,6 +38,9 @@ from outbox.relay.errors import DatabaseUnavailableError
 FOREIGN_AFTER_S = 0.02
 #: The largest xid8: with no reference yet, every running transaction is asked about.
 ASK_EVERY = (1 << 64) - 1
+#: How long a transaction of this database must have been running before the relay defers it
+#: (RELAY_DEFER_AFTER_MS): it holds every service's events back that long at most.
+DEFER_AFTER_S = 0.25
 
 
 class Cursor(NamedTuple):
@@ -149,6 +157,7 @@ RELAY_STATEMENTS = (
     queries.ADVANCE_CURSORS,
     queries.WRITE_STATUS,
     queries.LOAD_PARTITIONINGS,
+    queries.DEFERRAL_TICK,
 )
 
 
@@ -157,13 +166,34 @@ def relay_statements(schema: str) -> tuple[str, ...]:
     return tuple(in_schema(text, schema) for text in RELAY_STATEMENTS)
 
 
+def _check_taken_here(row: Mapping[str, Any]) -> None:
+    """Refuse a stored cursor, or a watermark seen with it, at or above the database's
+    transaction counter: every txid the relay has read was below it, so the database is not
+    the one the cursor was taken on (restored from a dump, recreated, or an asynchronous
+    replica promoted that had not seen them). Reading on would skip every event up to there."""
+    xmax = row["xmax"]
+    marks = {key: Cursor.parse(mark) for key, mark in json.loads(row["marks"]).items()}
+    ahead = [f"cursor {row['txid']}:{row['position']}"] if row["txid"] >= xmax else []
+    ahead += [f"watermark of {key} {mark}" for key, mark in marks.items() if mark.txid >= xmax]
+    if ahead:
+        raise DatabaseMismatchError(
+            f"service {row['stream']!r}: {', '.join(ahead)} stored in relay_cursors is at or "
+            f"beyond this database's next transaction id {xmax}: the database is not the one "
+            "the relay published from (restored from a dump, recreated, or a replica promoted "
+            "before it had them), and reading on would skip its events up to there. See "
+            "docs/operations.md, 'A database restored or replaced'."
+        )
+
+
 class PgOutboxStore:
     """:class:`OutboxStore` on one asyncpg connection, made on first use and after a failure.
 
     ``max_retries`` is the value every entry carries in its ``max_retries`` field (MAX_RETRIES);
     ``schema`` is the one the outbox tables are in (OUTBOX_SCHEMA). ``route_paths``: a relay
     with routing rules reads each row's event type and the payload values at these paths
-    (:data:`queries.FETCH_BATCH_ROUTED`); None, the plain batch query.
+    (:data:`queries.FETCH_BATCH_ROUTED`); None, the plain batch query. ``defer_after_s``: the
+    age at which a transaction of this database is deferred (RELAY_DEFER_AFTER_MS); None never
+    defers (every long transaction holds the relay until it ends, as before decision 0020).
     """
 
     def __init__(
@@ -173,6 +203,7 @@ class PgOutboxStore:
         max_retries: int,
         schema: str = DEFAULT_SCHEMA,
         route_paths: Sequence[str] | None = None,
+        defer_after_s: float | None = DEFER_AFTER_S,
     ) -> None:
         self._route_paths = None if route_paths is None else list(route_paths)
         self._url = url
@@ -180,10 +211,17 @@ class PgOutboxStore:
         self._application_name = application_name
         self._max_retries = str(max_retries)
         self._conn: asyncpg.Connection | None = None
-        # Snapshot xmaxes for HORIZON's $7: the newest seen, when, and the one before it (at
-        # least FOREIGN_AFTER_S old once replaced).
-        self._xmax: tuple[float, int] | None = None
-        self._older_xmax = ASK_EVERY
+        self._defer_after_s = defer_after_s
+        # Snapshot xmaxes seen at each tick: one FOREIGN_AFTER_S old is HORIZON's $7, one
+        # defer_after_s old tells which transactions have run long enough to defer.
+        self._xmaxes = deferral.XmaxHistory(max(FOREIGN_AFTER_S, defer_after_s or 0.0))
+        self._ticked: float | None = None
+        self._running_since = ASK_EVERY
+        # Transactions found to be of another database (never deferred; bounded, see _tick).
+        self._foreign: set[int] = set()
+        self._doubt_since: float | None = None
+        #: The deferred transactions at the last tick (for the relay's status).
+        self.deferred: tuple[int, ...] = ()
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -205,6 +243,8 @@ class PgOutboxStore:
 
     async def load(self, services: Sequence[str]) -> dict[str, Stored]:
         rows = await self._call("fetch", queries.LOAD_CURSORS, list(services))
+        for row in rows:
+            _check_taken_here(row)
         found = {
             row["stream"]: Stored(
                 Cursor(row["txid"], row["position"]),
@@ -229,7 +269,7 @@ class PgOutboxStore:
             limit,
             self._max_retries,
             [counts.get(s, 1) for s in services],
-            await self._running_since(),
+            await self._tick(),
         )
         if self._route_paths is None:
             rows = await self._call("fetch", queries.FETCH_BATCH, *args)
@@ -240,17 +280,53 @@ class PgOutboxStore:
             batches.setdefault(row["stream"], []).append(row)
         return batches
 
-    async def _running_since(self) -> int:
-        """A snapshot xmax at least FOREIGN_AFTER_S old (HORIZON's $7): transactions below it
-        have been running that long. Refreshed at most every FOREIGN_AFTER_S, one small
-        statement."""
+    async def _tick(self) -> int:
+        """HORIZON's $7, a snapshot xmax at least FOREIGN_AFTER_S old: transactions below it
+        have been running that long. Every FOREIGN_AFTER_S (one small statement), also the
+        deferral's work (decision 0020): restamp the deferred transactions that have ended,
+        defer this database's transactions that have run defer_after_s, settle a doubt that
+        lasts. None of it runs while no transaction is that old and none is deferred."""
         now = time.monotonic()
-        if self._xmax is None or now - self._xmax[0] >= FOREIGN_AFTER_S:
-            xmax: int = await self._call("fetchval", queries.SNAPSHOT_XMAX)
-            if self._xmax is not None:
-                self._older_xmax = self._xmax[1]
-            self._xmax = (now, xmax)
-        return self._older_xmax
+        if self._ticked is not None and now - self._ticked < FOREIGN_AFTER_S:
+            return self._running_since
+        long_ago = (
+            0
+            if self._defer_after_s is None
+            else self._xmaxes.before(now, self._defer_after_s, default=0)
+        )
+        row = await self._call("fetchrow", queries.DEFERRAL_TICK, long_ago)
+        if row is None:
+            raise DeferralStateError(self._schema)
+        self._xmaxes.add(now, row["xmax"])
+        self._ticked = now
+        self._running_since = self._xmaxes.before(now, FOREIGN_AFTER_S, default=ASK_EVERY)
+        if row["ended"]:
+            await self._in_transaction(deferral.restamp)
+        old = [x for x in row["old"] if x not in self._foreign]
+        if old:
+            own: list[int] = await self._call("fetchval", queries.OWN_TRANSACTIONS, old)
+            if len(self._foreign) > 10_000:
+                self._foreign.clear()
+            self._foreign.update(set(old) - set(own))
+            if own:
+                self.deferred = tuple(await self._in_transaction(deferral.defer, own))
+        if row["in_doubt"]:
+            self._doubt_since = self._doubt_since or now
+            if now - self._doubt_since >= deferral.SETTLE_AFTER_S:
+                await self._in_transaction(deferral.settle)
+                self._doubt_since = None
+        else:
+            self._doubt_since = None
+        return self._running_since
+
+    async def _in_transaction(self, step: Any, *args: Any) -> Any:
+        """Run a :mod:`relay.deferral` step on the connection, as :meth:`_call` runs a query."""
+        conn = await self._connection()
+        try:
+            return await step(conn, self._schema, *args)
+        except CONNECTION_ERRORS as error:
+            await self._drop()
+            raise DatabaseUnavailableError(f"PostgreSQL connection lost: {error}") from error
 
     async def advance(
         self, cursors: Mapping[str, Cursor], marks: Mapping[str, Mapping[str, Cursor]]

@@ -166,6 +166,7 @@ class Relay:
                 settings.max_retries,
                 settings.outbox_schema,
                 route_paths=None if routing is None else routing.data_paths,
+                defer_after_s=settings.relay_defer_after_ms / 1000 or None,
             ),
             publisher=RedisPublisher(client, keys, routing, settings.tenant_streamed()),
             leases=leases,

@@ -7,7 +7,9 @@ from outbox.errors import OutboxError
 from outbox.streams.errors import RedisUnavailableError, StreamRefusedError
 
 __all__ = [
+    "DatabaseMismatchError",
     "DatabaseUnavailableError",
+    "DeferralStateError",
     "LeaseLostError",
     "RedisUnavailableError",
     "RelayError",
@@ -25,3 +27,19 @@ class DatabaseUnavailableError(RelayError):
 
 class LeaseLostError(RelayError):
     """The session holding the relay's leases is gone; every lease it held is released."""
+
+
+class DatabaseMismatchError(RelayError):
+    """The stored cursors are ahead of the database's transaction counter: it is not the
+    database they were taken on (restored from a dump, recreated). Nothing is published."""
+
+
+class DeferralStateError(RelayError):
+    """``relay_deferred`` has no row: every read returns nothing until it is back."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(
+            f"{schema}.relay_deferred has no row, so the relay reads nothing: put it back with "
+            f"INSERT INTO {schema}.relay_deferred (id) VALUES (true) (migration 0010; "
+            "docs/operations.md, 'Deferred transactions')"
+        )

@@ -58,8 +58,11 @@ WITH RECURSIVE found AS (
 SELECT stream FROM relay_cursors UNION SELECT stream FROM added
 """
 
+# With the database's next transaction id, which every stored cursor must be below
+# (relay.cursor refuses one that is not: the database was restored or replaced).
 LOAD_CURSORS = """
-SELECT stream, txid, position, marks::text FROM relay_cursors WHERE stream = ANY($1::text[])
+SELECT stream, txid, position, marks::text, pg_snapshot_xmax(pg_current_snapshot()) AS xmax
+  FROM relay_cursors WHERE stream = ANY($1::text[])
 """
 
 # Each event's stream entry, formatted by the backend (C) rather than by the relay (Python):
@@ -96,40 +99,64 @@ ENTRY_FIELDS = f"""array_to_json(array_remove(ARRAY[
            CASE WHEN o.headers IS NOT NULL THEN 'headers' END, o.headers::text
        ], NULL))::text"""
 
-# The relay's horizon: rows of transactions below it are all visible to this statement, and no
-# row below it can appear later (DESIGN.md invariant 2). It is the oldest transaction that was
-# running at the statement's snapshot and may write to this database, else the snapshot's xmax.
-# Transaction ids are cluster-wide, so a snapshot lists the running transactions of every
-# database of the server; one of another database can never write a row here, and is passed
-# over (decision 0019). "Of another database" is known positively, never guessed: its top-level
-# xid is the ``backend_xid`` of a pg_stat_activity row of that database (xid and database come
-# from one backend's status entry; an xid belongs to one backend for its whole life, so even a
-# stale row is right), or it is a prepared transaction of that database (pg_prepared_xacts).
-# pg_stat_get_activity() is the function behind pg_stat_activity, without the view's joins to
-# pg_database and pg_authid: 0.21 instead of 0.34 ms a call with 27 backends (measured).
-# Anything else in the snapshot, a transaction that ended meanwhile included, holds the horizon,
-# as before. Both views hold 32-bit xids; the snapshot's xid8 are matched by their low 32 bits,
-# unique within one snapshot (its xids span less than 2^31). Both are readable by any role.
-# Rows carry their top-level transaction's id (pg_current_xact_id()), and a snapshot's xip lists
-# top-level transactions only, so subtransactions need nothing of their own.
-# Reading the views costs as much again as the batch read, so they are asked only about
-# transactions that have been running a while: $7 is a snapshot xmax the relay saw at least
-# FOREIGN_AFTER_S ago (relay/cursor.py, 20 ms); a transaction at or above it began since and
-# holds the horizon unasked, as emitters' short transactions do. While every running
-# transaction is that young the views are not read (the OR stops at its first operand). Which
-# transactions are asked about changes the cost, never what is passed over.
-HORIZON = """(SELECT least(pg_snapshot_xmax(snap.s), (
-            SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
-             WHERE x >= $7::xid8
-                OR (x::text::numeric % 4294967296)::text NOT IN (
-                   SELECT a.backend_xid::text FROM pg_stat_get_activity(NULL) a
+# The 32-bit xids (as text) of the transactions known to be of another database: the
+# ``backend_xid`` of a pg_stat_activity row of that database (xid and database come from one
+# backend's status entry; an xid belongs to one backend for its whole life, so even a stale row
+# is right), or a prepared transaction of that database (pg_prepared_xacts). Known positively,
+# never guessed (decision 0019). pg_stat_get_activity() is the function behind
+# pg_stat_activity, without the view's joins to pg_database and pg_authid: 0.21 instead of
+# 0.34 ms a call with 27 backends (measured). Both are readable by any role.
+_FOREIGN_XIDS = """SELECT a.backend_xid::text FROM pg_stat_get_activity(NULL) a
                     WHERE a.backend_xid IS NOT NULL
                       AND a.datid <> (SELECT oid FROM pg_database
                                        WHERE datname = current_database())
                    UNION ALL
                    SELECT p.transaction::text FROM pg_prepared_xacts p
-                    WHERE p.database <> current_database())))
-         FROM (SELECT pg_current_snapshot() AS s) snap)"""
+                    WHERE p.database <> current_database()"""
+
+# A snapshot's xid8 as the 32-bit xid of the status views: its low 32 bits, unique within one
+# snapshot (its xids span less than 2^31).
+_XID32 = "(x::text::numeric % 4294967296)::text"
+
+# The deferral state as a read sees it (decision 0020): ``txids``, the deferred transactions
+# (passed over while still running; their rows are left out of every read until a relay has
+# moved them to a transaction of its own), and ``in_doubt``: a deferral has begun
+# (relay_deferral_seq, which is not transactional and is read after this statement's snapshot
+# was taken) that this snapshot does not show committed. Its transactions may have ended since
+# its check, so this snapshot could show their rows under their first txid: a read in doubt
+# reads nothing (its horizon is 0), and the next one, a few milliseconds later, sees it
+# committed. No row here (the table emptied by hand) reads nothing either.
+DEFERRAL_STATE = """(SELECT d.txids,
+                (SELECT CASE WHEN q.is_called THEN q.last_value ELSE 0 END
+                   FROM relay_deferral_seq q) > d.generation AS in_doubt
+           FROM relay_deferred d)"""
+
+# The relay's horizon: rows of transactions below it are all visible to this statement, and no
+# row below it can appear later (DESIGN.md invariant 2), except the rows of deferred
+# transactions, which every read leaves out. It is the oldest transaction that was running at
+# the statement's snapshot, may write to this database and is not deferred, else the
+# snapshot's xmax. Transaction ids are cluster-wide, so a snapshot lists the running
+# transactions of every database of the server; one of another database can never write a row
+# here, and is passed over (decision 0019); one of this database that has run a while is
+# deferred by the store's tick (relay/cursor.py, decision 0020) and then passed over too.
+# Anything else in the snapshot, a transaction that ended meanwhile included, holds the horizon,
+# as before. Rows carry their top-level transaction's id (pg_current_xact_id()), and a
+# snapshot's xip lists top-level transactions only, so subtransactions need nothing of their
+# own. Reading the status views costs as much again as the batch read, so they are asked only
+# about transactions that have been running a while: $7 is a snapshot xmax the relay saw at
+# least FOREIGN_AFTER_S ago (relay/cursor.py, 20 ms); a transaction at or above it began since
+# and holds the horizon unasked, as emitters' short transactions do. While every running
+# transaction is that young the views are not read (the OR stops at its first operand). Which
+# transactions are asked about changes the cost, never what is passed over.
+# Two columns: the horizon, and the deferred transactions whose rows the read leaves out.
+HORIZON = f"""(SELECT CASE WHEN ds.in_doubt THEN '0'::xid8
+                 ELSE least(pg_snapshot_xmax(snap.s), (
+            SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
+             WHERE x <> ALL(ds.txids)
+               AND (x >= $7::xid8 OR {_XID32} NOT IN (
+                   {_FOREIGN_XIDS})))) END,
+            ds.txids
+         FROM (SELECT pg_current_snapshot() AS s) snap CROSS JOIN {DEFERRAL_STATE} ds)"""
 
 # The next batch of each service, strictly after its cursor, in cursor order. Only rows whose
 # transaction is below the horizon are read: a transaction still in progress can commit later
@@ -151,7 +178,7 @@ SELECT o.stream, o.txid, o.position, o.priority, o.tenant_id, {ENTRY_FIELDS} AS 
             THEN ((hashtextextended(coalesce(o.aggregate_id, o.event_id::text), 0)
                    & 9223372036854775807) % c.partitions)::int
             ELSE 0 END AS partition
-  FROM {HORIZON} AS h(horizon)
+  FROM {HORIZON} AS h(horizon, deferred)
   CROSS JOIN unnest($1::text[], $2::xid8[], $3::bigint[], $6::int[])
        AS c(stream, txid, position, partitions)
   CROSS JOIN LATERAL (
@@ -159,6 +186,7 @@ SELECT o.stream, o.txid, o.position, o.priority, o.tenant_id, {ENTRY_FIELDS} AS 
          WHERE e.stream = c.stream
            AND (e.txid, e.position) > (c.txid, c.position)
            AND e.txid < h.horizon
+           AND e.txid <> ALL(h.deferred)
          ORDER BY e.txid, e.position
          LIMIT $4) o
  -- Each service's rows in cursor order (the LATERAL yields them so, but only this promises it).
@@ -177,9 +205,93 @@ FETCH_BATCH_ROUTED = FETCH_BATCH.replace(
 )
 assert FETCH_BATCH_ROUTED != FETCH_BATCH
 
-# The snapshot's xmax now: every transaction below it has begun. The store keeps one a while
-# old for FETCH_BATCH's $7 (HORIZON).
-SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())"
+# The store's tick (relay/cursor.py), every FOREIGN_AFTER_S while the relay reads: the
+# snapshot's xmax now (every transaction below it has begun; the store keeps one a while old for
+# HORIZON's $7), the running transactions below $1 (a snapshot xmax seen RELAY_DEFER_AFTER_MS
+# ago: they have run at least that long) that are not deferred yet, the deferred transactions
+# that have ended (to restamp), and whether a deferral is in doubt (DEFERRAL_STATE). One row,
+# or none when relay_deferred has lost its row.
+DEFERRAL_TICK = f"""
+SELECT pg_snapshot_xmax(snap.s) AS xmax,
+       ARRAY(SELECT x FROM pg_snapshot_xip(snap.s) AS x
+              WHERE x < $1::xid8 AND x <> ALL(ds.txids) ORDER BY x) AS old,
+       ARRAY(SELECT x FROM unnest(ds.txids) AS x
+              WHERE pg_visible_in_snapshot(x, snap.s) ORDER BY x) AS ended,
+       ds.in_doubt
+  FROM (SELECT pg_current_snapshot() AS s) snap CROSS JOIN {DEFERRAL_STATE} ds
+"""
+
+# Which of the transactions $1 (running a while) are of this database or unknown: those a
+# deferral may pass over. The rest are of another database, which the horizon passes over
+# anyway (decision 0019); the store remembers them and never asks again.
+OWN_TRANSACTIONS = f"""
+SELECT coalesce(array_agg(x ORDER BY x), '{{}}') FROM unnest($1::xid8[]) AS x
+ WHERE {_XID32} NOT IN ({_FOREIGN_XIDS})
+"""
+
+# --- deferral (relay/deferral.py, decision 0020), each a transaction of its own with
+# synchronous_commit on: a deferral or a restamp lost in a crash after a relay acted on it
+# could lose a prepared transaction's events or reuse a restamp's txid.
+
+# The one row, locked first: deferrals and restamps take their turn, so a deferral's number is
+# above every one begun before it and committed after them.
+LOCK_DEFERRED = "SELECT generation FROM relay_deferred FOR UPDATE"
+
+# A deferral begins: from this instant every read is in doubt (DEFERRAL_STATE) until it commits.
+BEGIN_DEFERRAL = "SELECT nextval('relay_deferral_seq')"
+
+# ... and, in a statement whose snapshot was taken after it began, defers those of $1 that are
+# still running: a read that saw one of them end before this snapshot held its horizon at it
+# until then (it was running and not deferred), and a read after this commits leaves its rows
+# out. $2: the deferral's number. With $1 empty it only settles the generation (a deferral
+# that died between its two statements left every read in doubt).
+DEFER = """
+UPDATE relay_deferred
+   SET txids = txids || ARRAY(SELECT x FROM unnest($1::xid8[]) AS x
+                               WHERE x IN (SELECT pg_snapshot_xip(pg_current_snapshot()))
+                                 AND x <> ALL(txids) ORDER BY x),
+       generation = greatest(generation, $2),
+       updated_at = now()
+RETURNING txids
+"""
+
+# The deferred transactions that have ended move their rows to this transaction's own txid,
+# which is above every cursor any relay has reached (it was assigned now, and until this
+# commits it holds every horizon), and leave the deferred set, in one statement: a read sees
+# either their rows under their first txid, left out, or under the new one. The ended ones and
+# the rows are judged by one snapshot, so no row of an ended transaction is missed. The
+# services with rows are walked as in DISCOVER_STREAMS (an index probe each), and the rows of
+# each found by the (stream, txid, position) index. Returns the transactions that ended and
+# the rows moved per service.
+RESTAMP = """
+WITH RECURSIVE ended AS (
+    SELECT x FROM relay_deferred d, unnest(d.txids) AS x
+     WHERE pg_visible_in_snapshot(x, pg_current_snapshot())
+), found AS (
+    (SELECT stream FROM outbox_events ORDER BY stream LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.stream FROM outbox_events o
+             WHERE o.stream > found.stream ORDER BY o.stream LIMIT 1)
+      FROM found WHERE found.stream IS NOT NULL
+), moved AS (
+    UPDATE outbox_events o SET txid = pg_current_xact_id()
+      FROM found f
+     WHERE o.stream = f.stream AND o.txid = ANY(ARRAY(SELECT x FROM ended))
+       AND (SELECT count(*) FROM ended) > 0
+    RETURNING o.stream
+), kept AS (
+    UPDATE relay_deferred
+       SET txids = ARRAY(SELECT x FROM unnest(txids) AS x
+                          WHERE x <> ALL(ARRAY(SELECT x FROM ended)) ORDER BY x),
+           updated_at = now()
+     WHERE (SELECT count(*) FROM ended) > 0
+    RETURNING 1
+)
+SELECT ARRAY(SELECT x FROM ended ORDER BY x) AS ended,
+       (SELECT coalesce(jsonb_object_agg(stream, n), '{}')::text
+          FROM (SELECT stream, count(*) AS n FROM moved GROUP BY stream) m) AS moved,
+       (SELECT count(*) FROM kept) AS kept
+"""
 
 # --- partitions (relay/partitions.py, decision 0014) --------------------------------------
 
@@ -288,7 +400,11 @@ WITH walked AS (
     SELECT o.position,
            o.occurred_at < $2 AS old,
            o.occurred_at < $2 AND c.stream IS NOT NULL
-               AND (o.txid, o.position) <= (c.txid, c.position) AS published_and_old
+               AND (o.txid, o.position) <= (c.txid, c.position)
+               -- a deferred transaction's rows, ended but not yet restamped, are behind cursors
+               -- and unpublished (decision 0020); NULL (no state row) deletes nothing either
+               AND o.txid <> ALL((SELECT d.txids FROM relay_deferred d)::xid8[])
+               AS published_and_old
       FROM outbox_events o
       LEFT JOIN relay_cursors c ON c.stream = o.stream
      WHERE o.position > $1

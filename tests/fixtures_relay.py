@@ -127,6 +127,30 @@ async def assert_exactly_once(
             assert await cursor_order_ok(conn, client, stream)
 
 
+class Polls:
+    """Counts the relay's batch reads (its real store's, wrapped), to wait for one that began
+    after a given moment."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.count = 0
+        fetch = relay.store.fetch
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await fetch(*args, **kwargs)
+
+        relay.store.fetch = counted  # type: ignore[method-assign]
+
+    async def wait_for_one_more(self) -> None:
+        """Until a read that began after this call has finished."""
+        target = self.count + 2
+
+        async def polled() -> bool:
+            return self.count >= target
+
+        await wait_until(polled, what="the relay to poll again")
+
+
 @pytest.fixture
 def relay_settings(settings: Settings) -> Settings:
     return settings.model_copy(

@@ -27,6 +27,13 @@ _RELAY_FLAGS: list[tuple[str, str, type, str]] = [
         "LISTEN channel; pg_notify on it wakes the relay; '' disables [RELAY_NOTIFY_CHANNEL]",
     ),
     (
+        "--defer-after-ms",
+        "relay_defer_after_ms",
+        float,
+        "defer write transactions of this database open this long: later events no longer "
+        "wait for them; 0 never defers [RELAY_DEFER_AFTER_MS]",
+    ),
+    (
         "--heartbeat-interval-s",
         "relay_heartbeat_interval_s",
         float,

@@ -151,6 +151,102 @@ async def test_relay_sigkilled_at_random_moments_publishes_everything_once(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_relay_sigkilled_beside_long_transactions_publishes_every_committed_event_once(
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    settings: Settings,
+    relays: RelayProcesses,
+    database_url: str,
+) -> None:
+    """Decision 0020 under SIGKILL: beside a steady 1,500 events/s, two connections keep
+    transactions open 0.3-1.5 s (most of them long enough to be deferred), emitting before and
+    after the wait, and commit them, or roll back one in five; relays die at random moments,
+    while deferring and restamping included. Every committed event arrives once, in cursor
+    order, and nothing rolled back arrives."""
+    keys = Keys(settings.stream_prefix)
+    total, rate_per_s = 30_000, 1_500
+    rng = random.Random(7)
+
+    async def emit_steadily() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        ids: list[str] = []
+        start = time.monotonic()
+        try:
+            while len(ids) < total:
+                ids += await emit_events(conn, 50, services=SERVICES, per_tx=25)
+                ahead_s = len(ids) / rate_per_s - (time.monotonic() - start)
+                await asyncio.sleep(max(0.0, ahead_s))
+        finally:
+            await conn.close()
+        return ids
+
+    async def hold_transactions(seed: int) -> tuple[list[str], list[str]]:
+        """Long transactions until the steady emitter is done: (committed, rolled back) ids."""
+        local = random.Random(seed)
+        conn = await asyncpg.connect(database_url)
+        kept: list[str] = []
+        dropped: list[str] = []
+        try:
+            while not emitting.done():
+                ids: list[str] = []
+                await conn.execute("BEGIN")
+                for _ in range(2):
+                    for _ in range(local.randint(1, 3)):
+                        event = await outbox.emit(
+                            conn, service=local.choice(SERVICES), event_type="held", data={}
+                        )
+                        ids.append(str(event.event_id))
+                    # The workload: a transaction that stays open (not a synchronisation).
+                    await asyncio.sleep(local.uniform(0.3, 1.5) / 2)
+                if local.random() < 0.2:
+                    await conn.execute("ROLLBACK")
+                    dropped += ids
+                else:
+                    await conn.execute("COMMIT")
+                    kept += ids
+        finally:
+            await conn.close()
+        return kept, dropped
+
+    emitting = asyncio.create_task(emit_steadily())
+    holders = [asyncio.create_task(hold_transactions(seed)) for seed in (1, 2)]
+    kills = 0
+    while kills < 20 or not emitting.done():
+        process = relays.start()
+        await asyncio.sleep(rng.uniform(0.4, 1.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    ids = await emitting
+    held = await asyncio.gather(*holders)
+    kept = [event for k, _ in held for event in k]
+    dropped = [event for _, d in held for event in d]
+    assert kills >= 20
+    assert len(kept) > 20
+    assert dropped
+    deferred_ever = await asyncpg_conn.fetchval("SELECT last_value FROM relay_deferral_seq")
+    assert deferred_ever > 5  # deferrals happened (and were killed in, some of them)
+
+    final = relays.start("--instance-id", "final")
+
+    async def all_published() -> bool:
+        row = await _status(asyncpg_conn, "final")
+        done = len(await published(redis_client, keys, SERVICES)) >= len(ids) + len(kept)
+        return done and row is not None and len(row["streams"]) == len(SERVICES)
+
+    await wait_until(all_published, timeout_s=90, what="every event published")
+
+    async def none_deferred() -> bool:
+        return await asyncpg_conn.fetchval("SELECT txids FROM relay_deferred") == []
+
+    await wait_until(none_deferred, what="every deferred transaction restamped")
+    final.send_signal(signal.SIGTERM)
+    assert final.wait(timeout=20) == 0
+    await _verify_exactly_once(asyncpg_conn, redis_client, keys, ids + kept)
+
+
+@pytest.mark.slow
 async def test_sigterm_finishes_the_batch_commits_the_cursor_and_exits_0(
     asyncpg_conn: asyncpg.Connection,
     redis_client: aioredis.Redis,

@@ -1,5 +1,7 @@
 """The relay's horizon (decision 0019): a transaction that cannot write to the outbox's database
-never holds the relay back; one that can still does, and its events arrive once it commits.
+never holds the relay back; one that can still does while it is young (and always with
+RELAY_DEFER_AFTER_MS=0: older ones are deferred, tests/integration/test_relay_deferral.py), and
+its events arrive once it commits.
 
 Each test first proves the situation is real: the statement snapshot's xmin is held back by the
 open transaction, exactly what stalled the relay before.
@@ -11,7 +13,6 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -20,19 +21,26 @@ from pydantic import SecretStr
 
 import outbox
 from outbox.relay.cursor import ASK_EVERY
-from outbox.relay.daemon import Relay
 from outbox.relay.queries import HORIZON
 from outbox.settings import Settings
 from outbox.streams.keys import Keys
 from tests.fixtures_postgres import OwnPostgres
-from tests.fixtures_relay import StartRelay, cursor_order_ok, emit_events, published, wait_until
+from tests.fixtures_relay import (
+    Polls,
+    StartRelay,
+    cursor_order_ok,
+    emit_events,
+    published,
+    wait_until,
+)
 
 
 async def _xmin_and_horizon(conn: asyncpg.Connection) -> tuple[int, int]:
     """The snapshot's xmin and the relay's horizon, asking about every running transaction."""
     row = await conn.fetchrow(
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,"
-        f" h.horizon::text::bigint AS horizon FROM {HORIZON.replace('$7', '$1')} AS h(horizon)",
+        f" h.horizon::text::bigint AS horizon"
+        f" FROM {HORIZON.replace('$7', '$1')} AS h(horizon, deferred)",
         ASK_EVERY,
     )
     assert row is not None
@@ -104,7 +112,7 @@ async def test_a_write_transaction_in_another_database_does_not_hold_the_relay(
         assert await cursor_order_ok(asyncpg_conn, redis_client, keys.stream("identity"))
 
 
-async def test_a_write_transaction_in_this_database_holds_the_relay_until_it_ends(
+async def test_without_deferral_a_write_transaction_in_this_database_holds_the_relay(
     database_url: str,
     asyncpg_conn: asyncpg.Connection,
     redis_client: aioredis.Redis,
@@ -112,7 +120,8 @@ async def test_a_write_transaction_in_this_database_holds_the_relay_until_it_end
     relay_settings: Settings,
 ) -> None:
     """It may still write an event (this one does, after the later ones committed): passing it
-    over would skip that event for ever."""
+    over without deferring it would skip that event for ever. RELAY_DEFER_AFTER_MS=0 never
+    defers, so it holds for as long as it runs."""
     keys = Keys(relay_settings.stream_prefix)
     stream = keys.stream("identity")
     # Committed before the held transaction began: the relay publishes it, which shows that it
@@ -124,8 +133,8 @@ async def test_a_write_transaction_in_this_database_holds_the_relay_until_it_end
     await held.execute("CREATE TEMP TABLE held_open (n int)")  # has an xid, no event yet
     xid = int(await held.fetchval("SELECT pg_current_xact_id()::text"))
     later = await emit_events(asyncpg_conn, 50, per_tx=10)
-    async with start_relay() as relay:
-        polls = _Polls(relay)
+    async with start_relay(relay_defer_after_ms=0) as relay:
+        polls = Polls(relay)
         xmin, horizon = await _xmin_and_horizon(asyncpg_conn)
         assert xmin == horizon == xid
 
@@ -149,37 +158,14 @@ async def test_a_write_transaction_in_this_database_holds_the_relay_until_it_end
     assert await cursor_order_ok(asyncpg_conn, redis_client, stream)
 
 
-class _Polls:
-    """Counts the relay's batch reads (its real store's, wrapped), to wait for one that began
-    after a given moment."""
-
-    def __init__(self, relay: Relay) -> None:
-        self.count = 0
-        fetch = relay.store.fetch
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return await fetch(*args, **kwargs)
-
-        relay.store.fetch = counted  # type: ignore[method-assign]
-
-    async def wait_for_one_more(self) -> None:
-        """Until a read that began after this call has finished."""
-        target = self.count + 2
-
-        async def polled() -> bool:
-            return self.count >= target
-
-        await wait_until(polled, what="the relay to poll again")
-
-
 async def test_prepared_transactions_of_another_database_do_not_hold_and_of_this_one_do(
     own_postgres: OwnPostgres,
     redis_client: aioredis.Redis,
     start_relay: StartRelay,
     relay_settings: Settings,
 ) -> None:
-    """Two-phase commit on a server of the test's own (max_prepared_transactions > 0)."""
+    """Two-phase commit on a server of the test's own (max_prepared_transactions > 0); without
+    deferral (RELAY_DEFER_AFTER_MS=0), which test_relay_deferral covers."""
     outbox_url = own_postgres.create_database("outbox")
     other_url = own_postgres.create_database("other", migrated=False)
     keys = Keys(relay_settings.stream_prefix)
@@ -196,9 +182,9 @@ async def test_prepared_transactions_of_another_database_do_not_hold_and_of_this
         first = await emit_events(conn, 40, per_tx=10)
         xmin, horizon = await _xmin_and_horizon(conn)
         assert xmin <= foreign_xid < horizon
-        settings = {"database_url": SecretStr(outbox_url)}
+        settings = {"database_url": SecretStr(outbox_url), "relay_defer_after_ms": 0}
         async with start_relay(**settings) as relay:
-            polls = _Polls(relay)
+            polls = Polls(relay)
 
             async def count_is(n: int) -> bool:
                 return len(await published(redis_client, keys, ("identity",))) >= n

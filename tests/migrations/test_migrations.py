@@ -211,9 +211,11 @@ def test_a_monitor_or_consumer_newer_than_the_schema_says_to_migrate(
     ("revision", "missing"),
     [
         ("0004_tombstone_versions", 'column "marks"'),  # the cursors' (0005)
-        # The fetch (0009's tenant_id) is checked before the status row (0006's republishing).
-        ("0005_relay_marks", "column o.tenant_id"),
-        ("0008_audit", "column o.tenant_id"),  # the fetch's (0009)
+        # The fetch (0010's deferral state, then 0009's tenant_id) is checked before the
+        # status row (0006's republishing).
+        ("0005_relay_marks", 'relation "public.relay_deferred"'),
+        ("0008_audit", 'relation "public.relay_deferred"'),  # the fetch's (0010)
+        ("0009_tenants", 'relation "public.relay_deferred"'),  # the fetch's (0010)
     ],
 )
 def test_a_relay_newer_than_the_schema_says_to_migrate(
