@@ -365,6 +365,11 @@ class Collector:
 
         blocker = snapshot["outbox"].get("oldest_write_transaction")
         if blocker and blocker["age_s"] > HOLDBACK_WARN_S:
+            holds = (
+                "is deferred: the relay publishes past it, its own events wait for it"
+                if blocker.get("deferred")
+                else "holds the relay back"
+            )
             components.append(
                 _component(
                     "postgres:horizon",
@@ -372,7 +377,7 @@ class Collector:
                     Status(
                         "WARN",
                         f"{_who(blocker)} ({blocker['database']}) open for "
-                        f"{blocker['age_s']:.0f} s holds the relay back",
+                        f"{blocker['age_s']:.0f} s {holds}",
                     ),
                 )
             )

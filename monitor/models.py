@@ -76,7 +76,7 @@ class OutboxStream(Body):
 
 class WriteTransaction(Body):
     """The oldest transaction of the outbox's database that has written (running, or prepared):
-    it holds back every relay's horizon (decision 0019)."""
+    it holds back every relay's horizon until the relays defer it (decisions 0019 and 0020)."""
 
     pid: int | None = Field(description="None for a prepared transaction (see gid)")
     age_s: float
@@ -84,6 +84,11 @@ class WriteTransaction(Body):
     state: str | None
     database: str | None
     gid: str | None = Field(default=None, description="a prepared transaction's identifier")
+    deferred: bool = Field(
+        default=False,
+        description="the relays have deferred it: they publish past it, and its own events "
+        "when it ends (decision 0020)",
+    )
 
 
 class Outbox(Body):
@@ -92,6 +97,9 @@ class Outbox(Body):
     db_now: float = Field(description="the database clock, Unix seconds")
     streams: list[OutboxStream]
     oldest_write_transaction: WriteTransaction | None
+    deferred_transactions: int = Field(
+        default=0, description="transactions the relays have deferred (decision 0020)"
+    )
 
 
 class Relay(Body):

@@ -137,12 +137,20 @@ class SnapshotCollector(Collector):
         holdback = _gauge(
             "outbox_oldest_write_transaction_age_seconds",
             "Age of the oldest write transaction of the outbox's database, running or prepared "
-            "(holds the relay's horizon back)",
+            "(holds the relay's horizon back until deferred)",
             [],
         )
         blocker = snap.get("outbox", {}).get("oldest_write_transaction")
         holdback.add_metric([], blocker["age_s"] if blocker else 0.0)
         yield holdback
+        deferred = _gauge(
+            "outbox_deferred_transactions",
+            "Write transactions of the outbox's database the relays have deferred: they publish "
+            "past them, and their events when they end (decision 0020)",
+            [],
+        )
+        deferred.add_metric([], snap.get("outbox", {}).get("deferred_transactions", 0))
+        yield deferred
 
         heartbeat = _gauge(
             "outbox_relay_heartbeat_age_seconds", "Seconds since the relay's heartbeat", ["relay"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from outbox.audit import AUDIT_STATEMENTS
 
-# The oldest transaction that holds the relay's horizon back (relay.queries.HORIZON, decision
-# 0019): a running transaction of this database that has written something (has an xid), or a
-# prepared one of this database (no pid; its gid instead). Those of other databases of the
-# server no longer hold the relay and are not shown.
+# The oldest write transaction of this database (relay.queries.HORIZON, decisions 0019 and
+# 0020): a running transaction that has written something (has an xid), or a prepared one (no
+# pid; its gid instead). It holds the relays back until they defer it, and its own events and
+# vacuum until it ends. Those of other databases of the server never hold the relay and are not
+# shown. ``xid32``: its 32-bit xid, to match against the deferred ones (DEFERRED_TRANSACTIONS).
 OLDEST_WRITE_TRANSACTION = """
-SELECT pid, age_s, query_start, state, query, datname, gid FROM (
+SELECT pid, age_s, query_start, state, query, datname, gid, xid32 FROM (
     SELECT pid,
            extract(epoch FROM now() - xact_start) AS age_s,
            query_start,
@@ -17,19 +18,26 @@ SELECT pid, age_s, query_start, state, query, datname, gid FROM (
            left(query, 200) AS query,
            datname,
            NULL::text AS gid,
-           age(backend_xid) AS xid_age
+           age(backend_xid) AS xid_age,
+           backend_xid::text AS xid32
       FROM pg_stat_activity
      WHERE backend_xid IS NOT NULL
        AND datname = current_database()
        AND pid <> pg_backend_pid()
     UNION ALL
     SELECT NULL, extract(epoch FROM now() - prepared), NULL, 'prepared', NULL, database, gid,
-           age(transaction)
+           age(transaction), transaction::text
       FROM pg_prepared_xacts
      WHERE database = current_database()
 ) t
  ORDER BY xid_age DESC
  LIMIT 1
+"""
+
+# The transactions the relays have deferred (relay_deferred, decision 0020), as 32-bit xids.
+DEFERRED_TRANSACTIONS = """
+SELECT coalesce(array_agg((x::text::numeric % 4294967296)::text), '{}') AS xids
+  FROM relay_deferred d, unnest(d.txids) AS x
 """
 
 DATABASE_NOW = "SELECT extract(epoch FROM clock_timestamp()) AS now_s"
@@ -234,6 +242,7 @@ STATEMENTS = (
     PARTITIONINGS,
     PARTITION_OWNERS,
     OLDEST_WRITE_TRANSACTION,
+    DEFERRED_TRANSACTIONS,
     DATABASE_NOW,
     OUTBOX_STREAMS,
     TENANT_STREAM_KEYS,

@@ -37,6 +37,7 @@ async def outbox_side(
         in_schema(queries.OUTBOX_STREAMS, schema), UNPUBLISHED_COUNT_CAP, relay_alive_s
     )
     blocker = await conn.fetchrow(queries.OLDEST_WRITE_TRANSACTION)
+    deferred = await conn.fetchval(in_schema(queries.DEFERRED_TRANSACTIONS, schema))
     return {
         "db_now": float(db_now),
         "streams": [
@@ -65,10 +66,12 @@ async def outbox_side(
                 "state": blocker["state"],
                 "database": blocker["datname"],
                 "gid": blocker["gid"],
+                "deferred": blocker["xid32"] in deferred,
             }
             if blocker
             else None
         ),
+        "deferred_transactions": len(deferred),
     }
 
 

@@ -120,6 +120,7 @@ def scope_snapshot(snapshot: dict[str, Any], tenant: str | None) -> dict[str, An
             "db_now": snapshot["outbox"]["db_now"],
             "streams": [],
             "oldest_write_transaction": None,
+            "deferred_transactions": 0,
         },
         "relays": [],
         "streams": streams,

@@ -105,6 +105,7 @@ relay_deferred = sa.Table(
     sa.Column(
         "txids", postgresql.ARRAY(XID8()), nullable=False, server_default=sa.text("'{}'::xid8[]")
     ),
+    sa.Column("cap", XID8(), nullable=True),
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
     ),

@@ -220,8 +220,8 @@ class PgOutboxStore:
         # Transactions found to be of another database (never deferred; bounded, see _tick).
         self._foreign: set[int] = set()
         self._doubt_since: float | None = None
-        #: The deferred transactions at the last tick (for the relay's status).
-        self.deferred: tuple[int, ...] = ()
+        #: How many transactions were deferred at the last tick (by any relay).
+        self.deferred = 0
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -287,7 +287,8 @@ class PgOutboxStore:
         defer this database's transactions that have run defer_after_s, settle a doubt that
         lasts. None of it runs while no transaction is that old and none is deferred."""
         now = time.monotonic()
-        if self._ticked is not None and now - self._ticked < FOREIGN_AFTER_S:
+        every = deferral.DEFERRED_TICK_S if self.deferred else FOREIGN_AFTER_S
+        if self._ticked is not None and now - self._ticked < every:
             return self._running_since
         long_ago = (
             0
@@ -296,12 +297,15 @@ class PgOutboxStore:
         )
         row = await self._call("fetchrow", queries.DEFERRAL_TICK, long_ago)
         if row is None:
-            raise DeferralStateError(self._schema)
+            raise DeferralStateError(self._schema, "it has no row")
         self._xmaxes.add(now, row["xmax"])
         self._ticked = now
         self._running_since = self._xmaxes.before(now, FOREIGN_AFTER_S, default=ASK_EVERY)
+        self.deferred = row["deferred"]
         if row["ended"]:
             await self._in_transaction(deferral.restamp)
+        elif row["deferred"]:
+            await self._in_transaction(deferral.raise_cap)
         old = [x for x in row["old"] if x not in self._foreign]
         if old:
             own: list[int] = await self._call("fetchval", queries.OWN_TRANSACTIONS, old)
@@ -309,7 +313,7 @@ class PgOutboxStore:
                 self._foreign.clear()
             self._foreign.update(set(old) - set(own))
             if own:
-                self.deferred = tuple(await self._in_transaction(deferral.defer, own))
+                self.deferred = len(await self._in_transaction(deferral.defer, own))
         if row["in_doubt"]:
             self._doubt_since = self._doubt_since or now
             if now - self._doubt_since >= deferral.SETTLE_AFTER_S:

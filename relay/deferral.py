@@ -5,10 +5,13 @@ The horizon (:data:`relay.queries.HORIZON`) may pass over a running transaction 
 it writes can then be skipped. A transaction of another database writes none (decision 0019).
 One of this database that has run ``RELAY_DEFER_AFTER_MS`` is *deferred*: recorded in
 ``relay_deferred`` (one row), after which every read leaves its rows out and the horizon passes
-over it. When it ends, a relay *restamps* its rows: moves them, in one statement, to a
-transaction of its own, whose txid is above every cursor; they are then read as that
-transaction's, once, after every event already published, in their emit order. The cursor
-``(txid, position)``, the Redis watermarks and re-publishing after a Redis loss are unchanged.
+over it, up to a *cap* the relay raises every DEFERRED_TICK_S while every deferred transaction
+still runs: the oldest other transaction running then. When one ends, a relay *restamps* its
+rows: moves them, in one statement, to the key just below the cap (a txid and new positions in
+their order). No read passed the cap, so they sort after every event already published; every
+transaction that ends after them was running at the last raise or began later, so they sort
+before it. The cursor ``(txid, position)``, the Redis watermarks and re-publishing after a Redis
+loss are unchanged.
 
 A deferral must not race the end of the transaction it defers: a read that saw it end before
 the deferral committed would read its rows under their first txid, and the restamp would
@@ -20,8 +23,9 @@ deferral begun reads nothing. Deferrals and restamps lock the row, so numbers co
 one that died between its statements is settled by the next (or by :func:`settle`).
 
 Each step is its own transaction with ``synchronous_commit`` on: the relay's connection
-otherwise commits asynchronously (relay/cursor.py), and a deferral lost in a crash would leave
-a prepared transaction's rows behind a cursor, a restamp lost would give its txid again.
+otherwise commits asynchronously (relay/cursor.py), and a prepared transaction survives a
+crash that a deferral or a raise of the cap did not, which would leave its rows behind a
+cursor.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from outbox.relay.errors import DeferralStateError
 
 log = logging.getLogger("outbox.relay.deferral")
 
+#: How often the store ticks while a transaction is deferred: each tick raises the cap, so a
+#: read waits this long at most behind it.
+DEFERRED_TICK_S = 0.005
 #: How long a read may find a deferral in doubt before the relay settles it: a live deferral
 #: takes a few milliseconds; longer means one died between its two statements.
 SETTLE_AFTER_S = 1.0
@@ -79,7 +86,7 @@ async def _locked(conn: asyncpg.Connection, schema: str) -> None:
     """Inside a transaction: commit synchronously, and take the deferral row's lock."""
     await conn.execute("SET LOCAL synchronous_commit TO on")
     if await conn.fetchrow(in_schema(queries.LOCK_DEFERRED, schema)) is None:
-        raise DeferralStateError(schema)
+        raise DeferralStateError(schema, "it has no row")
 
 
 async def defer(conn: asyncpg.Connection, schema: str, txids: Sequence[int]) -> list[int]:
@@ -105,10 +112,14 @@ async def defer(conn: asyncpg.Connection, schema: str, txids: Sequence[int]) -> 
 
 
 async def restamp(conn: asyncpg.Connection, schema: str) -> Restamped:
-    """Move the rows of every deferred transaction that has ended to this transaction's txid."""
+    """Move the rows of every deferred transaction that has ended to the key just below the
+    cap (:data:`relay.queries.RESTAMP`)."""
     async with conn.transaction():
         await _locked(conn, schema)
-        row = await conn.fetchrow(in_schema(queries.RESTAMP, schema))
+        state = await conn.fetchrow(in_schema(queries.LOCK_DEFERRED, schema))
+        row = await conn.fetchrow(
+            in_schema(queries.RESTAMP, schema), restamp_txid(state["cap"], state["txids"])
+        )
     done = Restamped(tuple(row["ended"]), json.loads(row["moved"]))
     if done.ended:
         log.warning(
@@ -119,6 +130,24 @@ async def restamp(conn: asyncpg.Connection, schema: str) -> Restamped:
             schema,
         )
     return done
+
+
+def restamp_txid(cap: int | None, deferred: Sequence[int]) -> int:
+    """The txid a restamp gives the rows: the highest below the cap that is not deferred (a
+    deferred txid's rows are left out of every read). Every read stopped below the cap, and
+    no transaction below it still runs that is not deferred, so no row of that txid can appear
+    after the restamp's but its own."""
+    if cap is None:
+        raise DeferralStateError("", f"deferred transactions {list(deferred)} without a cap")
+    txid = cap - 1
+    while txid in deferred:
+        txid -= 1
+    return txid
+
+
+async def raise_cap(conn: asyncpg.Connection, schema: str) -> None:
+    """Raise the cap while every deferred transaction still runs (:data:`RAISE_CAP`)."""
+    await conn.execute(in_schema(queries.RAISE_CAP, schema))
 
 
 async def settle(conn: asyncpg.Connection, schema: str) -> None:

@@ -35,11 +35,11 @@ class DatabaseMismatchError(RelayError):
 
 
 class DeferralStateError(RelayError):
-    """``relay_deferred`` has no row: every read returns nothing until it is back."""
+    """``relay_deferred`` is not as the relay left it (its row deleted by hand): every read
+    returns nothing until it is put right."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, problem: str) -> None:
         super().__init__(
-            f"{schema}.relay_deferred has no row, so the relay reads nothing: put it back with "
-            f"INSERT INTO {schema}.relay_deferred (id) VALUES (true) (migration 0010; "
-            "docs/operations.md, 'Deferred transactions')"
+            f"{schema or 'the outbox schema'}.relay_deferred: {problem}, so the relay reads "
+            "nothing; see docs/operations.md, 'Deferred transactions'"
         )

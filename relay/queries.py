@@ -120,16 +120,28 @@ _XID32 = "(x::text::numeric % 4294967296)::text"
 
 # The deferral state as a read sees it (decision 0020): ``txids``, the deferred transactions
 # (passed over while still running; their rows are left out of every read until a relay has
-# moved them to a transaction of its own), and ``in_doubt``: a deferral has begun
-# (relay_deferral_seq, which is not transactional and is read after this statement's snapshot
-# was taken) that this snapshot does not show committed. Its transactions may have ended since
-# its check, so this snapshot could show their rows under their first txid: a read in doubt
-# reads nothing (its horizon is 0), and the next one, a few milliseconds later, sees it
-# committed. No row here (the table emptied by hand) reads nothing either.
-DEFERRAL_STATE = """(SELECT d.txids,
+# moved them, restamped, after they end); ``cap``, while any is deferred, the horizon no read may
+# pass (the relay raises it every few milliseconds while they all still run, and the restamp
+# keys their rows just below it, so they come before every transaction that was still running
+# when they ended); and ``in_doubt``: a deferral has begun (relay_deferral_seq, which is not
+# transactional and is read after this statement's snapshot was taken) that this snapshot does
+# not show committed. Its transactions may have ended since its check, so this snapshot could
+# show their rows under their first txid: a read in doubt reads nothing (its horizon is 0), and
+# the next one, a few milliseconds later, sees it committed. No row here (the table emptied by
+# hand) reads nothing either.
+DEFERRAL_STATE = """(SELECT d.txids, d.cap,
                 (SELECT CASE WHEN q.is_called THEN q.last_value ELSE 0 END
                    FROM relay_deferral_seq q) > d.generation AS in_doubt
            FROM relay_deferred d)"""
+
+
+def running_floor(snapshot: str, deferred: str) -> str:
+    """The oldest transaction running in ``snapshot`` that may write to this database and is
+    not in ``deferred``, else the snapshot's xmax (SQL expressions, for the deferral's cap)."""
+    return f"""least(pg_snapshot_xmax({snapshot}), (
+            SELECT min(x) FROM pg_snapshot_xip({snapshot}) AS x
+             WHERE x <> ALL({deferred}) AND {_XID32} NOT IN ({_FOREIGN_XIDS})))"""
+
 
 # The relay's horizon: rows of transactions below it are all visible to this statement, and no
 # row below it can appear later (DESIGN.md invariant 2), except the rows of deferred
@@ -148,9 +160,10 @@ DEFERRAL_STATE = """(SELECT d.txids,
 # and holds the horizon unasked, as emitters' short transactions do. While every running
 # transaction is that young the views are not read (the OR stops at its first operand). Which
 # transactions are asked about changes the cost, never what is passed over.
-# Two columns: the horizon, and the deferred transactions whose rows the read leaves out.
+# Two columns: the horizon, and the deferred transactions whose rows the read leaves out. While
+# any is deferred the horizon is at most the deferral's cap (least() ignores a NULL cap).
 HORIZON = f"""(SELECT CASE WHEN ds.in_doubt THEN '0'::xid8
-                 ELSE least(pg_snapshot_xmax(snap.s), (
+                 ELSE least(pg_snapshot_xmax(snap.s), ds.cap, (
             SELECT min(x) FROM pg_snapshot_xip(snap.s) AS x
              WHERE x <> ALL(ds.txids)
                AND (x >= $7::xid8 OR {_XID32} NOT IN (
@@ -217,7 +230,7 @@ SELECT pg_snapshot_xmax(snap.s) AS xmax,
               WHERE x < $1::xid8 AND x <> ALL(ds.txids) ORDER BY x) AS old,
        ARRAY(SELECT x FROM unnest(ds.txids) AS x
               WHERE pg_visible_in_snapshot(x, snap.s) ORDER BY x) AS ended,
-       ds.in_doubt
+       cardinality(ds.txids) AS deferred, ds.in_doubt
   FROM (SELECT pg_current_snapshot() AS s) snap CROSS JOIN {DEFERRAL_STATE} ds
 """
 
@@ -235,7 +248,7 @@ SELECT coalesce(array_agg(x ORDER BY x), '{{}}') FROM unnest($1::xid8[]) AS x
 
 # The one row, locked first: deferrals and restamps take their turn, so a deferral's number is
 # above every one begun before it and committed after them.
-LOCK_DEFERRED = "SELECT generation FROM relay_deferred FOR UPDATE"
+LOCK_DEFERRED = "SELECT generation, txids, cap FROM relay_deferred FOR UPDATE"
 
 # A deferral begins: from this instant every read is in doubt (DEFERRAL_STATE) until it commits.
 BEGIN_DEFERRAL = "SELECT nextval('relay_deferral_seq')"
@@ -244,25 +257,63 @@ BEGIN_DEFERRAL = "SELECT nextval('relay_deferral_seq')"
 # still running: a read that saw one of them end before this snapshot held its horizon at it
 # until then (it was running and not deferred), and a read after this commits leaves its rows
 # out. $2: the deferral's number. With $1 empty it only settles the generation (a deferral
-# that died between its two statements left every read in doubt).
-DEFER = """
-UPDATE relay_deferred
-   SET txids = txids || ARRAY(SELECT x FROM unnest($1::xid8[]) AS x
-                               WHERE x IN (SELECT pg_snapshot_xip(pg_current_snapshot()))
-                                 AND x <> ALL(txids) ORDER BY x),
-       generation = greatest(generation, $2),
+# that died between its two statements left every read in doubt). The cap: with the first
+# deferred transaction, the oldest other one running (RAISE_CAP); raised likewise while every
+# transaction deferred before still runs; kept while one has ended and waits for its restamp.
+DEFER = f"""
+WITH now_ AS (SELECT pg_current_snapshot() AS snap),
+cur AS (SELECT txids, cap FROM relay_deferred),
+next_ AS (
+    SELECT cur.txids || ARRAY(
+               SELECT x FROM unnest($1::xid8[]) AS x
+                WHERE x IN (SELECT pg_snapshot_xip(now_.snap)) AND x <> ALL(cur.txids)
+                ORDER BY x) AS txids
+      FROM cur, now_
+)
+UPDATE relay_deferred d
+   SET txids = next_.txids,
+       cap = CASE WHEN cardinality(next_.txids) = 0 THEN NULL
+                  WHEN cardinality(cur.txids) = 0
+                    OR NOT EXISTS (SELECT 1 FROM unnest(cur.txids) AS x
+                                    WHERE pg_visible_in_snapshot(x, now_.snap))
+                  THEN greatest(cur.cap, {running_floor("now_.snap", "next_.txids")})
+                  ELSE cur.cap END,
+       generation = greatest(d.generation, $2),
        updated_at = now()
-RETURNING txids
+  FROM cur, next_, now_
+RETURNING d.txids
 """
 
-# The deferred transactions that have ended move their rows to this transaction's own txid,
-# which is above every cursor any relay has reached (it was assigned now, and until this
-# commits it holds every horizon), and leave the deferred set, in one statement: a read sees
-# either their rows under their first txid, left out, or under the new one. The ended ones and
-# the rows are judged by one snapshot, so no row of an ended transaction is missed. The
-# services with rows are walked as in DISCOVER_STREAMS (an index probe each), and the rows of
-# each found by the (stream, txid, position) index. Returns the transactions that ended and
-# the rows moved per service.
+# Every few milliseconds while transactions are deferred and none has ended: the cap rises to
+# the oldest transaction running now that is not deferred. Every transaction that ends after
+# one deferred now is running now or begins later, so it is at or above the cap; the restamp
+# keys a deferred transaction's rows just below it (RESTAMP). Synchronous: a cap lost in a
+# crash (a prepared transaction survives one) could fall below what reads had passed. One
+# round trip (a simple-query script, no parameters).
+RAISE_CAP = f"""BEGIN;
+SET LOCAL synchronous_commit TO on;
+UPDATE relay_deferred d
+   SET cap = greatest(d.cap, {running_floor("pg_current_snapshot()", "d.txids")}),
+       updated_at = now()
+ WHERE cardinality(d.txids) > 0
+   AND NOT EXISTS (SELECT 1 FROM unnest(d.txids) AS x
+                    WHERE pg_visible_in_snapshot(x, pg_current_snapshot()));
+COMMIT"""
+
+# The deferred transactions that have ended move their rows, in one statement, to the key
+# just below the cap: txid $1 (the relay's choice: the highest txid below the cap that is not
+# deferred) and new positions, in the order they had. Every read's horizon was at most the cap,
+# so every event any relay has published sorts below them (a row read with txid $1 has a lower
+# position: positions are handed out in order); and every transaction that ended after them
+# sorts above (it is at or above the cap, RAISE_CAP). The rows leave the deferred set in the
+# same statement: a read sees either their old keys, left out, or the new ones. The ended ones
+# and the rows are judged by one snapshot, so no row of an ended transaction is missed. The
+# services with rows are walked as in DISCOVER_STREAMS (an index probe each), the rows of each
+# found by the (stream, txid, position) index. Each row is deleted and inserted again, with
+# every column as it was but those two (position is GENERATED ALWAYS: an UPDATE could only
+# give it the next value in no set order); jsonb_populate_record keeps this right whatever
+# columns a later migration adds. Returns the transactions that ended and the rows moved per
+# service. Run with the row locked (LOCK_DEFERRED), so the cap and the set stay as read.
 RESTAMP = """
 WITH RECURSIVE ended AS (
     SELECT x FROM relay_deferred d, unnest(d.txids) AS x
@@ -273,16 +324,25 @@ WITH RECURSIVE ended AS (
     SELECT (SELECT o.stream FROM outbox_events o
              WHERE o.stream > found.stream ORDER BY o.stream LIMIT 1)
       FROM found WHERE found.stream IS NOT NULL
-), moved AS (
-    UPDATE outbox_events o SET txid = pg_current_xact_id()
-      FROM found f
+), taken AS (
+    DELETE FROM outbox_events o
+     USING found f
      WHERE o.stream = f.stream AND o.txid = ANY(ARRAY(SELECT x FROM ended))
        AND (SELECT count(*) FROM ended) > 0
-    RETURNING o.stream
+    RETURNING o.*
+), moved AS (
+    INSERT INTO outbox_events OVERRIDING SYSTEM VALUE
+    SELECT r.*
+      FROM (SELECT * FROM taken ORDER BY txid, position) t,
+           LATERAL jsonb_populate_record(NULL::outbox_events, to_jsonb(t) || jsonb_build_object(
+               'txid', $1::xid8::text,
+               'position', nextval(pg_get_serial_sequence('outbox_events', 'position')))) r
+    RETURNING stream
 ), kept AS (
     UPDATE relay_deferred
        SET txids = ARRAY(SELECT x FROM unnest(txids) AS x
                           WHERE x <> ALL(ARRAY(SELECT x FROM ended)) ORDER BY x),
+           cap = CASE WHEN cardinality(txids) > (SELECT count(*) FROM ended) THEN cap END,
            updated_at = now()
      WHERE (SELECT count(*) FROM ended) > 0
     RETURNING 1

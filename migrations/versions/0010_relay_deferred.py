@@ -47,6 +47,7 @@ def upgrade() -> None:
             nullable=False,
             server_default=sa.text("'{}'::xid8[]"),
         ),
+        sa.Column("cap", XID8(), nullable=True),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),

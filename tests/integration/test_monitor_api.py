@@ -353,6 +353,36 @@ async def test_the_transaction_holding_the_relay_back_is_named(
         await holder.close()
 
 
+async def test_a_deferred_transaction_is_named_as_deferred(
+    monitor_server: MonitorFactory, database_url: str
+) -> None:
+    """Once the relays have deferred it (decision 0020) it no longer holds them: the monitor
+    says so, and counts it."""
+    holder = await asyncpg.connect(database_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await outbox.emit(holder, service="identity", event_type="held", data={})
+        xid = await holder.fetchval("SELECT pg_current_xact_id()")
+        admin = await asyncpg.connect(database_url)
+        # What a relay's deferral writes (relay/deferral.py), without a relay.
+        await admin.execute("UPDATE relay_deferred SET txids = ARRAY[$1::xid8], cap = $1", xid)
+        await admin.close()
+        async with monitor_server() as live:
+            outbox_view = (await live.http.get("/api/outbox")).json()["outbox"]
+            assert outbox_view["deferred_transactions"] == 1
+            assert outbox_view["oldest_write_transaction"]["pid"] == holder.get_server_pid()
+            assert outbox_view["oldest_write_transaction"]["deferred"] is True
+            families = {
+                f.name: f
+                for f in text_string_to_metric_families((await live.http.get("/metrics")).text)
+            }
+            assert families["outbox_deferred_transactions"].samples[0].value == 1
+        await tx.rollback()
+    finally:
+        await holder.close()
+
+
 async def test_a_transaction_of_another_database_is_not_named(
     monitor_server: MonitorFactory, database_url: str
 ) -> None:

@@ -183,7 +183,11 @@ async def test_every_answer_of_a_live_monitor_matches_its_model(
     keys = Keys(projection_settings.stream_prefix)
     stream = keys.stream("identity")
     await emit(asyncpg_conn, 6)
-    async with start_relay(), running([user_directory], projection_settings):
+    # A relay that never defers (decision 0020), so that the open transaction below holds it.
+    async with (
+        start_relay(relay_defer_after_ms=0),
+        running([user_directory], projection_settings),
+    ):
 
         async def settled() -> bool:
             done = await asyncpg_conn.fetchval(

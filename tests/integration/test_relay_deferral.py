@@ -8,6 +8,7 @@ later events arrive, then ends it and checks every event arrived exactly once, i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -117,6 +118,72 @@ async def _is_deferred(conn: asyncpg.Connection, xid: int) -> bool:
 
 async def _none_deferred(conn: asyncpg.Connection) -> bool:
     return await _deferred(conn) == []
+
+
+async def test_a_writer_that_waited_for_a_deferred_transaction_comes_after_it(
+    database_url: str,
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    """Per aggregate: a long job holds an aggregate's row lock; a short request that updates the
+    same aggregate waits for it (its transaction id taken before the wait), then commits after
+    it. Its event is published after the job's, though its txid is lower than any the job's rows
+    could be moved to after the job ended."""
+    keys = Keys(relay_settings.stream_prefix)
+    await asyncpg_conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, v int)")
+    await asyncpg_conn.execute("INSERT INTO accounts VALUES (1, 0)")
+    request = await asyncpg.connect(database_url)
+    try:
+        async with _held(database_url) as (job, xid), start_relay(relay_defer_after_ms=DEFER_MS):
+            await job.execute("UPDATE accounts SET v = v + 1 WHERE id = 1")
+            first = await outbox.emit(
+                job, service="identity", event_type="job", data={}, aggregate_id="account-1"
+            )
+            later = await emit_events(asyncpg_conn, 20, per_tx=5)
+            await wait_until(lambda: _has(redis_client, keys, ("identity",), 20), what="later")
+            assert await _deferred(asyncpg_conn) == [xid]
+            await request.execute("BEGIN")
+            request_xid = int(await request.fetchval("SELECT pg_current_xact_id()::text"))
+            waiting = asyncio.create_task(
+                request.execute("UPDATE accounts SET v = v + 10 WHERE id = 1")
+            )
+
+            async def request_waits() -> bool:
+                return bool(
+                    await asyncpg_conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND backend_xid::text = $1",
+                        str(request_xid),
+                    )
+                )
+
+            await wait_until(request_waits, what="the request to wait for the job's lock")
+            last = await outbox.emit(
+                job, service="identity", event_type="job", data={}, aggregate_id="account-1"
+            )
+            await job.execute("COMMIT")
+            await waiting
+            after = await outbox.emit(
+                request,
+                service="identity",
+                event_type="request",
+                data={},
+                aggregate_id="account-1",
+            )
+            await request.execute("COMMIT")
+            assert xid < request_xid
+            await wait_until(lambda: _has(redis_client, keys, ("identity",), 23), what="all")
+        found = await published(redis_client, keys, ("identity",))
+        assert Counter(found) == Counter(
+            [*later, str(first.event_id), str(last.event_id), str(after.event_id)]
+        )
+        order = [e for e in found if e not in later]
+        assert order == [str(first.event_id), str(last.event_id), str(after.event_id)]
+        assert await cursor_order_ok(asyncpg_conn, redis_client, keys.stream("identity"))
+    finally:
+        await request.close()
 
 
 async def test_a_rolled_back_subtransaction_and_a_rolled_back_transaction_publish_nothing(
