@@ -118,6 +118,10 @@ class OutboxStore(Protocol):
         """Store the cursors, each with its service's ``marks`` (never moving a cursor back)."""
         ...
 
+    async def next_txid(self) -> int:
+        """The database's next transaction id now: every txid the relay has read is below it."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -349,6 +353,10 @@ class PgOutboxStore:
                 for s in services
             ],
         )
+
+    async def next_txid(self) -> int:
+        xmax: int = await self._call("fetchval", queries.SNAPSHOT_XMAX)
+        return xmax
 
     async def partitionings(self, services: Sequence[str]) -> dict[str, Partitioning]:
         rows = await self._call("fetch", queries.LOAD_PARTITIONINGS, list(services))

@@ -47,6 +47,7 @@ from outbox.partitioning import Partitioning
 from outbox.probes import Heartbeats
 from outbox.relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
 from outbox.relay.errors import (
+    DatabaseMismatchError,
     DatabaseUnavailableError,
     LeaseLostError,
     RedisUnavailableError,
@@ -114,6 +115,9 @@ class Relay:
         # rewind. Until the cursor is back there, the service is publishing again, not behind.
         self._republishing: dict[str, Cursor] = {}
         self._paused: dict[str, _Paused] = {}
+        # Set when Redis holds watermarks this database cannot have written (_check_marks):
+        # every round refuses with it until the relay is restarted on the right database.
+        self._refusal: DatabaseMismatchError | None = None
         self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
         self._committed_at = 0.0
         # Each held service's epoch and partition count (decision 0014), read again every
@@ -292,6 +296,8 @@ class Relay:
         this one, so the two round trips overlap. A read-ahead batch is used only if the
         service's cursor is exactly where it was read from (this batch published).
         """
+        if self._refusal is not None:
+            raise self._refusal
         active = self._active()
         for service in [s for s in self._cursors if s not in active]:
             self._cursors.pop(service)
@@ -619,6 +625,7 @@ class Relay:
                 held = await self.publisher.watermarks(sorted(self._marks.by_stream))
             except RedisUnavailableError:
                 return  # the pump backs off and reports what is wrong with Redis
+            await self._check_taken_here(held)
             behind = {
                 service: streams
                 for service, streams in self._marks.behind(held).items()
@@ -628,6 +635,31 @@ class Relay:
                 self._rewind(service, streams)
         if behind:
             self.poll.wake()
+
+    async def _check_taken_here(self, held: Mapping[str, str | None]) -> None:
+        """Refuse to go on when a watermark is at or beyond the database's next transaction id
+        (read after the watermarks, so no event published since can be above it): Redis holds
+        events of transactions this database never had. It is an asynchronous replica promoted
+        before it received them, or a restored copy, and would hand those txids out again: their
+        events would be skipped (docs/operations.md, "A database restored or replaced")."""
+        try:
+            next_txid = await self.store.next_txid()
+        except DatabaseUnavailableError:
+            return  # the pump backs off and reports it
+        ahead = []
+        for key, mark in held.items():
+            with contextlib.suppress(ValueError):  # a malformed one is the loss check's
+                if mark is not None and Cursor.parse(mark).txid >= next_txid:
+                    ahead.append(f"{key} at {mark}")
+        if ahead and self._refusal is None:
+            self._refusal = DatabaseMismatchError(
+                f"Redis holds watermarks at or beyond this database's next transaction id "
+                f"{next_txid} ({', '.join(sorted(ahead)[:5])}): they were published from a "
+                "database this one is not (an asynchronous replica promoted before it had them, "
+                "or a restored copy), and its new events would be skipped. Nothing is published; "
+                "see docs/operations.md, 'A database restored or replaced'."
+            )
+            log.error("event=database_behind_redis error=%r", str(self._refusal))
 
     async def _write_status(self) -> None:
         # The cursors are formatted here, once a heartbeat, rather than after every batch.

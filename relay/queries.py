@@ -242,6 +242,10 @@ SELECT coalesce(array_agg(x ORDER BY x), '{{}}') FROM unnest($1::xid8[]) AS x
  WHERE {_XID32} NOT IN ({_FOREIGN_XIDS})
 """
 
+# The database's next transaction id (relay.cursor.PgOutboxStore.next_txid): a Redis watermark
+# at or beyond it was not published from this database (decision 0020, "Edge cases").
+SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())"
+
 # --- deferral (relay/deferral.py, decision 0020), each a transaction of its own with
 # synchronous_commit on: a deferral or a restamp lost in a crash after a relay acted on it
 # could lose a prepared transaction's events or reuse a restamp's txid.

@@ -391,3 +391,34 @@ async def test_two_relays_on_one_service_with_long_transactions_publish_each_eve
     assert Counter(found) == Counter(expected)
     for service in services:
         assert await cursor_order_ok(asyncpg_conn, redis_client, keys.stream(service))
+
+
+async def test_watermarks_beyond_the_database_are_refused(
+    asyncpg_conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    start_relay: StartRelay,
+    relay_settings: Settings,
+) -> None:
+    """Redis holds a watermark this database cannot have written (an asynchronous replica
+    promoted before it received the last commits, whose txids it will hand out again): the
+    relay stops publishing and says why, instead of letting the watermark skip new events."""
+    keys = Keys(relay_settings.stream_prefix)
+    stream = keys.stream("identity")
+    first = await emit_events(asyncpg_conn, 5, per_tx=5)
+    async with start_relay() as relay:
+        await wait_until(lambda: _has(redis_client, keys, ("identity",), 5), what="the first")
+        await redis_client.set(keys.watermark(stream), f"{ASK_EVERY - 10}:1")
+
+        async def refused() -> bool:
+            return "beyond this database's next transaction id" in (relay.status.last_error or "")
+
+        await wait_until(refused, what="the refusal")
+        refused_at = relay.status.last_error_at
+        later = await emit_events(asyncpg_conn, 5, per_tx=5)
+
+        async def refused_again() -> bool:
+            return relay.status.last_error_at != refused_at and await refused()
+
+        await wait_until(refused_again, what="a round after the new events, refused too")
+    assert await published(redis_client, keys, ("identity",)) == first
+    assert later

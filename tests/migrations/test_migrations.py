@@ -4,6 +4,7 @@ the example read models have a history of their own."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -75,6 +76,37 @@ def test_upgrade_from_empty_matches_the_table_definitions(empty_database_url: st
     # Exactly the outbox's tables: no read model of the examples in a service's database.
     assert _tables(empty_database_url) == {*metadata.tables, migrations.VERSION_TABLE}
     assert not EXAMPLE_TABLES & _tables(empty_database_url)
+
+
+def _storage_settings(url: str, schema: str) -> dict[str, dict[str, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, c.reloptions FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind = 'r' AND c.reloptions IS NOT NULL",
+            (schema,),
+        ).fetchall()
+    return {name: dict(o.split("=", 1) for o in options) for name, options in rows}
+
+
+def test_the_hot_tables_get_their_autovacuum_settings_and_lose_them_on_downgrade(
+    empty_database_url: str,
+) -> None:
+    """Migration 0011 (docs/operations.md): in the configured schema, and only there."""
+    spec = importlib.util.spec_from_file_location(
+        "autovacuum_revision", REPO / "migrations" / "versions" / "0011_autovacuum.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    url = sqlalchemy_url(empty_database_url, "psycopg")
+    runner.upgrade(url, schema="outbox")
+    assert _storage_settings(empty_database_url, "outbox") == revision.SETTINGS
+    assert set(revision.SETTINGS) <= set(metadata.tables)
+    assert revision.SETTINGS["relay_cursors"]["autovacuum_vacuum_scale_factor"] == "0"
+    runner.downgrade(url, "0010_relay_deferred", schema="outbox")
+    assert _storage_settings(empty_database_url, "outbox") == {}
 
 
 def test_downgrade_and_upgrade_round_trip(empty_database_url: str) -> None:
