@@ -24,6 +24,7 @@ TABLES = (
     "relay_cursors",
     "relay_instances",
     "relay_deferred",
+    "outbox_source",
     "projection_inbox",
     "projection_consumers",
     "projection_checkpoints",

@@ -113,6 +113,25 @@ relay_deferred = sa.Table(
     sa.CheckConstraint("id", name="relay_deferred_one_row"),
 )
 
+# One row: this outbox's source id, recorded beside each Redis stream's watermark so that a
+# stream written from two databases is refused instead of skipping events (migration 0012).
+outbox_source = sa.Table(
+    "outbox_source",
+    metadata,
+    sa.Column("id", sa.Boolean, nullable=False, server_default=sa.text("true")),
+    sa.Column(
+        "source_id",
+        postgresql.UUID(as_uuid=True),
+        nullable=False,
+        server_default=sa.text("gen_random_uuid()"),
+    ),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+    ),
+    sa.PrimaryKeyConstraint("id", name="outbox_source_pkey"),
+    sa.CheckConstraint("id", name="outbox_source_one_row"),
+)
+
 # One status row per relay process, written on every heartbeat; read by the monitor.
 relay_instances = sa.Table(
     "relay_instances",

@@ -122,6 +122,10 @@ class OutboxStore(Protocol):
         """The database's next transaction id now: every txid the relay has read is below it."""
         ...
 
+    async def source_id(self) -> str:
+        """The outbox's source id (``outbox_source``), recorded beside each stream's watermark."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -162,6 +166,7 @@ RELAY_STATEMENTS = (
     queries.WRITE_STATUS,
     queries.LOAD_PARTITIONINGS,
     queries.DEFERRAL_TICK,
+    queries.LOAD_SOURCE,
 )
 
 
@@ -357,6 +362,16 @@ class PgOutboxStore:
     async def next_txid(self) -> int:
         xmax: int = await self._call("fetchval", queries.SNAPSHOT_XMAX)
         return xmax
+
+    async def source_id(self) -> str:
+        source: str | None = await self._call("fetchval", queries.LOAD_SOURCE)
+        if source is None:
+            raise DatabaseMismatchError(
+                f"{self._schema}.outbox_source has no row: the outbox has no source id to record "
+                "beside its streams' watermarks. It is made by migration 0012; put one back with "
+                f"INSERT INTO {self._schema}.outbox_source (id) VALUES (true)"
+            )
+        return source
 
     async def partitionings(self, services: Sequence[str]) -> dict[str, Partitioning]:
         rows = await self._call("fetch", queries.LOAD_PARTITIONINGS, list(services))

@@ -298,6 +298,8 @@ class Relay:
         """
         if self._refusal is not None:
             raise self._refusal
+        if not self.publisher.source:
+            self.publisher.source = await self.store.source_id()
         active = self._active()
         for service in [s for s in self._cursors if s not in active]:
             self._cursors.pop(service)

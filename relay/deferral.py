@@ -23,9 +23,10 @@ deferral begun reads nothing. Deferrals and restamps lock the row, so numbers co
 one that died between its statements is settled by the next (or by :func:`settle`).
 
 Each step is its own transaction with ``synchronous_commit`` on: the relay's connection
-otherwise commits asynchronously (relay/cursor.py), and a prepared transaction survives a
-crash that a deferral or a raise of the cap did not, which would leave its rows behind a
-cursor.
+otherwise commits asynchronously (relay/cursor.py). A prepared transaction survives a crash
+that a deferral or a raise of the cap might not, which would leave its rows behind a cursor;
+a restamp lost after its rows were published would be done again with new positions, and
+publish them a second time.
 """
 
 from __future__ import annotations

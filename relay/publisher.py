@@ -59,6 +59,9 @@ class ServiceOutcome:
 class Publisher(Protocol):
     """The Redis boundary as the daemon sees it."""
 
+    #: The outbox's source id, recorded beside each watermark (``""``: not checked yet).
+    source: str
+
     async def publish(
         self,
         batches: Mapping[str, Sequence[OutboxRow]],
@@ -105,6 +108,7 @@ class RedisPublisher:
     ) -> None:
         self._client = client
         self._keys = keys
+        self.source = ""
         self._routing = routing
         self._tenant_streamed = tenant_streamed
         # (service, epoch, partition, priority) -> stream key
@@ -145,7 +149,7 @@ class RedisPublisher:
                     stream_batches.append(batch)
                     owners.append(service)
                 batch.add(row["txid"], row["position"], row["fields"])
-        results = await publish_batches(self._client, self._keys, stream_batches)
+        results = await publish_batches(self._client, self._keys, stream_batches, self.source)
         outcomes: dict[str, ServiceOutcome] = {service: ServiceOutcome() for service in batches}
         for service, reason in refused.items():
             outcomes[service].refused = reason

@@ -58,6 +58,9 @@ WITH RECURSIVE found AS (
 SELECT stream FROM relay_cursors UNION SELECT stream FROM added
 """
 
+# This outbox's source id (migration 0012), recorded beside each stream's watermark.
+LOAD_SOURCE = "SELECT source_id::text FROM outbox_source"
+
 # With the database's next transaction id, which every stored cursor must be below
 # (relay.cursor refuses one that is not: the database was restored or replaced).
 LOAD_CURSORS = """
@@ -247,8 +250,9 @@ SELECT coalesce(array_agg(x ORDER BY x), '{{}}') FROM unnest($1::xid8[]) AS x
 SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())"
 
 # --- deferral (relay/deferral.py, decision 0020), each a transaction of its own with
-# synchronous_commit on: a deferral or a restamp lost in a crash after a relay acted on it
-# could lose a prepared transaction's events or reuse a restamp's txid.
+# synchronous_commit on. Lost in a crash after a relay acted on it, a deferral or a raise of the
+# cap could leave a prepared transaction's rows behind a cursor, and a restamp would be done
+# again with new positions, publishing its rows a second time.
 
 # The one row, locked first: deferrals and restamps take their turn, so a deferral's number is
 # above every one begun before it and committed after them.

@@ -135,6 +135,11 @@ class Keys:
             return f"{stream}:watermark"
         return f"{{{stream}}}:watermark"
 
+    def watermark_source(self, watermark: str) -> str:
+        """The key of the source id a watermark's txids belong to (:data:`PUBLISH_LUA`), beside
+        it in its slot: ``<watermark>:source``."""
+        return f"{watermark}:source"
+
     def copy_watermark(self, stream: str, origin: str) -> str:
         """Watermark of the events of service ``origin`` that routing rules copy or route into
         ``stream``, another service's stream (docs/routing.md): one per origin, because the
@@ -196,11 +201,16 @@ class Keys:
 # with no flags a script counts as a writer, so an over-maxmemory server refuses it whole
 # before it runs instead of failing half-way, https://redis.io/docs/latest/develop/interact/programmability/eval-intro/#eval-flags)
 
-#: Idempotent batch publish. KEYS: the stream, its watermark (:meth:`Keys.watermark`).
+#: Idempotent batch publish. KEYS: the stream, its watermark (:meth:`Keys.watermark`), and the
+#: watermark's source (:meth:`Keys.watermark_source`).
 #: ARGV[1]: the watermark the caller last saw this stream take (``"txid:position"``), or ``""``.
+#: ARGV[2]: the caller's source id (the outbox it reads, relay_source), or ``""`` (not checked).
 #: Then the events in cursor order, each as ``txid, position, fields`` (txid and position as
 #: decimal strings, ``fields`` the entry's ``[field, value, …]`` as a JSON array of strings: one
 #: argument per event, which costs the caller far less to send than thirty).
+#: A watermark's txids are those of one database: a batch from another source (the source key
+#: holds another id) is refused whole, ``SOURCE`` error, before anything is written; the first
+#: batch published with a source id records it.
 #: An event is added (entry id ``*``) only when its cursor ``(txid, position)`` is after the
 #: watermark; the watermark then becomes its cursor. Cursors are compared as pairs of decimal
 #: integers of any size (length first, then digits), never as Lua numbers (doubles). Returns
@@ -225,6 +235,20 @@ local mark_type = redis.call('TYPE', KEYS[2])['ok']
 if mark_type ~= 'string' and mark_type ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is a ' .. mark_type .. ', not a string')
 end
+local source = ARGV[2]
+local recorded = nil
+if source ~= '' then
+  local source_type = redis.call('TYPE', KEYS[3])['ok']
+  if source_type ~= 'string' and source_type ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[3] .. ' is a ' .. source_type .. ', not a string')
+  end
+  recorded = redis.call('GET', KEYS[3])
+  if recorded and recorded ~= source then
+    return redis.error_reply('SOURCE ' .. KEYS[1] .. ' is published from the outbox ' ..
+      recorded .. ', not from ' .. source .. ': two databases write this stream, and their ' ..
+      'transaction ids are not comparable (docs/operations.md, "One stream, one source")')
+  end
+end
 local wt, wp = nil, nil
 local mark = redis.call('GET', KEYS[2])
 if mark then
@@ -245,7 +269,13 @@ if seen ~= '' then
   end
 end
 local published, skipped = 0, 0
-local i = 2
+local function record()
+  if published > 0 then
+    redis.call('SET', KEYS[2], wt .. ':' .. wp)
+    if source ~= '' and not recorded then redis.call('SET', KEYS[3], source) end
+  end
+end
+local i = 3
 while i <= #ARGV do
   local t, p = ARGV[i], ARGV[i + 1]
   if wt == nil or after(t, p, wt, wp) then
@@ -257,7 +287,7 @@ while i <= #ARGV do
       reply = redis.pcall('XADD', KEYS[1], '*', unpack(fields))
     end
     if type(reply) == 'table' and reply['err'] then
-      if published > 0 then redis.call('SET', KEYS[2], wt .. ':' .. wp) end
+      record()
       return redis.error_reply(reply['err'])
     end
     wt, wp = t, p
@@ -267,7 +297,7 @@ while i <= #ARGV do
   end
   i = i + 3
 end
-if published > 0 then redis.call('SET', KEYS[2], wt .. ':' .. wp) end
+record()
 return {published, skipped}
 """
 

@@ -110,10 +110,12 @@ async def _load_script(client: RedisClient) -> None:
 
 
 async def publish_batches(
-    client: RedisClient, keys: Keys, batches: Sequence[StreamBatch]
+    client: RedisClient, keys: Keys, batches: Sequence[StreamBatch], source: str = ""
 ) -> list[PublishResult | StreamRefusedError]:
     """Publish every batch in one round trip (one per node of a cluster); one result (or
-    refusal) per batch, in order.
+    refusal) per batch, in order. ``source``: the id of the outbox the events come from,
+    recorded beside each watermark; a stream whose watermark another source recorded is
+    refused (``""``: not checked).
 
     Raises :class:`RedisUnavailableError` when Redis cannot take the call at all. A refusal of
     one stream does not stop the others; on a cluster, neither does a node that is down: its
@@ -122,18 +124,22 @@ async def publish_batches(
     batches = [batch for batch in batches if batch.count]
     if not batches:
         return []
-    commands = [
-        (
-            "EVALSHA",
-            PUBLISH_SHA,
-            2,
-            batch.stream,
-            batch.watermark or keys.watermark(batch.stream),
-            batch.seen,
-            *batch.args,
+    commands = []
+    for batch in batches:
+        watermark = batch.watermark or keys.watermark(batch.stream)
+        commands.append(
+            (
+                "EVALSHA",
+                PUBLISH_SHA,
+                3,
+                batch.stream,
+                watermark,
+                keys.watermark_source(watermark),
+                batch.seen,
+                source,
+                *batch.args,
+            )
         )
-        for batch in batches
-    ]
     cluster = isinstance(client, RedisCluster)
     try:
         replies = await raw_pipeline(client, commands)

@@ -164,3 +164,33 @@ async def test_a_watermark_behind_what_was_seen_adds_nothing_and_says_where_it_i
     assert not isinstance(resent, StreamRefusedError)
     assert (resent.published, resent.behind) == (2, None)
     assert await _positions(redis_client, stream) == [1, 100, 2, 3, 4]
+
+
+async def test_a_stream_written_from_another_source_is_refused_whole(
+    redis_client: aioredis.Redis, stream_prefix: str
+) -> None:
+    """The first batch with a source id records it beside the watermark; a batch of another
+    source is refused before anything is written, so its events are never skipped by a
+    watermark of another database's txids. Without a source id (``""``) nothing is checked."""
+    keys = Keys(stream_prefix)
+    stream = keys.stream("identity")
+    source_key = keys.watermark_source(keys.watermark(stream))
+    [first] = await publish_batches(redis_client, keys, [_batch(stream, (100, 1))], "db-a")
+    assert not isinstance(first, StreamRefusedError)
+    assert await redis_client.get(source_key) == b"db-a"
+    [other] = await publish_batches(redis_client, keys, [_batch(stream, (5, 2))], "db-b")
+    assert isinstance(other, StreamRefusedError)
+    assert "published from the outbox db-a, not from db-b" in str(other)
+    [again] = await publish_batches(redis_client, keys, [_batch(stream, (101, 1))], "db-a")
+    assert not isinstance(again, StreamRefusedError)
+    assert again.published == 1
+    assert await _positions(redis_client, stream) == [1, 1]
+    assert await redis_client.get(keys.watermark(stream)) == b"101:1"
+    assert await redis_client.get(source_key) == b"db-a"
+    # A batch that adds nothing (all at or below the watermark) records no source.
+    older = keys.stream("assets")
+    await redis_client.set(keys.watermark(older), "200:1")
+    [skipped] = await publish_batches(redis_client, keys, [_batch(older, (5, 1))], "db-c")
+    assert not isinstance(skipped, StreamRefusedError)
+    assert (skipped.published, skipped.skipped) == (0, 1)
+    assert await redis_client.exists(keys.watermark_source(keys.watermark(older))) == 0
