@@ -1,7 +1,7 @@
 """Relay speed of this checkout against another one (an earlier revision), runs interleaved.
 
     git worktree add /tmp/outbox-base <revision> && make -C /tmp/outbox-base setup
-    python -m bench.ab --base /tmp/outbox-base [--runs 3]
+    python -m bench.ab --base /tmp/outbox-base [--runs 3] [--emit-repeats 1]
 
 Runs ``bench.relay`` (drain, latency and emit cost; no long-transaction runs) alternately in
 the other checkout and in this one, each with its own virtualenv (``.venv``), ``--runs`` times
@@ -61,7 +61,7 @@ def run(checkout: Path, extra: list[str]) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> None:
     base = Path(args.base).resolve()
-    extra = ["--foreign-seconds", "0", "--emit-repeats", "1"]
+    extra = ["--foreign-seconds", "0", "--emit-repeats", str(args.emit_repeats)]
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
     for n in range(args.runs):
         for side, checkout in (("base", base), ("this", HERE)):
@@ -97,4 +97,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the other checkout (with its .venv)")
     parser.add_argument("--runs", type=int, default=3, help="runs per side")
+    parser.add_argument(
+        "--emit-repeats", type=int, default=1, help="emit-ratio pairs per run (their median)"
+    )
     main(parser.parse_args())
