@@ -94,9 +94,9 @@ relay_cursors = sa.Table(
 )
 
 # One row: the transactions the relay has deferred (passed over while still running, their rows
-# left out of every read until moved to a transaction of the relay's own) and the number of the
-# last deferral committed; ``relay_deferral_seq`` numbers the deferrals begun (migration 0010,
-# decision 0020).
+# left out of every read until a relay moves them just below ``cap`` after they end), the cap
+# no read passes meanwhile, and the number of the last deferral committed;
+# ``relay_deferral_seq`` numbers the deferrals begun (migration 0010, decision 0020).
 relay_deferred = sa.Table(
     "relay_deferred",
     metadata,

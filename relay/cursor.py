@@ -175,22 +175,27 @@ def relay_statements(schema: str) -> tuple[str, ...]:
     return tuple(in_schema(text, schema) for text in RELAY_STATEMENTS)
 
 
+def beyond(next_txid: int, marks: Mapping[str, Cursor]) -> dict[str, Cursor]:
+    """Those of ``marks`` at or beyond ``next_txid``, the database's next transaction id: every
+    txid the relay read from this database was below it, so they were not taken on it."""
+    return {key: mark for key, mark in sorted(marks.items()) if mark.txid >= next_txid}
+
+
 def _check_taken_here(row: Mapping[str, Any]) -> None:
-    """Refuse a stored cursor, or a watermark seen with it, at or above the database's
-    transaction counter: every txid the relay has read was below it, so the database is not
-    the one the cursor was taken on (restored from a dump, recreated, or an asynchronous
-    replica promoted that had not seen them). Reading on would skip every event up to there."""
-    xmax = row["xmax"]
+    """Refuse a stored cursor, or a watermark stored with it, at or beyond the database's next
+    transaction id (:func:`beyond`): the database is not the one the cursor was taken on
+    (restored from a dump, recreated). Reading on would skip every event up to there."""
     marks = {key: Cursor.parse(mark) for key, mark in json.loads(row["marks"]).items()}
-    ahead = [f"cursor {row['txid']}:{row['position']}"] if row["txid"] >= xmax else []
-    ahead += [f"watermark of {key} {mark}" for key, mark in marks.items() if mark.txid >= xmax]
+    cursor = Cursor(row["txid"], row["position"])
+    ahead = [f"cursor {cursor}"] if cursor.txid >= row["xmax"] else []
+    ahead += [f"watermark of {key} {mark}" for key, mark in beyond(row["xmax"], marks).items()]
     if ahead:
         raise DatabaseMismatchError(
             f"service {row['stream']!r}: {', '.join(ahead)} stored in relay_cursors is at or "
-            f"beyond this database's next transaction id {xmax}: the database is not the one "
-            "the relay published from (restored from a dump, recreated, or a replica promoted "
-            "before it had them), and reading on would skip its events up to there. See "
-            "docs/operations.md, 'A database restored or replaced'."
+            f"beyond this database's next transaction id {row['xmax']}: the database is not the "
+            "one the relay published from (restored from a dump, or recreated), and reading on "
+            "would skip its events up to there. See docs/operations.md, 'A database restored or "
+            "replaced'."
         )
 
 

@@ -45,7 +45,14 @@ from outbox import tracing
 from outbox.metrics import RelayMetrics
 from outbox.partitioning import Partitioning
 from outbox.probes import Heartbeats
-from outbox.relay.cursor import Cursor, OutboxRow, OutboxStore, PgOutboxStore, cursor_of
+from outbox.relay.cursor import (
+    Cursor,
+    OutboxRow,
+    OutboxStore,
+    PgOutboxStore,
+    beyond,
+    cursor_of,
+)
 from outbox.relay.errors import (
     DatabaseMismatchError,
     DatabaseUnavailableError,
@@ -115,7 +122,8 @@ class Relay:
         # rewind. Until the cursor is back there, the service is publishing again, not behind.
         self._republishing: dict[str, Cursor] = {}
         self._paused: dict[str, _Paused] = {}
-        # Set when Redis holds watermarks this database cannot have written (_check_marks):
+        # Set when Redis holds watermarks this database cannot have written
+        # (_check_watermarks_here, once a heartbeat):
         # every round refuses with it until the relay is restarted on the right database.
         self._refusal: DatabaseMismatchError | None = None
         self._read_ahead: dict[str, tuple[Cursor, list[OutboxRow]]] = {}
@@ -627,7 +635,7 @@ class Relay:
                 held = await self.publisher.watermarks(sorted(self._marks.by_stream))
             except RedisUnavailableError:
                 return  # the pump backs off and reports what is wrong with Redis
-            await self._check_taken_here(held)
+            await self._check_watermarks_here(held)
             behind = {
                 service: streams
                 for service, streams in self._marks.behind(held).items()
@@ -638,7 +646,7 @@ class Relay:
         if behind:
             self.poll.wake()
 
-    async def _check_taken_here(self, held: Mapping[str, str | None]) -> None:
+    async def _check_watermarks_here(self, held: Mapping[str, str | None]) -> None:
         """Refuse to go on when a watermark is at or beyond the database's next transaction id
         (read after the watermarks, so no event published since can be above it): Redis holds
         events of transactions this database never had. It is an asynchronous replica promoted
@@ -648,15 +656,16 @@ class Relay:
             next_txid = await self.store.next_txid()
         except DatabaseUnavailableError:
             return  # the pump backs off and reports it
-        ahead = []
+        marks = {}
         for key, mark in held.items():
             with contextlib.suppress(ValueError):  # a malformed one is the loss check's
-                if mark is not None and Cursor.parse(mark).txid >= next_txid:
-                    ahead.append(f"{key} at {mark}")
+                if mark is not None:
+                    marks[key] = Cursor.parse(mark)
+        ahead = [f"{key} at {mark}" for key, mark in beyond(next_txid, marks).items()]
         if ahead and self._refusal is None:
             self._refusal = DatabaseMismatchError(
                 f"Redis holds watermarks at or beyond this database's next transaction id "
-                f"{next_txid} ({', '.join(sorted(ahead)[:5])}): they were published from a "
+                f"{next_txid} ({', '.join(ahead[:5])}): they were published from a "
                 "database this one is not (an asynchronous replica promoted before it had them, "
                 "or a restored copy), and its new events would be skipped. Nothing is published; "
                 "see docs/operations.md, 'A database restored or replaced'."

@@ -83,11 +83,13 @@ class XmaxHistory:
         return found
 
 
-async def _locked(conn: asyncpg.Connection, schema: str) -> None:
-    """Inside a transaction: commit synchronously, and take the deferral row's lock."""
+async def _locked(conn: asyncpg.Connection, schema: str) -> asyncpg.Record:
+    """Inside a transaction: commit synchronously, and take the deferral row's lock; the row."""
     await conn.execute("SET LOCAL synchronous_commit TO on")
-    if await conn.fetchrow(in_schema(queries.LOCK_DEFERRED, schema)) is None:
+    state: asyncpg.Record | None = await conn.fetchrow(in_schema(queries.LOCK_DEFERRED, schema))
+    if state is None:
         raise DeferralStateError(schema, "it has no row")
+    return state
 
 
 async def defer(conn: asyncpg.Connection, schema: str, txids: Sequence[int]) -> list[int]:
@@ -116,10 +118,9 @@ async def restamp(conn: asyncpg.Connection, schema: str) -> Restamped:
     """Move the rows of every deferred transaction that has ended to the key just below the
     cap (:data:`relay.queries.RESTAMP`)."""
     async with conn.transaction():
-        await _locked(conn, schema)
-        state = await conn.fetchrow(in_schema(queries.LOCK_DEFERRED, schema))
+        state = await _locked(conn, schema)
         row = await conn.fetchrow(
-            in_schema(queries.RESTAMP, schema), restamp_txid(state["cap"], state["txids"])
+            in_schema(queries.RESTAMP, schema), restamp_txid(schema, state["cap"], state["txids"])
         )
     done = Restamped(tuple(row["ended"]), json.loads(row["moved"]))
     if done.ended:
@@ -133,13 +134,13 @@ async def restamp(conn: asyncpg.Connection, schema: str) -> Restamped:
     return done
 
 
-def restamp_txid(cap: int | None, deferred: Sequence[int]) -> int:
+def restamp_txid(schema: str, cap: int | None, deferred: Sequence[int]) -> int:
     """The txid a restamp gives the rows: the highest below the cap that is not deferred (a
     deferred txid's rows are left out of every read). Every read stopped below the cap, and
     no transaction below it still runs that is not deferred, so no row of that txid can appear
     after the restamp's but its own."""
     if cap is None:
-        raise DeferralStateError("", f"deferred transactions {list(deferred)} without a cap")
+        raise DeferralStateError(schema, f"deferred transactions {list(deferred)} without a cap")
     txid = cap - 1
     while txid in deferred:
         txid -= 1

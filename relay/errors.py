@@ -40,6 +40,6 @@ class DeferralStateError(RelayError):
 
     def __init__(self, schema: str, problem: str) -> None:
         super().__init__(
-            f"{schema or 'the outbox schema'}.relay_deferred: {problem}, so the relay reads "
+            f"{schema}.relay_deferred: {problem}, so the relay reads "
             "nothing; see docs/operations.md, 'Deferred transactions'"
         )

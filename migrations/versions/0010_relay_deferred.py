@@ -2,9 +2,9 @@
 the relay (decision 0020).
 
 ``relay_deferred``: one row. ``txids`` lists the transactions the relay has passed over while
-they were still running (deferred): every read leaves their rows out until, after they end, a
-relay moves those rows to a transaction of its own (restamp), so they are read once, after
-everything already published. ``generation`` is the number of the last deferral that
+they were still running (deferred): every read leaves their rows out and stops at ``cap`` until,
+after they end, a relay moves those rows just below the cap (restamp), so they are read once,
+after everything already published. ``generation`` is the number of the last deferral that
 committed; ``relay_deferral_seq`` (not transactional) the number of the last one begun. A read
 that sees a deferral begun but not committed reads nothing, so no read can see a deferred
 transaction's rows under their first txid.
