@@ -127,6 +127,22 @@ async def assert_exactly_once(
             assert await cursor_order_ok(conn, client, stream)
 
 
+@contextlib.asynccontextmanager
+async def open_write_transaction(url: str) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
+    """A transaction that holds a transaction id (it created a temporary table), left open:
+    its connection and xid. Rolled back at the end unless the test ended it."""
+    conn = await asyncpg.connect(url)
+    await conn.execute("BEGIN")
+    await conn.execute("CREATE TEMP TABLE held_open (n int)")
+    xid = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+    try:
+        yield conn, xid
+    finally:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+        await conn.close()
+
+
 class Polls:
     """Counts the relay's batch reads (its real store's, wrapped), to wait for one that began
     after a given moment."""

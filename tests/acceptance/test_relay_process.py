@@ -93,6 +93,24 @@ async def _verify_exactly_once(
             assert await cursor_order_ok(conn, client, stream)
 
 
+async def _emit_steadily(
+    url: str, total: int, rate_per_s: float, chunk: int, **options: Any
+) -> list[str]:
+    """Emit ``total`` events over SERVICES at ``rate_per_s``, ``chunk`` at a time in
+    transactions of half that (``options``: more of emit_events'); their ids."""
+    conn = await asyncpg.connect(url)
+    ids: list[str] = []
+    start = time.monotonic()
+    try:
+        while len(ids) < total:
+            ids += await emit_events(conn, chunk, services=SERVICES, per_tx=chunk // 2, **options)
+            ahead_s = len(ids) / rate_per_s - (time.monotonic() - start)
+            await asyncio.sleep(max(0.0, ahead_s))
+    finally:
+        await conn.close()
+    return ids
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_relay_sigkilled_at_random_moments_publishes_everything_once(
@@ -109,22 +127,9 @@ async def test_relay_sigkilled_at_random_moments_publishes_everything_once(
     total, rate_per_s = 50_000, 2_000
     rng = random.Random(3)
 
-    async def emit_steadily() -> list[str]:
-        conn = await asyncpg.connect(database_url)
-        ids: list[str] = []
-        start = time.monotonic()
-        try:
-            while len(ids) < total:
-                ids += await emit_events(
-                    conn, 100, services=SERVICES, priorities=tuple(MessagePriority), per_tx=50
-                )
-                ahead_s = len(ids) / rate_per_s - (time.monotonic() - start)
-                await asyncio.sleep(max(0.0, ahead_s))
-        finally:
-            await conn.close()
-        return ids
-
-    emitting = asyncio.create_task(emit_steadily())
+    emitting = asyncio.create_task(
+        _emit_steadily(database_url, total, rate_per_s, 100, priorities=tuple(MessagePriority))
+    )
     kills = 0
     while kills < 20 or not emitting.done():
         process = relays.start()
@@ -168,19 +173,6 @@ async def test_relay_sigkilled_beside_long_transactions_publishes_every_committe
     total, rate_per_s = 30_000, 1_500
     rng = random.Random(7)
 
-    async def emit_steadily() -> list[str]:
-        conn = await asyncpg.connect(database_url)
-        ids: list[str] = []
-        start = time.monotonic()
-        try:
-            while len(ids) < total:
-                ids += await emit_events(conn, 50, services=SERVICES, per_tx=25)
-                ahead_s = len(ids) / rate_per_s - (time.monotonic() - start)
-                await asyncio.sleep(max(0.0, ahead_s))
-        finally:
-            await conn.close()
-        return ids
-
     async def hold_transactions(seed: int) -> tuple[list[str], list[str]]:
         """Long transactions until the steady emitter is done: (committed, rolled back) ids."""
         local = random.Random(seed)
@@ -209,7 +201,7 @@ async def test_relay_sigkilled_beside_long_transactions_publishes_every_committe
             await conn.close()
         return kept, dropped
 
-    emitting = asyncio.create_task(emit_steadily())
+    emitting = asyncio.create_task(_emit_steadily(database_url, total, rate_per_s, 50))
     holders = [asyncio.create_task(hold_transactions(seed)) for seed in (1, 2)]
     kills = 0
     while kills < 20 or not emitting.done():

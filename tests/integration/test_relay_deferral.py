@@ -9,9 +9,7 @@ later events arrive, then ends it and checks every event arrived exactly once, i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -31,6 +29,7 @@ from tests.fixtures_relay import (
     StartRelay,
     cursor_order_ok,
     emit_events,
+    open_write_transaction,
     published,
     wait_until,
 )
@@ -48,22 +47,6 @@ async def _count_published(client: aioredis.Redis, keys: Keys, services: tuple[s
     return len(await published(client, keys, services))
 
 
-@contextlib.asynccontextmanager
-async def _held(url: str) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
-    """A transaction of the outbox's database that holds a transaction id, left open; rolled
-    back at the end unless the test ended it."""
-    conn = await asyncpg.connect(url)
-    await conn.execute("BEGIN")
-    await conn.execute("CREATE TEMP TABLE held_open (n int)")
-    xid = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
-    try:
-        yield conn, xid
-    finally:
-        if conn.is_in_transaction():
-            await conn.execute("ROLLBACK")
-        await conn.close()
-
-
 async def test_a_long_transaction_is_deferred_and_its_events_follow_its_commit(
     database_url: str,
     asyncpg_conn: asyncpg.Connection,
@@ -73,7 +56,7 @@ async def test_a_long_transaction_is_deferred_and_its_events_follow_its_commit(
 ) -> None:
     keys = Keys(relay_settings.stream_prefix)
     services = ("identity", "assets")
-    async with _held(database_url) as (held, xid):
+    async with open_write_transaction(database_url) as (held, xid):
         early = await outbox.emit(held, service="identity", event_type="early", data={"n": 0})
         async with start_relay(relay_defer_after_ms=DEFER_MS):
             later = await emit_events(asyncpg_conn, 200, services=services, per_tx=20)
@@ -136,7 +119,10 @@ async def test_a_writer_that_waited_for_a_deferred_transaction_comes_after_it(
     await asyncpg_conn.execute("INSERT INTO accounts VALUES (1, 0)")
     request = await asyncpg.connect(database_url)
     try:
-        async with _held(database_url) as (job, xid), start_relay(relay_defer_after_ms=DEFER_MS):
+        async with (
+            open_write_transaction(database_url) as (job, xid),
+            start_relay(relay_defer_after_ms=DEFER_MS),
+        ):
             await job.execute("UPDATE accounts SET v = v + 1 WHERE id = 1")
             first = await outbox.emit(
                 job, service="identity", event_type="job", data={}, aggregate_id="account-1"
@@ -195,8 +181,8 @@ async def test_a_rolled_back_subtransaction_and_a_rolled_back_transaction_publis
 ) -> None:
     keys = Keys(relay_settings.stream_prefix)
     async with (
-        _held(database_url) as (kept, kept_xid),
-        _held(database_url) as (dropped, dropped_xid),
+        open_write_transaction(database_url) as (kept, kept_xid),
+        open_write_transaction(database_url) as (dropped, dropped_xid),
         start_relay(relay_defer_after_ms=DEFER_MS),
     ):
         first = await outbox.emit(kept, service="identity", event_type="kept", data={})
@@ -371,7 +357,7 @@ async def test_two_relays_on_one_service_with_long_transactions_publish_each_eve
         start_relay(exclusive=False, relay_defer_after_ms=DEFER_MS),
     ):
         for round_ in range(4):
-            async with _held(database_url) as (held, xid):
+            async with open_write_transaction(database_url) as (held, xid):
                 for n in range(3):
                     event = await outbox.emit(
                         held, service=services[n % 2], event_type="held", data={"r": round_}

@@ -9,7 +9,6 @@ open transaction, exactly what stalled the relay before.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from tests.fixtures_relay import (
     StartRelay,
     cursor_order_ok,
     emit_events,
+    open_write_transaction,
     published,
     wait_until,
 )
@@ -45,22 +45,6 @@ async def _xmin_and_horizon(conn: asyncpg.Connection) -> tuple[int, int]:
     )
     assert row is not None
     return row["xmin"], row["horizon"]
-
-
-@contextlib.asynccontextmanager
-async def _open_write_transaction(url: str) -> AsyncIterator[int]:
-    """A transaction that holds a transaction id (it wrote a temporary table), left open; its
-    xid."""
-    conn = await asyncpg.connect(url)
-    tx = conn.transaction()
-    await tx.start()
-    await conn.execute("CREATE TEMP TABLE held_open (n int)")
-    xid = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
-    try:
-        yield xid
-    finally:
-        await tx.rollback()
-        await conn.close()
 
 
 @pytest.fixture
@@ -91,14 +75,14 @@ async def test_a_write_transaction_in_another_database_does_not_hold_the_relay(
     async def published_count(n: int) -> bool:
         return len(await published(redis_client, keys, services)) >= n
 
-    async with _open_write_transaction(other_database) as foreign_xid:
+    async with open_write_transaction(other_database) as (_, foreign_xid):
         ids = await emit_events(asyncpg_conn, 300, services=services, per_tx=30)
         xmin, horizon = await _xmin_and_horizon(asyncpg_conn)
         assert xmin <= foreign_xid < horizon  # held back before, passed over now
         async with start_relay():
             # While the foreign transaction is still open.
             await wait_until(lambda: published_count(len(ids)), timeout_s=15, what="events past it")
-            async with _open_write_transaction(other_database) as second_xid:
+            async with open_write_transaction(other_database) as (_, second_xid):
                 more = await emit_events(asyncpg_conn, 100, services=services, per_tx=10)
                 xmin, horizon = await _xmin_and_horizon(asyncpg_conn)
                 assert xmin == foreign_xid < second_xid < horizon
