@@ -35,19 +35,22 @@ def presence_lock_space(schema: str) -> int:
 
 # --- cursor (relay/cursor.py) -------------------------------------------------------------
 
-# Register every service that has events, so it gets a cursor (0, 0) and can be leased.
-# A recursive CTE walks the distinct values of the (stream, txid, position) index: one index
-# probe per service instead of a scan of the outbox ("loose index scan",
-# https://wiki.postgresql.org/wiki/Loose_indexscan). Rows are inserted only for new services,
-# so the usual run writes nothing and takes no transaction id.
-DISCOVER_STREAMS = """
-WITH RECURSIVE found AS (
+# The distinct services of the outbox, as a CTE ``found`` of a WITH RECURSIVE: it walks the
+# (stream, txid, position) index, one probe per service instead of a scan of the outbox
+# ("loose index scan", https://wiki.postgresql.org/wiki/Loose_indexscan); its last row is NULL.
+_FOUND_STREAMS = """found AS (
     (SELECT stream FROM outbox_events ORDER BY stream LIMIT 1)
     UNION ALL
     SELECT (SELECT o.stream FROM outbox_events o
              WHERE o.stream > found.stream ORDER BY o.stream LIMIT 1)
       FROM found WHERE found.stream IS NOT NULL
-), added AS (
+)"""
+
+# Register every service that has events, so it gets a cursor (0, 0) and can be leased
+# (the services found by _FOUND_STREAMS). Rows are inserted only for new services,
+# so the usual run writes nothing and takes no transaction id.
+DISCOVER_STREAMS = f"""
+WITH RECURSIVE {_FOUND_STREAMS}, added AS (
     INSERT INTO relay_cursors (stream, txid, position)
     SELECT f.stream, '0'::xid8, 0 FROM found f
      WHERE f.stream IS NOT NULL
@@ -316,23 +319,17 @@ COMMIT"""
 # sorts above (it is at or above the cap, RAISE_CAP). The rows leave the deferred set in the
 # same statement: a read sees either their old keys, left out, or the new ones. The ended ones
 # and the rows are judged by one snapshot, so no row of an ended transaction is missed. The
-# services with rows are walked as in DISCOVER_STREAMS (an index probe each), the rows of each
+# services with rows are walked by _FOUND_STREAMS (an index probe each), the rows of each
 # found by the (stream, txid, position) index. Each row is deleted and inserted again, with
 # every column as it was but those two (position is GENERATED ALWAYS: an UPDATE could only
 # give it the next value in no set order); jsonb_populate_record keeps this right whatever
 # columns a later migration adds. Returns the transactions that ended and the rows moved per
 # service. Run with the row locked (LOCK_DEFERRED), so the cap and the set stay as read.
-RESTAMP = """
+RESTAMP = f"""
 WITH RECURSIVE ended AS (
     SELECT x FROM relay_deferred d, unnest(d.txids) AS x
      WHERE pg_visible_in_snapshot(x, pg_current_snapshot())
-), found AS (
-    (SELECT stream FROM outbox_events ORDER BY stream LIMIT 1)
-    UNION ALL
-    SELECT (SELECT o.stream FROM outbox_events o
-             WHERE o.stream > found.stream ORDER BY o.stream LIMIT 1)
-      FROM found WHERE found.stream IS NOT NULL
-), taken AS (
+), {_FOUND_STREAMS}, taken AS (
     DELETE FROM outbox_events o
      USING found f
      WHERE o.stream = f.stream AND o.txid = ANY(ARRAY(SELECT x FROM ended))
@@ -356,7 +353,7 @@ WITH RECURSIVE ended AS (
     RETURNING 1
 )
 SELECT ARRAY(SELECT x FROM ended ORDER BY x) AS ended,
-       (SELECT coalesce(jsonb_object_agg(stream, n), '{}')::text
+       (SELECT coalesce(jsonb_object_agg(stream, n), '{{}}')::text
           FROM (SELECT stream, count(*) AS n FROM moved GROUP BY stream) m) AS moved,
        (SELECT count(*) FROM kept) AS kept
 """
