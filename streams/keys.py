@@ -204,7 +204,8 @@ class Keys:
 #: Idempotent batch publish. KEYS: the stream, its watermark (:meth:`Keys.watermark`), and the
 #: watermark's source (:meth:`Keys.watermark_source`).
 #: ARGV[1]: the watermark the caller last saw this stream take (``"txid:position"``), or ``""``.
-#: ARGV[2]: the caller's source id (``outbox_source``: the outbox it reads), or ``""`` (not checked).
+#: ARGV[2]: the caller's source id (``outbox_source``, of the outbox it reads), or ``""``: not
+#: checked.
 #: Then the events in cursor order, each as ``txid, position, fields`` (txid and position as
 #: decimal strings, ``fields`` the entry's ``[field, value, …]`` as a JSON array of strings: one
 #: argument per event, which costs the caller far less to send than thirty).
